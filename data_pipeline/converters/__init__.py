@@ -1,0 +1,1 @@
+"""Input layouts -> StudyRecord items: MIMIC-CXR tree, generic CSV/JSONL manifests."""

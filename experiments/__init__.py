@@ -1,0 +1,1 @@
+"""Thin absl entry points (pretrain, convert) and ml_collections configs."""

@@ -1,0 +1,1 @@
+"""Evaluators over frozen encoders: retrieval (and, later, linear probe, zero-shot, localisation)."""

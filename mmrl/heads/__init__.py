@@ -1,0 +1,1 @@
+"""Local alignment heads: projections, attention pooling, sentence pooling, and method-specific modules."""

@@ -1,0 +1,1 @@
+"""Mesh construction, sharding rules (regex -> PartitionSpec) and multi-host initialisation."""

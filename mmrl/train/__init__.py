@@ -1,0 +1,1 @@
+"""TrainState, optimiser, sharded step, loop, Orbax checkpoints and metric writers."""
