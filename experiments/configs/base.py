@@ -28,6 +28,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.on_bad_record = "skip"    # skip | fail
   c.data.mean = 0.5                # image normalisation after scaling to [0, 1]
   c.data.std = 0.25
+  # Synthetic MIMIC-layout data made on first use when dataset_dir is '' (num_patients > 0):
+  # generated under <workdir>/data (or cache_dir), converted, then read like any shards.
+  c.data.synthetic = ml_collections.ConfigDict()
+  c.data.synthetic.num_patients = 0
+  c.data.synthetic.seed = 0
+  c.data.synthetic.image_size = 256  # DICOM pixel-array size
+  c.data.synthetic.short_side = 128  # stored image size after conversion
+  c.data.synthetic.workers = 2
+  c.data.synthetic.cache_dir = ""
   c.data.augment = ml_collections.ConfigDict()
   c.data.augment.enabled = True
   c.data.augment.crop_scale = (0.6, 1.0)   # random resized crop, area fraction

@@ -1,0 +1,69 @@
+"""Converts an input layout to TFRecord shards (docs/data_format.md).
+
+COMMAND: python -m experiments.convert --layout=mimic --input=/data/mimic-cxr \
+           --output=/data/mimic_tfr --views=PA,AP --workers=8
+         python -m experiments.convert --layout=manifest --input=my_manifest.csv --output=out/
+         python -m experiments.convert --layout=nih_cxr14 --input=../shared/data --output=out/nih
+         python -m experiments.convert --layout=covid_cxr --input=../shared/data --output=out/covid
+SMOKE:   add --max_items=50
+Thin: parses flags, calls data_pipeline.convert, prints a summary. Re-running resumes (finished
+shards are kept); failed inputs are listed in <output>/errors.jsonl.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+from data_pipeline import convert
+
+_LAYOUT = flags.DEFINE_enum("layout", None, list(convert.LAYOUTS), "Input layout.")
+_INPUT = flags.DEFINE_string("input", None, "MIMIC-CXR root, manifest file, or shared data folder.")
+_OUTPUT = flags.DEFINE_string("output", None, "Output folder for shards and dataset_info.json.")
+_SHORT_SIDE = flags.DEFINE_integer("short_side", 512, "Resize so the short side is at most this.")
+_BIT_DEPTH = flags.DEFINE_enum("bit_depth", "8", ["8", "16"], "PNG bit depth.")
+_NUM_SHARDS = flags.DEFINE_integer("num_shards", 0, "Shards per split (0 = ~1024 records each).")
+_WORKERS = flags.DEFINE_integer("workers", 1, "Processes (each writes whole shards).")
+_VIEWS = flags.DEFINE_list("views", [], "Keep only these views, e.g. PA,AP (empty = all).")
+_MAX_ITEMS = flags.DEFINE_integer("max_items", 0, "Convert only the first N items (0 = all).")
+_REQUIRE_REPORT = flags.DEFINE_bool(
+    "require_report", None, "Items without a usable report are errors (default: true; false for "
+    "nih_cxr14, which has no reports).")
+
+
+def main(argv):
+  del argv
+  options = convert.ConvertOptions(
+      short_side=_SHORT_SIDE.value, bit_depth=int(_BIT_DEPTH.value),
+      num_shards=_NUM_SHARDS.value, workers=_WORKERS.value, views=tuple(_VIEWS.value),
+      max_items=_MAX_ITEMS.value, require_report=_REQUIRE_REPORT.value)
+  start = time.perf_counter()
+  try:
+    options.validate()
+    dataset = convert.load_layout(_LAYOUT.value, _INPUT.value)
+  except (FileNotFoundError, ValueError) as e:
+    sys.exit(f"convert: {e}")
+  info = convert.convert(dataset, _OUTPUT.value, options)
+  seconds = time.perf_counter() - start
+  out = pathlib.Path(_OUTPUT.value)
+  written = info["num_records"] - info["records_reused"]
+  print(f"{info['num_records']} records from {len(dataset.items)} listed items of {info['name']}: "
+        f"{written} converted in {seconds:.1f} s ({written / max(seconds, 1e-9):.1f} records/s), "
+        f"{info['records_reused']} kept from an earlier run")
+  for split, s in info["splits"].items():
+    print(f"  {split:9s} {s['num_records']:7d} records in {len(s['shards'])} shards; "
+          f"views {json.dumps(info['counts'][split]['views'])}")
+  print(f"  errors: {info['errors']['count']} {json.dumps(info['errors']['by_kind'])}; "
+        f"warnings: {info['errors']['warnings']} (report fallbacks: {info['report_fallbacks']}); "
+        f"filtered by view: {info['filtered_by_view']}; shards reused: {info['shards_reused']}")
+  print(f"  shards + .index: {out}/<split>-SSSSS-of-NNNNN.tfrecord; info: "
+        f"{out / 'dataset_info.json'}; errors: {out / 'errors.jsonl'}")
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["layout", "input", "output"])
+  app.run(main)

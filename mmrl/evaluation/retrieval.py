@@ -1,0 +1,65 @@
+"""Image<->report retrieval on held-out pairs: Recall@K, median rank, and the chance levels.
+
+`retrieval_metrics` is the math (numpy, no JAX); `RetrievalEvaluator` embeds an evaluation split
+with the model's frozen encoders and calls it. Pair i's positive is report i; ties count against
+the query (a constant score never looks good), so chance R@K = K / N.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+
+def retrieval_metrics(image_embed: np.ndarray, text_embed: np.ndarray, *,
+                      ks: Sequence[int] = (1, 5, 10), prefix: str = "retrieval") -> dict[str, float]:
+  """Recall@K both ways for N aligned pairs (rows are L2-normalised here, cosine scores)."""
+  img = _normalise(np.asarray(image_embed, np.float64))
+  txt = _normalise(np.asarray(text_embed, np.float64))
+  if img.shape != txt.shape or img.ndim != 2:
+    raise ValueError(f"need equal [N, D] embeddings, got {img.shape} and {txt.shape}")
+  n = img.shape[0]
+  scores = img @ txt.T
+  out = {f"{prefix}/num_pairs": float(n)}
+  for name, s in (("i2t", scores), ("t2i", scores.T)):
+    ranks = _ranks_of_diagonal(s)
+    for k in ks:
+      out[f"{prefix}/{name}_R@{k}"] = float(np.mean(ranks < k))
+    out[f"{prefix}/{name}_median_rank"] = float(np.median(ranks) + 1)
+  for k in ks:
+    out[f"{prefix}/chance_R@{k}"] = min(1.0, k / n)
+  return out
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+  return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def _ranks_of_diagonal(scores: np.ndarray) -> np.ndarray:
+  """0-based rank of each row's diagonal entry; other entries that tie it rank ahead of it."""
+  pos = np.diagonal(scores)[:, None]
+  off_diag = ~np.eye(scores.shape[0], dtype=bool)
+  return np.sum((scores >= pos) & off_diag, axis=1)
+
+
+class RetrievalEvaluator:
+  """Embeds `batches` (dicts with a boolean `valid`) with `embed_fn` and scores retrieval.
+
+  `embed_fn(batch) -> (image_embed [B, D], text_embed [B, D])` as host numpy arrays.
+  """
+
+  def __init__(self, batches_fn: Callable[[], Iterable[Mapping[str, np.ndarray]]],
+               embed_fn: Callable[[Mapping[str, np.ndarray]], tuple[np.ndarray, np.ndarray]]):
+    self.batches_fn = batches_fn
+    self.embed_fn = embed_fn
+
+  def run(self) -> dict[str, float]:
+    images, texts = [], []
+    for batch in self.batches_fn():
+      img, txt = self.embed_fn(batch)
+      valid = np.asarray(batch["valid"], bool)
+      images.append(np.asarray(img)[valid])
+      texts.append(np.asarray(txt)[valid])
+    if not images or sum(len(i) for i in images) < 2:
+      raise ValueError("retrieval needs at least 2 evaluation pairs; check data.eval_split")
+    return retrieval_metrics(np.concatenate(images), np.concatenate(texts))

@@ -1,0 +1,174 @@
+"""ResNet image towers (v1.5) for 1-channel chest X-rays: ResNet-18, ResNet-50 and a tiny test net.
+
+v1.5 = the torchvision layout: in a bottleneck block the stride sits on the 3x3 convolution, and
+a projection shortcut (1x1 conv + norm) is used whenever the shape changes. The stem takes one
+input channel (no RGB replication). Normalisation is a choice:
+
+  batch  flax BatchNorm, statistics in the `batch_stats` collection (momentum 0.9 = torch's 0.1),
+         `use_running_average=not train`. No `axis_name`: under jit with the batch sharded over
+         the mesh (GSPMD), mean and variance are reductions over the *global* batch, so the
+         statistics are the same on 1 device and on a pod. Train calls must pass
+         `mutable=['batch_stats']`.
+  group  GroupNorm with 32 groups (fewer, gcd(32, channels), for the tiny widths); no state.
+
+Compute runs in `dtype` (bfloat16 by default) with float32 parameters; the outputs are float32.
+Parameter paths (see towers.py): `stem_conv`, `stem_norm`, `stage{s}_block{b}/conv{k}`,
+`stage{s}_block{b}/norm{k}`, `stage{s}_block{b}/proj_conv`, `stage{s}_block{b}/proj_norm`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mmrl.config_errors import ConfigError
+from mmrl.models.features import ImageFeatures
+
+NORMS = ("batch", "group")
+ModuleDef = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class ResNetSpec:
+  """Architecture of one named ResNet."""
+  stage_sizes: tuple[int, ...]
+  widths: tuple[int, ...]       # 3x3 width of each stage (bottleneck output = 4x)
+  bottleneck: bool
+  stem_width: int
+
+  @property
+  def out_dim(self) -> int:
+    return self.widths[-1] * (4 if self.bottleneck else 1)
+
+
+RESNETS = {
+    "resnet18": ResNetSpec((2, 2, 2, 2), (64, 128, 256, 512), bottleneck=False, stem_width=64),
+    "resnet50": ResNetSpec((3, 4, 6, 3), (64, 128, 256, 512), bottleneck=True, stem_width=64),
+    "resnet_tiny": ResNetSpec((1, 1, 1, 1), (8, 16, 32, 32), bottleneck=False, stem_width=8),
+}
+
+
+class _GroupNorm(nn.Module):
+  """GroupNorm with min(32, gcd(32, C)) groups, so tiny widths (8, 16, 24) also work."""
+  dtype: Any = jnp.float32
+  scale_init: Callable = nn.initializers.ones
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    groups = math.gcd(32, x.shape[-1])
+    return nn.GroupNorm(num_groups=groups, epsilon=1e-5, dtype=self.dtype,
+                        scale_init=self.scale_init, name="GroupNorm")(x)
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 convolutions (ResNet-18/34)."""
+  width: int
+  strides: int
+  conv: ModuleDef
+  norm: ModuleDef
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    residual = x
+    y = self.conv(self.width, (3, 3), (self.strides, self.strides), name="conv1")(x)
+    y = nn.relu(self.norm(name="norm1")(y))
+    y = self.conv(self.width, (3, 3), name="conv2")(y)
+    y = self.norm(name="norm2", scale_init=nn.initializers.zeros)(y)
+    if residual.shape != y.shape:
+      residual = self.conv(self.width, (1, 1), (self.strides, self.strides),
+                           name="proj_conv")(residual)
+      residual = self.norm(name="proj_norm")(residual)
+    return nn.relu(residual + y)
+
+
+class BottleneckBlock(nn.Module):
+  """1x1 -> 3x3 (strided, v1.5) -> 1x1 (4x width) (ResNet-50)."""
+  width: int
+  strides: int
+  conv: ModuleDef
+  norm: ModuleDef
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    residual = x
+    y = self.conv(self.width, (1, 1), name="conv1")(x)
+    y = nn.relu(self.norm(name="norm1")(y))
+    y = self.conv(self.width, (3, 3), (self.strides, self.strides), name="conv2")(y)
+    y = nn.relu(self.norm(name="norm2")(y))
+    y = self.conv(self.width * 4, (1, 1), name="conv3")(y)
+    y = self.norm(name="norm3", scale_init=nn.initializers.zeros)(y)
+    if residual.shape != y.shape:
+      residual = self.conv(self.width * 4, (1, 1), (self.strides, self.strides),
+                           name="proj_conv")(residual)
+      residual = self.norm(name="proj_norm")(residual)
+    return nn.relu(residual + y)
+
+
+class ResNet(nn.Module):
+  """A ResNet over f32[B, H, W, 1] images -> ImageFeatures of the last stage.
+
+  Attributes:
+    stage_sizes: blocks per stage.
+    widths: 3x3 width per stage.
+    bottleneck: BottleneckBlock (ResNet-50) or BasicBlock (ResNet-18).
+    stem_width: channels of the 7x7/2 stem convolution.
+    norm: 'batch' | 'group' (module docstring).
+    dtype: compute dtype; parameters stay float32.
+    remat: rematerialise each block in the backward pass (saves activation memory).
+  """
+  stage_sizes: Sequence[int]
+  widths: Sequence[int]
+  bottleneck: bool
+  stem_width: int = 64
+  norm: str = "batch"
+  dtype: Any = jnp.bfloat16
+  remat: bool = False
+
+  @nn.compact
+  def __call__(self, images: jax.Array, *, train: bool) -> ImageFeatures:
+    if images.ndim != 4 or images.shape[-1] != 1:
+      raise ValueError(f"ResNet expects images f32[B, H, W, 1]; got shape {images.shape}")
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, padding="SAME",
+                             kernel_init=nn.initializers.variance_scaling(
+                                 2.0, "fan_out", "normal"))
+    if self.norm == "batch":
+      norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+                               epsilon=1e-5, dtype=self.dtype)
+    elif self.norm == "group":
+      norm = functools.partial(_GroupNorm, dtype=self.dtype)
+    else:
+      raise ConfigError(f"config.model.image.norm={self.norm!r} is not supported; use one of "
+                       f"{NORMS}")
+    block_cls = BottleneckBlock if self.bottleneck else BasicBlock
+    if self.remat:
+      block_cls = nn.remat(block_cls)
+
+    x = images.astype(self.dtype)
+    x = conv(self.stem_width, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], name="stem_conv")(x)
+    x = nn.relu(norm(name="stem_norm")(x))
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    for s, (n_blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):
+      for b in range(n_blocks):
+        strides = 2 if (s > 0 and b == 0) else 1
+        x = block_cls(width=width, strides=strides, conv=conv, norm=norm,
+                      name=f"stage{s + 1}_block{b}")(x)
+    x = x.astype(jnp.float32)
+    bsz, h, w, c = x.shape
+    return ImageFeatures(global_embedding=jnp.mean(x, axis=(1, 2)),
+                         local=x.reshape(bsz, h * w, c), grid_hw=(h, w))
+
+
+def resnet(name: str, *, norm: str = "batch", dtype: Any = jnp.bfloat16,
+           remat: bool = False) -> ResNet:
+  """The named ResNet ('resnet18' | 'resnet50' | 'resnet_tiny')."""
+  if name not in RESNETS:
+    raise ConfigError(f"config.model.image.name={name!r} is not a ResNet; known: "
+                     f"{', '.join(sorted(RESNETS))}")
+  spec = RESNETS[name]
+  return ResNet(stage_sizes=spec.stage_sizes, widths=spec.widths, bottleneck=spec.bottleneck,
+                stem_width=spec.stem_width, norm=norm, dtype=dtype, remat=remat)

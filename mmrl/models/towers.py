@@ -1,0 +1,146 @@
+"""Tower construction from `config.model`: image towers (ResNet, ViT) and the BERT text tower.
+
+Public API:
+  build_image_tower(model_cfg) -> module(images f32[B,H,W,1], *, train) -> ImageFeatures
+  build_text_tower(model_cfg)  -> module(input_ids, attention_mask, token_to_sentence, *,
+                                         num_sentences, train) -> TextFeatures
+  load_text_weights(model_cfg, params) -> params (HF checkpoint in the text tower's subtree)
+  image_tower_dims(model_cfg) -> (global_dim, local_dim);  text_tower_dim(model_cfg) -> int
+Keys read: model.dtype, model.image.{name, norm, remat}, model.text.{weights, num_layers,
+hidden_size, num_heads, intermediate_size, global_pool, sentence_pool, remat} and, optional,
+model.text.dropout (default 0.0; > 0 needs rngs={'dropout': key} in train mode).
+
+Parameter-tree conventions (paths inside each tower's own subtree; the optimiser's freeze and
+weight-decay rules are regexes over '/'-joined paths, so these names are a contract):
+  Text (BERT)   embeddings/{word_embeddings,position_embeddings,token_type_embeddings}/embedding
+                embeddings/norm/{scale,bias}
+                layer_{i}/attention/{query,key,value,out}/{kernel,bias}     i = 0 .. N-1
+                layer_{i}/attention_norm/{scale,bias}
+                layer_{i}/intermediate/{kernel,bias}   layer_{i}/output/{kernel,bias}
+                layer_{i}/output_norm/{scale,bias}
+                e.g. freeze embeddings + first 6 layers: r'^embeddings/|^layer_[0-5]/'
+  ResNet        stem_conv/kernel, stem_norm/..., stage{s}_block{b}/conv{k}/kernel,
+                stage{s}_block{b}/norm{k}/..., stage{s}_block{b}/proj_{conv,norm}/...
+                (s = 1..4, b from 0; 'group' norm nests one level: norm1/GroupNorm/scale)
+                BatchNorm statistics live in the separate `batch_stats` collection (same paths).
+  ViT           patch_embedding/{kernel,bias}, cls, pos_embedding [1,gh,gw,D],
+                block_{i}/norm{1,2}/..., block_{i}/attention/{query,key,value,out}/...,
+                block_{i}/mlp/{fc1,fc2}/..., final_norm/...
+  Every normalisation layer's module name contains 'norm', and all norm params are 'scale' /
+  'bias', so r'(norm|ln|bn|LayerNorm|BatchNorm|scale|bias)' selects exactly the norm params
+  and the biases (the usual no-weight-decay set); no other param name matches it.
+  nn.remat does not change any path.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from mmrl.config_errors import ConfigError
+from mmrl.models import hf_weights
+from mmrl.models.bert import BertConfig, BertTextTower
+from mmrl.models.resnet import RESNETS, resnet
+from mmrl.models.vit import VITS, vit
+from mmrl.registry import Registry
+
+IMAGE_TOWERS: Registry[Callable[..., nn.Module]] = Registry("image tower")
+DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32, "float16": jnp.float16}
+
+for _name in RESNETS:
+  IMAGE_TOWERS.register(_name)(
+      lambda *, norm, dtype, remat, _n=_name: resnet(_n, norm=norm, dtype=dtype, remat=remat))
+for _name in VITS:
+  IMAGE_TOWERS.register(_name)(
+      lambda *, norm, dtype, remat, _n=_name: vit(_n, dtype=dtype, remat=remat))
+del _name
+
+
+def compute_dtype(model_cfg) -> Any:
+  """config.model.dtype as a jnp dtype."""
+  name = str(model_cfg.dtype)
+  if name not in DTYPES:
+    raise ConfigError(f"config.model.dtype={name!r} is not supported; use one of "
+                     f"{', '.join(DTYPES)}")
+  return DTYPES[name]
+
+
+def _image_name(model_cfg) -> str:
+  name = str(model_cfg.image.name)
+  if name not in IMAGE_TOWERS:
+    raise ConfigError(f"config.model.image.name={name!r} is not an image tower; known: "
+                     f"{', '.join(IMAGE_TOWERS.names())}")
+  return name
+
+
+def build_image_tower(model_cfg) -> nn.Module:
+  """The image tower named by config.model.image.name (resnet18 | resnet50 | vit_s16 | ...)."""
+  name = _image_name(model_cfg)
+  return IMAGE_TOWERS.get(name)(norm=str(model_cfg.image.get("norm", "batch")),
+                                dtype=compute_dtype(model_cfg),
+                                remat=bool(model_cfg.image.get("remat", False)))
+
+
+def image_tower_dims(model_cfg) -> tuple[int, int]:
+  """(global_dim, local_dim) of the configured image tower's features."""
+  name = _image_name(model_cfg)
+  if name in RESNETS:
+    d = RESNETS[name].out_dim
+  else:
+    d = VITS[name].dim
+  return d, d
+
+
+def text_config(model_cfg) -> BertConfig:
+  """The BERT sizes: the checkpoint's config.json (num_layers > 0 truncates), or, with
+  text.weights == '', config.model.text.{num_layers, hidden_size, num_heads, intermediate_size}."""
+  t = model_cfg.text
+  if str(t.get("name", "bert")) != "bert":
+    raise ConfigError(f"config.model.text.name={t.name!r} is not supported; use 'bert'")
+  num_layers = int(t.get("num_layers", -1))
+  dropout = float(t.get("dropout", 0.0))
+  weights = str(t.get("weights", ""))
+  if weights:
+    folder = hf_weights.resolve_weights_dir(weights)
+    cfg = hf_weights.read_bert_config(folder)
+    if num_layers > cfg.num_layers:
+      raise ConfigError(f"config.model.text.num_layers={num_layers} exceeds the "
+                       f"{cfg.num_layers} layers of {folder}; use <= {cfg.num_layers} or -1")
+    changes = {"dropout_rate": dropout}
+    if num_layers > 0:
+      changes["num_layers"] = num_layers
+    return BertConfig(**{**cfg.__dict__, **changes})
+  if num_layers <= 0:
+    raise ConfigError("config.model.text.num_layers=-1 means 'from the checkpoint', but "
+                     "config.model.text.weights='' (random init); set text.num_layers > 0")
+  return BertConfig(vocab_size=int(t.get("vocab_size", 30522)),
+                    hidden_size=int(t.hidden_size), num_layers=num_layers,
+                    num_heads=int(t.num_heads), intermediate_size=int(t.intermediate_size),
+                    dropout_rate=dropout)
+
+
+def build_text_tower(model_cfg) -> nn.Module:
+  """The BERT text tower (bert.BertTextTower) for config.model."""
+  t = model_cfg.text
+  return BertTextTower(config=text_config(model_cfg),
+                       global_pool=str(t.get("global_pool", "cls")),
+                       sentence_pool=str(t.get("sentence_pool", "max")),
+                       dtype=compute_dtype(model_cfg), remat=bool(t.get("remat", False)))
+
+
+def text_tower_dim(model_cfg) -> int:
+  """Hidden size of the configured text tower (= its token, sentence and global dims)."""
+  return text_config(model_cfg).hidden_size
+
+
+def load_text_weights(model_cfg, params: Any) -> Any:
+  """`params` with the text tower's subtree replaced by config.model.text.weights' checkpoint.
+
+  `params` may be the tower's own subtree or any tree holding exactly one BERT tower subtree.
+  A no-op when text.weights == ''.
+  """
+  weights = str(model_cfg.text.get("weights", ""))
+  if not weights:
+    return params
+  return hf_weights.load_bert_weights(weights, params)

@@ -1,0 +1,192 @@
+"""ViT image towers for 1-channel images (S/16, B/16, a tiny test net) and the fused self-attention
+that both transformer towers (ViT here, BERT in bert.py) use.
+
+ViT: a 1-channel patch embedding (a p x p / p convolution), a learned [CLS] token, learned
+position embeddings for the patch grid, pre-LN blocks (x + MHA(LN(x)); x + MLP(LN(x)), exact-erf
+GELU), a final LayerNorm. global = the [CLS] token after the final LN, local = the patch tokens
+after the final LN (row-major over the grid), grid_hw = (H / p, W / p).
+
+Position embeddings are sized from the image given at `init` (i.e. config.data.image_size); they
+are stored as a grid [1, gh, gw, D], and an `apply` on another image size bilinearly resizes them
+to the new grid (the usual fine-tune-at-a-new-resolution trick), so no config key is needed. The
+[CLS] token carries no separate position embedding (it would be redundant with its own value).
+
+Attention goes through `jax.nn.dot_product_attention`: on GPU with bf16/fp16 and a head size that
+cuDNN supports it asks for cuDNN's fused (flash) kernel, elsewhere the XLA implementation.
+
+Parameter paths (see towers.py): `patch_embedding`, `cls`, `pos_embedding`, `block_{i}/norm1`,
+`block_{i}/attention/{query,key,value,out}`, `block_{i}/norm2`, `block_{i}/mlp/{fc1,fc2}`,
+`final_norm`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mmrl.config_errors import ConfigError
+from mmrl.models.features import ImageFeatures
+
+
+def attention_implementation(dtype: Any, head_dim: int) -> str | None:
+  """'cudnn' where the fused kernel applies (GPU, half precision, head size <= 128, % 8); else None.
+
+  None means XLA's implementation (the only one on CPU/TPU, and what fp32 uses on GPU so that
+  parity tests stay exact).
+  """
+  if jax.default_backend() != "gpu":
+    return None
+  if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+    return None
+  if head_dim > 128 or head_dim % 8:
+    return None
+  return "cudnn"
+
+
+class SelfAttention(nn.Module):
+  """Multi-head self-attention: Dense query/key/value [D -> D] split into heads, fused attention,
+  Dense out. Parameter names (query, key, value, out) match the HF BERT layout one-to-one.
+
+  Attributes:
+    num_heads: number of heads; D must be a multiple.
+    dtype: compute dtype (parameters float32).
+  """
+  num_heads: int
+  dtype: Any = jnp.float32
+  kernel_init: Any = nn.initializers.xavier_uniform()
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, kv_lengths: jax.Array | None = None,
+               mask: jax.Array | None = None) -> jax.Array:
+    """x f[B, T, D]; kv_lengths i32[B] (keys >= length are padding) or mask bool[B, 1|N, T, T]."""
+    b, t, d = x.shape
+    if d % self.num_heads:
+      raise ValueError(f"hidden size {d} is not a multiple of num_heads={self.num_heads}; "
+                       "choose a head count that divides the hidden size")
+    hd = d // self.num_heads
+    dense = lambda name: nn.Dense(d, dtype=self.dtype, kernel_init=self.kernel_init, name=name)
+    q = dense("query")(x).reshape(b, t, self.num_heads, hd)
+    k = dense("key")(x).reshape(b, t, self.num_heads, hd)
+    v = dense("value")(x).reshape(b, t, self.num_heads, hd)
+    impl = attention_implementation(q.dtype, hd)
+    if impl == "cudnn" and mask is not None:
+      impl = None  # cuDNN takes sequence lengths, not arbitrary boolean masks.
+    y = None
+    if impl == "cudnn":
+      try:
+        y = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=kv_lengths,
+                                         implementation="cudnn")
+      except (NotImplementedError, RuntimeError, ValueError):
+        y = None  # This cuDNN build / GPU rejects the shape at trace time: use XLA's.
+    if y is None:
+      y = jax.nn.dot_product_attention(q, k, v, mask=mask, key_value_seq_lengths=kv_lengths)
+    return dense("out")(y.reshape(b, t, d))
+
+
+class MlpBlock(nn.Module):
+  """Dense(mlp_dim) -> exact GELU -> Dense(D)."""
+  mlp_dim: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    init = nn.initializers.xavier_uniform()
+    y = nn.Dense(self.mlp_dim, dtype=self.dtype, kernel_init=init,
+                 bias_init=nn.initializers.normal(1e-6), name="fc1")(x)
+    y = nn.gelu(y, approximate=False)
+    return nn.Dense(x.shape[-1], dtype=self.dtype, kernel_init=init,
+                    bias_init=nn.initializers.normal(1e-6), name="fc2")(y)
+
+
+class EncoderBlock(nn.Module):
+  """Pre-LN transformer block."""
+  num_heads: int
+  mlp_dim: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm1")(x)
+    x = x + SelfAttention(self.num_heads, dtype=self.dtype, name="attention")(y)
+    y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm2")(x)
+    return x + MlpBlock(self.mlp_dim, dtype=self.dtype, name="mlp")(y)
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTSpec:
+  """Architecture of one named ViT."""
+  patch: int
+  dim: int
+  depth: int
+  heads: int
+  mlp_dim: int
+
+
+VITS = {
+    "vit_s16": ViTSpec(patch=16, dim=384, depth=12, heads=6, mlp_dim=1536),
+    "vit_b16": ViTSpec(patch=16, dim=768, depth=12, heads=12, mlp_dim=3072),
+    "vit_tiny": ViTSpec(patch=8, dim=64, depth=2, heads=2, mlp_dim=128),
+}
+
+
+class ViT(nn.Module):
+  """A ViT over f32[B, H, W, 1] images -> ImageFeatures (CLS global, patch-token local).
+
+  Attributes:
+    patch: patch size p (H and W must be multiples).
+    dim, depth, heads, mlp_dim: transformer sizes.
+    dtype: compute dtype; parameters stay float32.
+    remat: rematerialise each block in the backward pass.
+  """
+  patch: int
+  dim: int
+  depth: int
+  heads: int
+  mlp_dim: int
+  dtype: Any = jnp.bfloat16
+  remat: bool = False
+
+  @nn.compact
+  def __call__(self, images: jax.Array, *, train: bool) -> ImageFeatures:
+    del train  # no dropout / stochastic depth; kept for the tower interface.
+    if images.ndim != 4 or images.shape[-1] != 1:
+      raise ValueError(f"ViT expects images f32[B, H, W, 1]; got shape {images.shape}")
+    b, h, w, _ = images.shape
+    p = self.patch
+    if h % p or w % p:
+      raise ConfigError(f"image size {h}x{w} is not a multiple of the ViT patch size {p}; set "
+                       f"config.data.image_size to a multiple of {p}")
+    x = nn.Conv(self.dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
+                name="patch_embedding")(images.astype(self.dtype))
+    gh, gw = x.shape[1], x.shape[2]
+    if self.has_variable("params", "pos_embedding"):
+      # Read without a shape check: the stored grid may differ from this image's grid.
+      pos = self.get_variable("params", "pos_embedding")
+    else:
+      pos = self.param("pos_embedding", nn.initializers.normal(0.02), (1, gh, gw, self.dim),
+                       jnp.float32)
+    if pos.shape[1:3] != (gh, gw):
+      pos = jax.image.resize(pos, (1, gh, gw, self.dim), method="bilinear")
+    x = (x + pos.astype(self.dtype)).reshape(b, gh * gw, self.dim)
+    cls = self.param("cls", nn.initializers.normal(0.02), (1, 1, self.dim), jnp.float32)
+    x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (b, 1, self.dim)), x], axis=1)
+
+    block_cls = nn.remat(EncoderBlock) if self.remat else EncoderBlock
+    for i in range(self.depth):
+      x = block_cls(self.heads, self.mlp_dim, dtype=self.dtype, name=f"block_{i}")(x)
+    x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="final_norm")(x)
+    x = x.astype(jnp.float32)
+    return ImageFeatures(global_embedding=x[:, 0], local=x[:, 1:], grid_hw=(gh, gw))
+
+
+def vit(name: str, *, dtype: Any = jnp.bfloat16, remat: bool = False) -> ViT:
+  """The named ViT ('vit_s16' | 'vit_b16' | 'vit_tiny')."""
+  if name not in VITS:
+    raise ConfigError(f"config.model.image.name={name!r} is not a ViT; known: "
+                     f"{', '.join(sorted(VITS))}")
+  s = VITS[name]
+  return ViT(patch=s.patch, dim=s.dim, depth=s.depth, heads=s.heads, mlp_dim=s.mlp_dim,
+             dtype=dtype, remat=remat)

@@ -1,0 +1,161 @@
+"""Methods: a name -> (heads on top of the towers, weighted objectives from the config).
+
+A method is a `Method` subclass registered in `METHODS`:
+
+    @METHODS.register("convirt")
+    class ConVIRT(Method):
+      def apply_heads(self, image, text, batch, *, train, dtype) -> dict: ...
+
+`apply_heads` runs inside `TwoTowerModel.__call__` (a compact Linen context): it creates the
+method's heads as named submodules (their params appear as 'image_projection/...', ...) and returns
+the extra outputs the objectives read ('image_embed', 'text_embed', 'log_tau', ...).
+
+The objectives and their weights/options come from `config.method.objectives`, a list of
+ConfigDicts `{name, weight, **options}`; `total_loss` sums them (metrics namespaced
+'<name>/<metric>', plus '<name>/loss' and the total 'loss'). Objectives are looked up in
+`mmrl.objectives.registry.OBJECTIVES`.
+
+New method = a `Method` subclass registered here (a large one may live in its own module, imported
+at the bottom of this file) + its objectives registered in `mmrl/objectives/<family>.py` (listed in
+`registry.BUILTIN_MODULES`) + `experiments/configs/<method>.py` setting `config.method`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from mmrl.config_errors import ConfigError
+from mmrl.heads.projection import LogTemperature, MLPProjection
+from mmrl.models.features import ImageFeatures, TextFeatures
+from mmrl.objectives.registry import Metrics, get_objective, objective_names
+from mmrl.registry import Registry
+
+_RESERVED = ("name", "weight")
+
+
+def _to_json(cfg: Any) -> str:
+  if isinstance(cfg, ml_collections.ConfigDict):
+    return cfg.to_json_best_effort(sort_keys=True)
+  return json.dumps(cfg, sort_keys=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """Base class: holds `config.method` as JSON (hashable: the model is a jit-static field);
+  `self.cfg` is the ConfigDict view."""
+  cfg_json: str
+
+  @functools.cached_property
+  def cfg(self) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(json.loads(self.cfg_json))
+
+  def objectives(self) -> list[tuple[str, float, dict[str, Any]]]:
+    """(name, weight, options) for each entry of `config.method.objectives`."""
+    return parse_objectives(self.cfg)
+
+  def apply_heads(self, image: ImageFeatures, text: TextFeatures, batch: Mapping[str, Any], *,
+                  train: bool, dtype: Any) -> dict[str, Any]:
+    raise NotImplementedError
+
+  def learnable_tau(self) -> float | None:
+    """The initial tau when some objective has learnable_tau=True, else None."""
+    for _, _, options in self.objectives():
+      if options.get("learnable_tau", False):
+        return float(options.get("tau", 0.07))
+    return None
+
+
+METHODS: Registry[type[Method]] = Registry("method")
+
+
+def parse_objectives(method_cfg: Any) -> list[tuple[str, float, dict[str, Any]]]:
+  """Validates `config.method.objectives` into (name, weight, options) triples."""
+  entries = method_cfg.objectives
+  if not entries:
+    raise ConfigError("config.method.objectives is empty; list at least one objective, e.g. "
+                      "[dict(name='clip_nce', weight=1.0, tau=0.1)]")
+  out = []
+  for i, entry in enumerate(entries):
+    entry = dict(entry.items()) if hasattr(entry, "items") else dict(entry)
+    if "name" not in entry:
+      raise ConfigError(f"config.method.objectives[{i}]={entry} has no 'name'; known objectives: "
+                        f"{', '.join(objective_names())}")
+    name = entry["name"]
+    try:
+      get_objective(name)
+    except KeyError as e:
+      raise ConfigError(f"config.method.objectives[{i}].name={name!r}: {e.args[0]}") from None
+    weight = float(entry.get("weight", 1.0))
+    options = {k: v for k, v in entry.items() if k not in _RESERVED}
+    out.append((name, weight, options))
+  return out
+
+
+def get_method(method_cfg: Any) -> Method:
+  """The `Method` named by `config.method.name`, holding `config.method`."""
+  try:
+    cls = METHODS.get(method_cfg.name)
+  except KeyError as e:
+    raise ConfigError(f"config.method.name={method_cfg.name!r}: {e.args[0]}") from None
+  return cls(_to_json(method_cfg))
+
+
+def total_loss(outputs: Mapping[str, Any], batch: Mapping[str, Any], config: Any,
+               rng: jax.Array) -> tuple[jax.Array, Metrics]:
+  """Weighted sum of `config.method.objectives` on the model outputs.
+
+  Args:
+    outputs: `TwoTowerModel` outputs.
+    batch: the global batch.
+    config: the full config (reads `config.method.objectives`) or `config.method` itself.
+    rng: the step's loss key; objective i gets `fold_in(rng, i)`.
+
+  Returns:
+    (loss f32[], metrics) with '<objective>/<metric>', '<objective>/loss' and 'loss'.
+  """
+  method_cfg = config.method if hasattr(config, "method") else config
+  total = jnp.zeros((), jnp.float32)
+  metrics: Metrics = {}
+  seen: dict[str, int] = {}
+  batch = dict(batch)
+  for i, (name, weight, options) in enumerate(parse_objectives(method_cfg)):
+    fn = get_objective(name)
+    loss, m = fn(dict(outputs), batch, rng=jax.random.fold_in(rng, i), **options)
+    loss = jnp.asarray(loss, jnp.float32)
+    key = name if name not in seen else f"{name}_{seen[name]}"
+    seen[name] = seen.get(name, 0) + 1
+    metrics[f"{key}/loss"] = loss
+    for k, v in m.items():
+      metrics[f"{key}/{k}"] = v
+    total = total + weight * loss
+  metrics["loss"] = total
+  return total, metrics
+
+
+@METHODS.register("convirt")
+class ConVIRT(Method):
+  """ConVIRT (METHODS.md §2): MLP projections of both globals + clip_nce(tau 0.1, lambda 0.75).
+
+  Reads config.method.{embed_dim, projection_hidden, projection_norm}. Outputs 'image_embed',
+  'text_embed' [B, embed_dim] (un-normalised; the objective normalises), and 'log_tau' when an
+  objective asks for a learnable temperature.
+  """
+
+  def apply_heads(self, image, text, batch, *, train, dtype):
+    del batch
+    c = self.cfg
+    out = {}
+    for side, feats in (("image", image), ("text", text)):
+      proj = MLPProjection(hidden=int(c.projection_hidden), out=int(c.embed_dim),
+                           norm=str(c.projection_norm), dtype=dtype, name=f"{side}_projection")
+      out[f"{side}_embed"] = proj(feats.global_embedding, train=train)
+    init_tau = self.learnable_tau()
+    if init_tau is not None:
+      out["log_tau"] = LogTemperature(init_tau, name="temperature")()
+    return out

@@ -1,0 +1,56 @@
+"""The objective registry: loss functions by name.
+
+Every objective has ONE signature:
+
+    fn(outputs: dict, batch: dict, *, rng: jax.Array, **options) -> (loss f32[], metrics dict)
+
+- `outputs` is what `TwoTowerModel.__call__` returns: the tower features ('image': ImageFeatures,
+  'text': TextFeatures) plus whatever the method's heads add ('image_embed', 'text_embed',
+  'log_tau', attention maps, ...). Learnable loss parameters (temperatures, prototypes, critics)
+  live in heads, so they arrive through `outputs`; an objective owns no parameters.
+- `batch` is the global batch (data_pipeline/batch_spec.py) for masks: 'valid', 'sentence_mask',
+  'attention_mask', 'study_id', ...
+- `rng` is a per-step, per-objective key (objectives that need none ignore it).
+- `options` are the objective's entry in `config.method.objectives` minus 'name' and 'weight'
+  (e.g. tau=0.1, image_to_text_weight=0.75).
+- Returned metrics are un-namespaced ('loss', 'acc_i2t', ...); `methods.total_loss` prefixes
+  them with the objective's name. All loss math is float32; masks use a finite -1e9.
+- Objectives never see sharding: they compute on global arrays and XLA inserts the collectives.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+import jax
+
+from mmrl.registry import Registry
+
+Metrics = dict[str, jax.Array]
+Objective = Callable[..., tuple[jax.Array, Metrics]]
+
+OBJECTIVES: Registry[Objective] = Registry("objective")
+
+
+# Loss-family modules that register objectives on import; a new family adds its module here.
+BUILTIN_MODULES = ("mmrl.objectives.contrastive",)
+
+
+def _import_builtin() -> None:
+  for module in BUILTIN_MODULES:
+    importlib.import_module(module)
+
+
+def get_objective(name: str) -> Objective:
+  """The objective registered as `name` (imports the built-in loss families first)."""
+  _import_builtin()
+  return OBJECTIVES.get(name)
+
+
+def objective_names() -> list[str]:
+  """Names of all registered objectives (built-in families included)."""
+  _import_builtin()
+  return OBJECTIVES.names()
+
+
+__all__ = ["OBJECTIVES", "Objective", "Metrics", "get_objective", "objective_names"]

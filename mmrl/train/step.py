@@ -1,0 +1,87 @@
+"""The sharded train and eval steps: `jax.jit` with NamedShardings in and out, state donation.
+
+Compute runs in `config.model.dtype` (bf16 by default) with float32 params and float32 loss math.
+The batch is sharded along its leading axis over the whole mesh; objectives see global arrays and
+XLA inserts the gathers/reductions. A non-finite loss or gradient norm returns
+`metrics['nonfinite'] = True` and the *old* state (step not advanced), so the loop can stop before
+anything is overwritten.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from mmrl.objectives.contrastive import l2_normalize
+from mmrl.objectives.methods import total_loss
+from mmrl.parallel.mesh import batch_sharding, check_batch_size, replicated
+from mmrl.train.optimizer import make_schedule
+from mmrl.train.state import TrainState
+
+def _apply(state: TrainState, params: Any, batch: dict[str, Any], *, train: bool, rng: jax.Array):
+  """Runs the model; returns (outputs, new batch_stats)."""
+  variables = state.variables(params)
+  if train and state.batch_stats:
+    outputs, mutated = state.apply_fn(variables, batch, train=True, rngs={"dropout": rng},
+                                      mutable=["batch_stats"])
+    return outputs, mutated["batch_stats"]
+  outputs = state.apply_fn(variables, batch, train=train, rngs={"dropout": rng})
+  return outputs, state.batch_stats
+
+
+def make_train_step(config: Any, mesh: Mesh, state_shardings: TrainState
+                    ) -> Callable[[TrainState, dict[str, jax.Array]],
+                                  tuple[TrainState, dict[str, jax.Array]]]:
+  """`step(state, batch) -> (state, metrics)`, jitted with shardings and `donate_argnums=0`.
+
+  Metrics (replicated scalars): 'loss', each objective's '<name>/...', 'grad_norm', 'lr',
+  'nonfinite' (bool).
+
+  Raises:
+    ConfigError: when config.train.batch_size does not split over the mesh.
+  """
+  check_batch_size(int(config.train.batch_size), mesh)
+  schedule = make_schedule(config)
+
+  def step(state: TrainState, batch: dict[str, jax.Array]):
+    rng = jax.random.fold_in(state.rng, state.step)
+    dropout_rng, loss_rng = jax.random.split(rng)
+
+    def loss_fn(params):
+      outputs, new_stats = _apply(state, params, batch, train=True, rng=dropout_rng)
+      loss, metrics = total_loss(outputs, batch, config, loss_rng)
+      return loss, (metrics, new_stats)
+
+    (loss, (metrics, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats,
+                              opt_state=opt_state)
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+    metrics = dict(metrics)
+    metrics.update(grad_norm=grad_norm, lr=jnp.asarray(schedule(state.step), jnp.float32),
+                   nonfinite=jnp.logical_not(finite))
+    return new_state, metrics
+
+  return jax.jit(step, in_shardings=(state_shardings, batch_sharding(mesh)),
+                 out_shardings=(state_shardings, replicated(mesh)), donate_argnums=0)
+
+
+def make_eval_step(config: Any, mesh: Mesh, state_shardings: TrainState
+                   ) -> Callable[[TrainState, dict[str, jax.Array]], dict[str, jax.Array]]:
+  """`eval_step(state, batch) -> {'image_embed', 'text_embed'}`: L2-normalised float32 [B,d],
+  sharded along the batch like the input (train=False: BatchNorm running stats, no dropout)."""
+  del config
+
+  def eval_step(state: TrainState, batch: dict[str, jax.Array]):
+    outputs, _ = _apply(state, state.params, batch, train=False, rng=state.rng)
+    return {"image_embed": l2_normalize(outputs["image_embed"]),
+            "text_embed": l2_normalize(outputs["text_embed"])}
+
+  bs = batch_sharding(mesh)
+  return jax.jit(eval_step, in_shardings=(state_shardings, bs), out_shardings=bs)
