@@ -49,3 +49,35 @@ def test_evaluator_drops_padding_rows():
   m = ev.run()
   assert m["retrieval/num_pairs"] == 6.0
   assert m["retrieval/i2t_R@1"] == 1.0
+
+
+def _reference_label_p1(scores, labels):
+  hits = 0
+  n = len(scores)
+  for i in range(n):
+    best = max((j for j in range(n) if j != i), key=lambda j: scores[i][j])
+    hits += all(labels[i] == labels[best])
+  return hits / n
+
+
+def test_label_precision_at_1_matches_a_loop_reference_and_its_chance_level():
+  rng = np.random.default_rng(3)
+  labels = rng.random((30, 3)) < 0.4
+  img = labels + rng.normal(scale=0.8, size=(30, 3))
+  txt = labels + rng.normal(scale=0.8, size=(30, 3))
+  m = retrieval_metrics(img, txt, labels=labels)
+  imgn = img / np.linalg.norm(img, axis=1, keepdims=True)
+  txtn = txt / np.linalg.norm(txt, axis=1, keepdims=True)
+  assert m["retrieval/i2t_label_P@1"] == pytest.approx(_reference_label_p1(imgn @ txtn.T, labels))
+  assert m["retrieval/t2i_label_P@1"] == pytest.approx(_reference_label_p1(txtn @ imgn.T, labels))
+  same = sum(all(labels[i] == labels[j]) for i in range(30) for j in range(30) if i != j)
+  assert m["retrieval/chance_label_P@1"] == pytest.approx(same / (30 * 29))
+
+
+def test_evaluator_scores_label_precision_from_batch_labels():
+  labels = np.array([[1, 0], [1, 0], [0, 1], [0, 1]], np.float32)
+  emb = np.array([[1, 0], [1, 0.1], [0, 1], [0.1, 1]], np.float32)
+  batch = {"valid": np.ones(4, bool), "labels": labels, "label_mask": np.ones((4, 2), bool)}
+  m = RetrievalEvaluator(lambda: [batch], lambda b: (emb, emb)).run()
+  assert m["retrieval/i2t_label_P@1"] == 1.0
+  assert m["retrieval/chance_label_P@1"] == pytest.approx(4 / 12)

@@ -64,6 +64,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.text.intermediate_size = 1536  # only for random init
   c.model.text.global_pool = "cls"     # cls | max_tokens | mean_tokens
   c.model.text.sentence_pool = "max"   # max | mean
+  c.model.text.dropout = 0.0      # HF BERT trains with 0.1
+  c.model.text.vocab_size = 30522  # only for random init
   c.model.text.remat = False
 
   # ---- method (mmrl.objectives.methods) ----
@@ -113,4 +115,36 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.retrieval = True
   c.eval.max_examples = 512
   c.eval.batch_size = 32
+  return c
+
+
+def make_tiny(c: ml_collections.ConfigDict, *, image_tower: str = "resnet_tiny"
+              ) -> ml_collections.ConfigDict:
+  """Shrinks any method config to CPU-test size (in place): tiny towers, 32 px, L=64, 6 steps,
+  a 24-patient synthetic data set. Method configs call it for their `smoke`/`tiny` argument and
+  then shrink their own heads."""
+  c.data.dataset_dir = ""
+  c.data.synthetic.num_patients = 24
+  c.data.synthetic.image_size = 96
+  c.data.synthetic.short_side = 48
+  c.data.image_size = 32
+  c.data.max_tokens = 64
+  c.model.dtype = "float32"
+  c.model.image.name = image_tower
+  c.model.text.weights = ""
+  c.model.text.num_layers = 2
+  c.model.text.hidden_size = 32
+  c.model.text.num_heads = 2
+  c.model.text.intermediate_size = 64
+  c.method.embed_dim = 32
+  c.method.projection_hidden = 64
+  c.optim.warmup_steps = 2
+  c.optim.freeze.text_first_n_layers = 0
+  c.train.batch_size = 8
+  c.train.num_steps = 6
+  c.train.log_every = 2
+  c.train.eval_every = 6
+  c.train.checkpoint_every = 3
+  c.eval.batch_size = 8
+  c.eval.max_examples = 16
   return c

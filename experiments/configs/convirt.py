@@ -19,6 +19,7 @@ from __future__ import annotations
 import ml_collections
 
 from experiments.configs.base import base_config
+from experiments.configs.base import make_tiny
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
@@ -43,29 +44,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.data.image_size = 224
   c.data.max_tokens = 128
   if arg == "smoke":
-    c.data.synthetic.num_patients = 24
-    c.data.synthetic.image_size = 96
-    c.data.synthetic.short_side = 48
-    c.model.image.name = "resnet_tiny"
-    c.model.text.weights = ""
-    c.model.text.num_layers = 2
-    c.model.text.hidden_size = 32
-    c.model.text.num_heads = 2
-    c.model.text.intermediate_size = 64
-    c.model.dtype = "float32"
-    c.method.embed_dim = 32
-    c.method.projection_hidden = 64
-    c.data.image_size = 32
-    c.data.max_tokens = 64
-    c.train.batch_size = 8
-    c.train.num_steps = 6
-    c.train.log_every = 2
-    c.train.eval_every = 6
-    c.train.checkpoint_every = 3
-    c.eval.batch_size = 8
-    c.eval.max_examples = 16
-    c.optim.freeze.text_first_n_layers = 0
-    c.optim.warmup_steps = 2
+    make_tiny(c)
   elif arg:
     raise ValueError(f"unknown config argument {arg!r} for convirt.py; use '' or 'smoke'")
   return c

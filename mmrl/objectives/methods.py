@@ -99,6 +99,8 @@ def parse_objectives(method_cfg: Any) -> list[tuple[str, float, dict[str, Any]]]
 
 def get_method(method_cfg: Any) -> Method:
   """The `Method` named by `config.method.name`, holding `config.method`."""
+  from mmrl.objectives import registry  # pylint: disable=g-import-not-at-top
+  registry.import_builtin()  # method families register themselves on import
   try:
     cls = METHODS.get(method_cfg.name)
   except KeyError as e:

@@ -33,7 +33,20 @@ OBJECTIVES: Registry[Objective] = Registry("objective")
 
 
 # Loss-family modules that register objectives on import; a new family adds its module here.
-BUILTIN_MODULES = ("mmrl.objectives.contrastive",)
+# Each loss family's module; importing one registers its objectives (and its Method, if any).
+BUILTIN_MODULES = (
+    "mmrl.objectives.contrastive",
+    "mmrl.objectives.lovt",
+    "mmrl.objectives.gloria",
+    "mmrl.objectives.mgca",
+    "mmrl.objectives.local_mi",
+    "mmrl.objectives.place",
+)
+
+
+def import_builtin() -> None:
+  """Imports every built-in loss family (registers their objectives and methods)."""
+  _import_builtin()
 
 
 def _import_builtin() -> None:
