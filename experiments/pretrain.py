@@ -22,6 +22,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   del argv
   logging.getLogger().setLevel(logging.INFO)
+  # Orbax and Grain log through absl at INFO on every save/read; keep mmrl's own lines visible.
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  logging.getLogger("mmrl").setLevel(logging.INFO)
   # Imported here so that `--help` is fast and absl has parsed flags before Grain reads them.
   from mmrl.train import loop  # pylint: disable=g-import-not-at-top
   try:

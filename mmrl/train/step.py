@@ -19,6 +19,7 @@ from mmrl.objectives.contrastive import l2_normalize
 from mmrl.objectives.methods import total_loss
 from mmrl.parallel.mesh import batch_sharding, check_batch_size, replicated
 from mmrl.train.optimizer import make_schedule
+from mmrl.train.optimizer import param_labels
 from mmrl.train.state import TrainState
 
 def _apply(state: TrainState, params: Any, batch: dict[str, Any], *, train: bool, rng: jax.Array):
@@ -58,7 +59,11 @@ def make_train_step(config: Any, mesh: Mesh, state_shardings: TrainState
     (loss, (metrics, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    grad_norm = optax.tree.norm(grads)
+    # Over trainable leaves only: frozen gradients then feed nothing, and XLA drops their
+    # backward pass (a frozen tower costs only its forward).
+    labels = param_labels(state.params, config)
+    grad_norm = optax.tree.norm(jax.tree.map(
+        lambda g, label: jnp.zeros((), g.dtype) if label == "frozen" else g, grads, labels))
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats,
                               opt_state=opt_state)

