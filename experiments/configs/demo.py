@@ -1,10 +1,12 @@
 """Demo: ConVIRT on synthetic chest radiographs it makes itself; runs on a 2-core CPU.
 
 COMMAND: python -m experiments.pretrain --config=experiments/configs/demo.py --workdir=runs/demo
-EXPECT:  (filled in from a measured run; see README "Demo")
+EXPECT:  2.5 min on 2 CPU cores (2026-11-23); loss 3.47 -> 2.04; held-out i2t R@1 0.10 vs chance 0.008,
+         R@10 0.47 vs 0.085 (118 pairs); README "Demo results" has the table.
 What it does: generates a synthetic MIMIC-CXR-layout DICOM tree (phantoms with findings at known
 places, reports describing them), converts it to TFRecord shards, pretrains a small ResNet image
-tower + the first 2 layers of the offline MiniLM BERT (real weights) with the ConVIRT loss, and
+tower + projection heads on the frozen first 2 layers of the offline MiniLM BERT (real weights)
+with the ConVIRT loss, and
 scores held-out image->report retrieval against chance.
 """
 from __future__ import annotations
