@@ -46,6 +46,29 @@ def _masked_ce(logits: jax.Array, col_ok: jax.Array) -> tuple[jax.Array, jax.Arr
   return ce, correct
 
 
+def valid_mean(x: jax.Array, valid: jax.Array) -> jax.Array:
+  """Mean of x over the rows where `valid` is True (0 when none is)."""
+  n_valid = jnp.maximum(jnp.sum(valid), 1).astype(jnp.float32)
+  return jnp.sum(jnp.where(valid, x.astype(jnp.float32), 0.0)) / n_valid
+
+
+def symmetric_nce(logits: jax.Array, pair_ok: jax.Array, valid: jax.Array, *,
+                  image_to_text_weight: float = 0.5) -> tuple[jax.Array, Metrics]:
+  """InfoNCE in both directions over a [B, B] logit matrix whose diagonal holds the positives.
+
+  `pair_ok[i, j]`: may j serve as a candidate for i (masked ones get -1e9); `valid[i]`: does row
+  i count in the mean. Returns (lam * loss_i2t + (1 - lam) * loss_t2i, per-direction metrics).
+  Shared by every objective that turns an all-pairs score into a contrastive loss.
+  """
+  ce_i2t, ok_i2t = _masked_ce(logits, pair_ok)
+  ce_t2i, ok_t2i = _masked_ce(logits.T, pair_ok.T)
+  loss_i2t, loss_t2i = valid_mean(ce_i2t, valid), valid_mean(ce_t2i, valid)
+  lam = image_to_text_weight
+  loss = lam * loss_i2t + (1.0 - lam) * loss_t2i
+  return loss, {"loss_i2t": loss_i2t, "loss_t2i": loss_t2i,
+                "acc_i2t": valid_mean(ok_i2t, valid), "acc_t2i": valid_mean(ok_t2i, valid)}
+
+
 @OBJECTIVES.register("clip_nce")
 def clip_nce(outputs: dict[str, Any], batch: dict[str, Any], *, rng: jax.Array | None = None,
              tau: float = 0.1, learnable_tau: bool = False, image_to_text_weight: float = 0.5,
@@ -96,23 +119,10 @@ def clip_nce(outputs: dict[str, Any], batch: dict[str, Any], *, rng: jax.Array |
     pair_ok = pair_ok & (group[:, None] == group[None, :])
 
   logits = jnp.einsum("id,jd->ij", img, txt, precision=jax.lax.Precision.HIGHEST) / t
-  ce_i2t, ok_i2t = _masked_ce(logits, pair_ok)
-  ce_t2i, ok_t2i = _masked_ce(logits.T, pair_ok.T)
-
-  n_valid = jnp.maximum(jnp.sum(valid), 1).astype(jnp.float32)
-
-  def vmean(x):
-    return jnp.sum(jnp.where(valid, x.astype(jnp.float32), 0.0)) / n_valid
-
-  loss_i2t, loss_t2i = vmean(ce_i2t), vmean(ce_t2i)
-  lam = image_to_text_weight
-  loss = lam * loss_i2t + (1.0 - lam) * loss_t2i
+  loss, metrics = symmetric_nce(logits, pair_ok, valid,
+                                image_to_text_weight=image_to_text_weight)
   if sum_directions:
     loss = 2.0 * loss
-  negatives = vmean(jnp.sum(pair_ok, axis=-1) - 1)
-  metrics = {
-      "loss_i2t": loss_i2t, "loss_t2i": loss_t2i,
-      "acc_i2t": vmean(ok_i2t), "acc_t2i": vmean(ok_t2i),
-      "tau": t, "negatives": negatives,
-  }
+  negatives = valid_mean(jnp.sum(pair_ok, axis=-1) - 1, valid)
+  metrics.update(tau=t, negatives=negatives)
   return loss, metrics

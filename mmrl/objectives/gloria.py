@@ -32,10 +32,11 @@ import jax.numpy as jnp
 from mmrl.config_errors import ConfigError
 from mmrl.heads.gloria_heads import word_features
 from mmrl.heads.projection import LinearProjection
+from mmrl.objectives.contrastive import NEG_INF, symmetric_nce, valid_mean
 from mmrl.objectives.methods import METHODS, Method
 from mmrl.objectives.registry import OBJECTIVES, Metrics
 
-NEG_INF = -1e9  # finite mask value: never -inf (NaN-free gradients)
+
 COS_EPS = 1e-8  # GLoRIA's cosine clamp on |a| |b|
 
 
@@ -45,23 +46,8 @@ def masked_softmax(logits: jax.Array, mask: jax.Array, axis: int) -> jax.Array:
   return jax.nn.softmax(logits, axis=axis)
 
 
-def diag_ce(logits: jax.Array, ok: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Per-row CE with the diagonal as target over the ok columns, and argmax == diagonal.
-
-  Args:
-    logits: f32[N, N].
-    ok: bool[N] rows/columns that take part.
-  """
-  logits = jnp.where(ok[None, :], logits.astype(jnp.float32), NEG_INF)
-  ce = jax.nn.logsumexp(logits, axis=-1) - jnp.diagonal(logits)
-  correct = jnp.argmax(logits, axis=-1) == jnp.arange(logits.shape[0])
-  return ce, correct
-
-
-def masked_mean(x: jax.Array, ok: jax.Array) -> jax.Array:
-  """Mean of x over the ok entries (0 when none)."""
-  n = jnp.maximum(jnp.sum(ok), 1).astype(jnp.float32)
-  return jnp.sum(jnp.where(ok, x.astype(jnp.float32), 0.0)) / n
+# Mean over the rows that take part; shared with MGCA.
+masked_mean = valid_mean
 
 
 def word_region_attention(words: jax.Array, word_mask: jax.Array, regions: jax.Array,
@@ -205,15 +191,13 @@ def gloria_local(outputs: dict[str, Any], batch: dict[str, Any], *, rng: jax.Arr
   ok = _valid(batch, b) & jnp.any(word_mask, axis=1) & jnp.any(region_mask, axis=1)
   s = gloria_local_logits(words, word_mask, regions, region_mask, tau1=tau1, tau2=tau2,
                           tau3=tau3, exact=exact, caption_chunk=caption_chunk)
-  ce0, ok0 = diag_ce(s, ok)
-  ce1, ok1 = diag_ce(s.T, ok)
-  l0, l1 = masked_mean(ce0, ok), masked_mean(ce1, ok)
-  metrics = {"loss_i2t": l0, "loss_t2i": l1, "acc_i2t": masked_mean(ok0, ok),
-             "acc_t2i": masked_mean(ok1, ok)}
+  # Both directions summed (GLoRIA): twice the lambda = 1/2 mean.
+  loss, metrics = symmetric_nce(s.astype(jnp.float32), ok[:, None] & ok[None, :], ok,
+                                image_to_text_weight=0.5)
   if return_aux:
     metrics["aux/attention"] = gloria_attention_maps(words, word_mask, regions, region_mask,
                                                      tau1=tau1, exact=exact)
-  return l0 + l1, metrics
+  return 2.0 * loss, metrics
 
 
 @METHODS.register("gloria")
@@ -248,4 +232,4 @@ class GLoRIA(Method):
 
 
 __all__ = ["gloria_local", "gloria_local_logits", "gloria_attention_maps", "word_region_attention",
-           "GLoRIA", "masked_softmax", "diag_ce", "masked_mean"]
+           "GLoRIA", "masked_softmax", "masked_mean"]

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 from mmrl.config_errors import ConfigError
 from mmrl.heads.projection import LogTemperature, MLPProjection
 from mmrl.heads.query_decoder import CorrelationPredictor, QueryDecoder
-from mmrl.objectives.contrastive import NEG_INF, l2_normalize, resolve_tau
+from mmrl.objectives.contrastive import NEG_INF, l2_normalize, resolve_tau, symmetric_nce, valid_mean
 from mmrl.objectives.methods import METHODS, Method
 from mmrl.objectives.registry import OBJECTIVES, Metrics
 
@@ -96,14 +96,6 @@ def set_scores(query: jax.Array, sent: jax.Array, sent_mask: jax.Array, *,
   return out[:, :bt]
 
 
-def _ce_diag(logits: jax.Array, pair_ok: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Per-row CE with the diagonal as target (masked columns get -1e9), and top-1 correctness."""
-  logits = jnp.where(pair_ok, logits, NEG_INF)
-  ce = jax.nn.logsumexp(logits, axis=-1) - jnp.diagonal(logits)
-  correct = jnp.argmax(logits, axis=-1) == jnp.arange(logits.shape[0])
-  return ce, correct
-
-
 @OBJECTIVES.register("set_align")
 def set_align(outputs: dict[str, Any], batch: dict[str, Any], *, rng: jax.Array | None = None,
               tau: float = 0.07, learnable_tau: bool = False, image_to_text_weight: float = 0.5,
@@ -152,28 +144,16 @@ def set_align(outputs: dict[str, Any], batch: dict[str, Any], *, rng: jax.Array 
   scores = set_scores(query, sent, mask, chunk_size=chunk_size)
   logits = scores / t
   pair_ok = valid[:, None] & valid[None, :]
-  ce_i2t, ok_i2t = _ce_diag(logits, pair_ok)
-  ce_t2i, ok_t2i = _ce_diag(logits.T, pair_ok.T)
-  n_valid = jnp.maximum(jnp.sum(valid), 1).astype(jnp.float32)
-
-  def vmean(x):
-    return jnp.sum(jnp.where(valid, x.astype(jnp.float32), 0.0)) / n_valid
-
-  loss_i2t, loss_t2i = vmean(ce_i2t), vmean(ce_t2i)
-  lam = image_to_text_weight
-  loss = lam * loss_i2t + (1.0 - lam) * loss_t2i
+  loss, metrics = symmetric_nce(logits, pair_ok, valid,
+                                image_to_text_weight=image_to_text_weight)
 
   # Which query wins each sentence of the positive pair (monitoring only).
   pos_cos = jnp.einsum("bkd,bsd->bsk", l2_normalize(query), l2_normalize(sent),
                        precision=_HIGHEST)
   winner = jax.nn.one_hot(jnp.argmax(pos_cos, axis=-1), query.shape[1], dtype=jnp.float32)
   used = jnp.any((winner * mask[..., None].astype(jnp.float32)) > 0, axis=1)
-  metrics = {
-      "loss_i2t": loss_i2t, "loss_t2i": loss_t2i,
-      "acc_i2t": vmean(ok_i2t), "acc_t2i": vmean(ok_t2i), "tau": t,
-      "pos_score": vmean(jnp.diagonal(scores)),
-      "active_queries": vmean(jnp.sum(used, axis=-1)),
-  }
+  metrics.update(tau=t, pos_score=valid_mean(jnp.diagonal(scores), valid),
+                 active_queries=valid_mean(jnp.sum(used, axis=-1), valid))
   return loss, jax.lax.stop_gradient(metrics)
 
 
