@@ -2,7 +2,8 @@
 
 One record = one image (a DICOM instance or an image file) with its study's report. Shards are
 standard TFRecord files of `tf.train.Example` protos with exactly the features below, so
-TensorFlow's `tf.data.TFRecordDataset` + `tf.io.parse_single_example(FEATURE_SPEC_TF)` reads them;
+TensorFlow's `tf.data.TFRecordDataset` + `tf.io.parse_single_example(records.feature_spec_tf())`
+reads them;
 mmrl itself reads them without TensorFlow (data_pipeline.example_proto / records).
 Full documentation: docs/data_format.md. Bump SPEC_VERSION on any change.
 """

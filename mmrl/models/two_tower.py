@@ -47,7 +47,9 @@ class TwoTowerModel(nn.Module):
     image = self.encode_image(batch["image"], train=train)
     text = self.encode_text(batch, train=train)
     outputs = {"image": image, "text": text}
-    outputs.update(self.method.apply_heads(image, text, batch, train=train, dtype=self.dtype))
+    extra = {"model": self} if self.method.uses_model else {}
+    outputs.update(self.method.apply_heads(image, text, batch, train=train, dtype=self.dtype,
+                                           **extra))
     return outputs
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -58,6 +58,10 @@ class Method:
   def objectives(self) -> list[tuple[str, float, dict[str, Any]]]:
     """(name, weight, options) for each entry of `config.method.objectives`."""
     return parse_objectives(self.cfg)
+
+  # A method whose heads need the running model (e.g. to run its text tower on constant
+  # knowledge texts, MLIP) sets this; TwoTowerModel then passes `model=self` to apply_heads.
+  uses_model: ClassVar[bool] = False
 
   def apply_heads(self, image: ImageFeatures, text: TextFeatures, batch: Mapping[str, Any], *,
                   train: bool, dtype: Any) -> dict[str, Any]:

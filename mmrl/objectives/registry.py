@@ -41,6 +41,8 @@ BUILTIN_MODULES = (
     "mmrl.objectives.mgca",
     "mmrl.objectives.local_mi",
     "mmrl.objectives.place",
+    "mmrl.objectives.mlip",
+    "mmrl.objectives.lrclr",
 )
 
 

