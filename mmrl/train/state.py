@@ -79,6 +79,37 @@ def dummy_batch(config: Any, batch_size: int = 2) -> dict[str, np.ndarray]:
   }
 
 
+def _init_fn(config: Any, model: nn.Module | None) -> Callable[[jax.Array], TrainState]:
+  """rng (raw u32[2]) -> freshly initialised TrainState for `config`."""
+  if model is None:
+    model, tx = model_and_optimizer(config)
+  else:
+    tx = model_and_optimizer(config)[1]
+  batch = dummy_batch(config)
+
+  def init(rng):
+    param_rng, dropout_rng, state_rng = jax.random.split(rng, 3)
+    variables = model.init({"params": param_rng, "dropout": dropout_rng}, batch, train=False)
+    params = variables["params"]
+    batch_stats = variables.get("batch_stats", {})
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                      opt_state=tx.init(params), rng=state_rng, apply_fn=model.apply, tx=tx)
+  return init
+
+
+def abstract_train_state(config: Any, mesh: Mesh, *,
+                         rules: Sequence[sharding_lib.Rule] | None = None,
+                         min_shard_size: int = sharding_lib.DEFAULT_MIN_SIZE
+                         ) -> tuple[TrainState, TrainState]:
+  """(state of ShapeDtypeStructs carrying their shardings, state_shardings), allocating nothing:
+  for lowering/compiling a full-size step on a machine that cannot hold it."""
+  abstract = jax.eval_shape(_init_fn(config, None), jax.ShapeDtypeStruct((2,), jnp.uint32))
+  shardings = sharding_lib.tree_shardings(abstract, mesh, rules, min_shard_size)
+  with_shardings = jax.tree.map(
+      lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), abstract, shardings)
+  return with_shardings, shardings
+
+
 def create_train_state(config: Any, rng: jax.Array, mesh: Mesh, *, model: nn.Module | None = None,
                        rules: Sequence[sharding_lib.Rule] | None = None,
                        min_shard_size: int = sharding_lib.DEFAULT_MIN_SIZE
@@ -99,20 +130,7 @@ def create_train_state(config: Any, rng: jax.Array, mesh: Mesh, *, model: nn.Mod
   """
   if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
     rng = jax.random.key_data(rng)  # the state keeps raw u32 key data (plain for checkpoints)
-  if model is None:
-    model, tx = model_and_optimizer(config)
-  else:
-    tx = model_and_optimizer(config)[1]
-  batch = dummy_batch(config)
-
-  def init(rng):
-    param_rng, dropout_rng, state_rng = jax.random.split(rng, 3)
-    variables = model.init({"params": param_rng, "dropout": dropout_rng}, batch, train=False)
-    params = variables["params"]
-    batch_stats = variables.get("batch_stats", {})
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                      opt_state=tx.init(params), rng=state_rng, apply_fn=model.apply, tx=tx)
-
+  init = _init_fn(config, model)
   abstract = jax.eval_shape(init, rng)
   shardings = sharding_lib.tree_shardings(abstract, mesh, rules, min_shard_size)
   state = jax.jit(init, out_shardings=shardings)(rng)
