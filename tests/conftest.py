@@ -37,3 +37,10 @@ def shared_data() -> pathlib.Path:
     pytest.skip("real test data not found: set MMRL_SHARED_DATA to the shared/data folder "
                 "(or place shared/ next to the repository)")
   return d
+
+
+@pytest.fixture(scope="session")
+def synthetic_cache(tmp_path_factory):
+  """One data.synthetic.cache_dir per test process: the tiny configs share their synthetic data
+  set (keyed by its parameters), so it is generated once instead of once per test."""
+  return tmp_path_factory.mktemp("synthetic_cache")

@@ -216,9 +216,9 @@ def test_missing_outputs_name_the_key_and_the_method():
     get_objective("gloria_local")({}, {}, rng=None)
 
 
-def _tiny_config(tmp_path):
+def _tiny_config(cache):
   c = gloria_config.get_config("tiny")
-  c.data.synthetic.cache_dir = str(tmp_path / "data")
+  c.data.synthetic.cache_dir = str(cache)
   c.data.synthetic.workers = 1
   # Keep the test under a minute on a shared 2-core host: one checkpoint, no retrieval eval
   # (a second compiled program; the eval path is covered by the full-config output check).
@@ -228,9 +228,9 @@ def _tiny_config(tmp_path):
   return c
 
 
-def test_tiny_gloria_config_trains_six_steps_with_a_finite_loss(tmp_path):
+def test_tiny_gloria_config_trains_six_steps_with_a_finite_loss(tmp_path, synthetic_cache):
   from mmrl.train.loop import train_and_evaluate  # pylint: disable=g-import-not-at-top
-  last = train_and_evaluate(_tiny_config(tmp_path), tmp_path / "run")
+  last = train_and_evaluate(_tiny_config(synthetic_cache), tmp_path / "run")
   assert np.isfinite(last["loss"])
   assert np.isfinite(last["gloria_local/loss"]) and np.isfinite(last["clip_nce/loss"])
   print("tiny gloria final loss:", last["loss"])

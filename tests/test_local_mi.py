@@ -227,16 +227,16 @@ def test_sampled_sentences_are_valid_and_padding_values_change_nothing():
       assert any(np.array_equal(a[bi], o) for o in options)
 
 
-def _tiny_config(tmp_path):
+def _tiny_config(cache):
   c = local_mi_config.get_config("tiny")
-  c.data.synthetic.cache_dir = str(tmp_path / "data")
+  c.data.synthetic.cache_dir = str(cache)
   c.data.synthetic.workers = 1
   return c
 
 
-def test_tiny_config_trains_six_steps_end_to_end_with_a_finite_loss(tmp_path):
+def test_tiny_config_trains_six_steps_end_to_end_with_a_finite_loss(tmp_path, synthetic_cache):
   from mmrl.train.loop import train_and_evaluate  # pylint: disable=g-import-not-at-top
-  last = train_and_evaluate(_tiny_config(tmp_path), tmp_path / "run")
+  last = train_and_evaluate(_tiny_config(synthetic_cache), tmp_path / "run")
   assert np.isfinite(last["loss"])
   assert {"mi_bound/mi_infonce", "mi_bound/mi_dv", "mi_bound/negatives"} <= set(last)
   assert (tmp_path / "run" / "checkpoints").exists()

@@ -340,9 +340,9 @@ def test_lrclr_total_loss_is_nce_plus_half_the_region_reference_and_selects_top_
   assert np.isfinite(float(m["lrclr_region/loss"]))
 
 
-def test_tiny_lrclr_config_trains_six_steps_end_to_end(tmp_path):
+def test_tiny_lrclr_config_trains_six_steps_end_to_end(tmp_path, synthetic_cache):
   config = lrclr_config.get_config("tiny")
-  config.data.synthetic.cache_dir = str(tmp_path / "data")
+  config.data.synthetic.cache_dir = str(synthetic_cache)
   config.data.synthetic.workers = 1
   config.train.async_checkpoint = False
   config.eval.retrieval = False

@@ -242,9 +242,9 @@ def test_tca_has_no_python_loop_over_the_batch():
   assert n_eqns(3) == n_eqns(9)
 
 
-def _tiny_config(tmp_path):
+def _tiny_config(cache):
   c = mgca_config.get_config("tiny")
-  c.data.synthetic.cache_dir = str(tmp_path / "data")
+  c.data.synthetic.cache_dir = str(cache)
   c.data.synthetic.workers = 1
   # Under a minute on a shared 2-core host: one checkpoint, no retrieval eval.
   c.train.checkpoint_every = 6
@@ -253,9 +253,9 @@ def _tiny_config(tmp_path):
   return c
 
 
-def test_tiny_mgca_config_trains_six_steps_with_a_finite_loss(tmp_path):
+def test_tiny_mgca_config_trains_six_steps_with_a_finite_loss(tmp_path, synthetic_cache):
   from mmrl.train.loop import train_and_evaluate  # pylint: disable=g-import-not-at-top
-  last = train_and_evaluate(_tiny_config(tmp_path), tmp_path / "run")
+  last = train_and_evaluate(_tiny_config(synthetic_cache), tmp_path / "run")
   for key in ("loss", "clip_nce/loss", "tca/loss", "proto_swap/loss"):
     assert np.isfinite(last[key]), key
   print("tiny mgca final loss:", {k: last[k] for k in ("loss", "clip_nce/loss", "tca/loss",

@@ -249,9 +249,9 @@ def test_mlip_total_loss_is_the_sum_of_the_three_references(tiny_outputs):
   np.testing.assert_allclose(float(loss), itc + lw + lp + proto, rtol=1e-4)
 
 
-def test_tiny_mlip_config_trains_six_steps_end_to_end(tmp_path):
+def test_tiny_mlip_config_trains_six_steps_end_to_end(tmp_path, synthetic_cache):
   config = mlip_config.get_config("tiny")
-  config.data.synthetic.cache_dir = str(tmp_path / "data")
+  config.data.synthetic.cache_dir = str(synthetic_cache)
   config.data.synthetic.workers = 1
   config.train.async_checkpoint = False
   config.eval.retrieval = False

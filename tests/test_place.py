@@ -331,9 +331,9 @@ def test_place_total_loss_is_the_sum_of_the_three_references():
   assert float(m["corr_predict/hidden_fraction"]) == 0.5
 
 
-def test_tiny_place_config_trains_six_steps_end_to_end(tmp_path):
+def test_tiny_place_config_trains_six_steps_end_to_end(tmp_path, synthetic_cache):
   config = place_config.get_config("tiny")
-  config.data.synthetic.cache_dir = str(tmp_path / "data")
+  config.data.synthetic.cache_dir = str(synthetic_cache)
   config.data.synthetic.workers = 1
   last = loop.train_and_evaluate(config, tmp_path / "run")
   assert np.isfinite(last["loss"])

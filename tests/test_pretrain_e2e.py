@@ -24,9 +24,9 @@ from mmrl.train import state as state_lib
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def data_cache(tmp_path_factory):
-  return tmp_path_factory.mktemp("synthetic_cache")
+@pytest.fixture
+def data_cache(synthetic_cache):
+  return synthetic_cache  # shared with the method tests (tests/conftest.py)
 
 
 def _smoke(data_cache, **overrides):

@@ -48,23 +48,19 @@ BUILTIN_MODULES = (
 
 def import_builtin() -> None:
   """Imports every built-in loss family (registers their objectives and methods)."""
-  _import_builtin()
-
-
-def _import_builtin() -> None:
   for module in BUILTIN_MODULES:
     importlib.import_module(module)
 
 
 def get_objective(name: str) -> Objective:
   """The objective registered as `name` (imports the built-in loss families first)."""
-  _import_builtin()
+  import_builtin()
   return OBJECTIVES.get(name)
 
 
 def objective_names() -> list[str]:
   """Names of all registered objectives (built-in families included)."""
-  _import_builtin()
+  import_builtin()
   return OBJECTIVES.names()
 
 
