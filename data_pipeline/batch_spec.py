@@ -18,6 +18,15 @@ A batch is a dict of numpy arrays (per process: B = global_batch // process_coun
   box_mask           bool[B, NB]      True for real boxes (NB = data.max_boxes)
   valid              bool[B]          False for padding examples (evaluation's last batch)
 
+Optional evaluation keys (only from `pipeline.make_eval_batches(..., with_masks=True)`; training
+batches never carry them):
+
+  masks              f32[B, M, H, W]  0/1 segmentation masks in the output image's frame (the
+                                      record's masks/encoded PNGs through the evaluation view)
+  mask_labels        i32[B, M]        index of each mask's masks/label in the label vocabulary;
+                                      -1 when the name is not in it (e.g. 'Lungs') or padding
+  mask_present       bool[B, M]       True for real masks (M = max_masks; extra masks dropped)
+
 Padding never enters a loss: every consumer masks with attention_mask / sentence_mask / valid.
 """
 from __future__ import annotations
@@ -27,6 +36,9 @@ BATCH_KEYS = (
     "sentence_mask", "n_sentences", "labels", "label_mask", "study_id", "patient_id",
     "boxes", "box_labels", "box_mask", "valid",
 )
+
+# Optional evaluation-only keys (make_eval_batches(with_masks=True)).
+MASK_KEYS = ("masks", "mask_labels", "mask_present")
 
 # Keys the model consumes; the rest are for evaluation and bookkeeping.
 MODEL_KEYS = ("image", "input_ids", "attention_mask", "token_to_sentence", "sentence_mask")

@@ -1,7 +1,8 @@
 """The Grain input pipeline: converted data set -> fixed-shape numpy batches, resumable exactly.
 
 Owns `make_train_iterator` (shuffled, repeated, sharded per process, augmented, resumable),
-`make_eval_batches` (fixed order, last batch padded with valid=False rows) and `dataset_info`
+`make_eval_batches` (fixed order, last batch padded with valid=False rows; optionally with the
+records' segmentation masks) and `dataset_info`
 (loads and validates a data set's dataset_info.json). Batches follow data_pipeline/batch_spec.py.
 
 Train graph (per process):
@@ -292,7 +293,8 @@ def make_train_iterator(data_cfg, *, global_batch_size: int, process_index: int 
 # Evaluation.
 
 def _stack(examples: list[dict]) -> dict[str, np.ndarray]:
-  return {k: np.stack([e[k] for e in examples]) for k in batch_spec.BATCH_KEYS}
+  keys = batch_spec.BATCH_KEYS + tuple(k for k in batch_spec.MASK_KEYS if k in examples[0])
+  return {k: np.stack([e[k] for e in examples]) for k in keys}
 
 
 class EvalBatches:
@@ -334,7 +336,8 @@ class EvalBatches:
 
 
 def make_eval_batches(data_cfg, *, split: str, batch_size: int,
-                      max_examples: Optional[int] = None) -> EvalBatches:
+                      max_examples: Optional[int] = None, with_masks: bool = False,
+                      max_masks: int = 4) -> EvalBatches:
   """Evaluation batches: no augmentation or shuffle, record order, last batch padded.
 
   Args:
@@ -342,9 +345,12 @@ def make_eval_batches(data_cfg, *, split: str, batch_size: int,
     split: the split to read (e.g. config.data.eval_split).
     batch_size: rows per batch; padding rows have valid=False (and empty masks).
     max_examples: read only the first this many records (None = all).
+    with_masks: also return the records' segmentation masks (batch_spec.MASK_KEYS: masks
+      f32[B, max_masks, S, S] in the image's evaluation view, mask_labels, mask_present).
+    max_masks: masks kept per example (the first ones of the record).
 
   Returns:
-    An iterator of batch dicts (batch_spec.BATCH_KEYS), with `.num_skipped`.
+    An iterator of batch dicts (batch_spec.BATCH_KEYS [+ MASK_KEYS]), with `.num_skipped`.
   """
   if batch_size < 1:
     raise ValueError(f"batch_size={batch_size} must be >= 1 (config.eval.batch_size)")
@@ -354,6 +360,8 @@ def make_eval_batches(data_cfg, *, split: str, batch_size: int,
   source = split_source(dataset_dir, split, info)
   n = len(source) if max_examples is None else min(len(source), int(max_examples))
   transform = transforms.RecordTransform(data_cfg, info["label_names"], train=False)
+  if with_masks:
+    transform.enable_masks(max_masks)
   _ = transform.tokenizer  # Fail here on a bad config.data.tokenizer.
   loader = transforms.ExampleLoader(source, transform, on_bad)
   return EvalBatches(loader, n, batch_size)

@@ -2,7 +2,8 @@
 
 Owns the per-record work of the Grain pipeline: parse the record, decode and view the image
 (data_pipeline.augment), normalise it, tokenise the report (data_pipeline.tokenization), map
-labels/boxes onto the data set's label vocabulary and hash the study/patient ids. Also owns the
+labels/boxes onto the data set's label vocabulary and hash the study/patient ids; for evaluation
+with `with_masks`, the record's masks through the same view (`eval_masks`). Also owns the
 bad-record policy (`config.data.on_bad_record`): a record that cannot be read, parsed or decoded
 raises an `errors.InputError`; `ExampleLoader` logs it with its id and returns a `BadRecord`
 marker under 'skip' (the pipeline filters and counts markers before batching) or re-raises
@@ -91,6 +92,17 @@ class RecordTransform:
     self._label_index = {n: i for i, n in enumerate(self.label_names)}
     self.train = train
     self._tokenizer: Optional[tokenization.ReportTokenizer] = None
+    self.with_masks = False  # set by `enable_masks` (evaluation only)
+    self.max_masks = 0
+
+  def enable_masks(self, max_masks: int) -> "RecordTransform":
+    """Adds the optional mask keys (batch_spec.MASK_KEYS) to every example; evaluation only."""
+    if self.train:
+      raise ValueError("masks are an evaluation output; the training transform does not make them")
+    if int(max_masks) < 1:
+      raise ValueError(f"max_masks={max_masks} must be >= 1 (config.eval.segmentation.max_masks)")
+    self.with_masks, self.max_masks = True, int(max_masks)
+    return self
 
   def __getstate__(self):
     state = self.__dict__.copy()
@@ -145,7 +157,7 @@ class RecordTransform:
     box_labels[:len(kept)] = [self._label_index.get(rec.boxes[i].label, -1) for i in kept]
     box_mask[:len(kept)] = True
 
-    return {
+    out = {
         "image": image.astype(np.float32, copy=False),
         **text,
         "sentence_mask": present,
@@ -159,6 +171,10 @@ class RecordTransform:
         "box_mask": box_mask,
         "valid": np.bool_(True),
     }
+    if self.with_masks:
+      out.update(eval_masks(rec, img.size, self.image_size, self.max_masks, self._label_index,
+                            item=item))
+    return out
 
   def padding_example(self) -> dict[str, np.ndarray]:
     """An all-padding example (valid=False) with the same shapes, for eval's last batch."""
@@ -179,7 +195,38 @@ class RecordTransform:
         "box_labels": np.full([nb], -1, np.int32),
         "box_mask": np.zeros([nb], bool),
         "valid": np.bool_(False),
+        **({"masks": np.zeros([self.max_masks, s, s], np.float32),
+            "mask_labels": np.full([self.max_masks], -1, np.int32),
+            "mask_present": np.zeros([self.max_masks], bool)} if self.with_masks else {}),
     }
+
+
+def eval_masks(rec: records.StudyRecord, image_size_wh: tuple[int, int], size: int,
+               max_masks: int, label_index: Mapping[str, int], *, item: str = ""
+               ) -> dict[str, np.ndarray]:
+  """The record's masks in the evaluation view's frame (augment.eval_view: pad to square, resize
+  to size², bilinear, then >= half the mask's peak value), as batch_spec.MASK_KEYS for one example.
+
+  Raises:
+    errors.BadImageError: a mask PNG that does not decode or differs in size from the image.
+  """
+  masks = np.zeros([max_masks, size, size], np.float32)
+  labels = np.full([max_masks], -1, np.int32)
+  present = np.zeros([max_masks], bool)
+  empty_boxes = np.zeros([0, 4], np.float32)
+  for j, (name, png) in enumerate(zip(rec.mask_labels[:max_masks], rec.masks_png[:max_masks])):
+    m = augment.decode_png(png, item=f"{item} mask {j} ({name})")
+    if m.size != tuple(image_size_wh):
+      raise errors.BadImageError(item, f"mask {j} ({name}) is {m.size[0]}x{m.size[1]} but the "
+                                 f"image is {image_size_wh[0]}x{image_size_wh[1]}; masks/encoded "
+                                 "must have the image's size (record_spec)")
+    peak = float(np.max(augment.to_float01(m)))  # 1 for 0/255 PNGs; also accepts 0/1 PNGs
+    view, _, _ = augment.eval_view(m, empty_boxes, size)
+    if peak > 0:
+      masks[j] = (view >= 0.5 * peak).astype(np.float32)
+    labels[j] = label_index.get(name, -1)
+    present[j] = True
+  return {"masks": masks, "mask_labels": labels, "mask_present": present}
 
 
 class ExampleLoader:
