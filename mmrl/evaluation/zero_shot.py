@@ -16,12 +16,25 @@ CheXpert "uncertain" / "not mentioned" ones, are left out of that class).
 - `roc_auc`, `zero_shot_auc`: Mann-Whitney AUC with tie averaging (no sklearn).
 - `embed_prompts`: prompts -> text embeddings with any `apply_text(batch) -> [n, d]` function and
   a `data_pipeline.tokenization.ReportTokenizer`.
+- `load_prompt_sets`: prompt sets (several positive and negative prompts per finding) from a JSON
+  file, by default the shipped prompts/chexpert_prompts.json; `config.eval.zero_shot.prompts`
+  replaces it. A set's embedding is the normalised mean of its prompts' embeddings.
+- `zero_shot_accuracy`: accuracy of "P(finding) >= 0.5" on the known labels.
+- `ZeroShotEvaluator`: embeds the prompt sets with the run's text tower and scores a split
+  (AUROC and accuracy per finding of the data set's label vocabulary, and their means).
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping, Optional, Sequence
+import json
+import logging
+import pathlib
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROMPTS = pathlib.Path(__file__).parent / "prompts" / "chexpert_prompts.json"
 
 CHEXPERT_LABELS = (
     "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",
@@ -143,5 +156,99 @@ def embed_prompts(apply_text: Callable[[Mapping[str, np.ndarray]], np.ndarray], 
   return emb[0::2], emb[1::2]
 
 
+def load_prompt_sets(path: str | pathlib.Path = "") -> dict[str, tuple[list[str], list[str]]]:
+  """finding -> (positive prompts, negative prompts) from a JSON file
+  {"findings": {name: {"positive": [...], "negative": [...]}}} ('' = the shipped CheXpert set)."""
+  path = pathlib.Path(path) if path else DEFAULT_PROMPTS
+  try:
+    doc = json.loads(path.read_text())
+  except (OSError, json.JSONDecodeError) as e:
+    raise ValueError(f"config.eval.zero_shot.prompts={str(path)!r} is not a readable JSON prompt "
+                     f"file ({e}); see {DEFAULT_PROMPTS} for the format") from None
+  out = {}
+  for name, entry in dict(doc.get("findings", {})).items():
+    pos, neg = entry.get("positive", []), entry.get("negative", [])
+    if isinstance(pos, str):
+      pos = [pos]
+    if isinstance(neg, str):
+      neg = [neg]
+    if not pos or not neg:
+      raise ValueError(f"{path}: finding {name!r} needs at least one 'positive' and one "
+                       "'negative' prompt")
+    out[str(name)] = ([str(p) for p in pos], [str(n) for n in neg])
+  if not out:
+    raise ValueError(f"{path} has no 'findings'; see {DEFAULT_PROMPTS} for the format")
+  return out
+
+
+def mean_prompt_embedding(embeddings: np.ndarray, groups: Sequence[int]) -> np.ndarray:
+  """[sum(groups), d] prompt embeddings -> [len(groups), d]: unit-norm mean of each group."""
+  out, start = [], 0
+  for g in groups:
+    out.append(_unit(embeddings[start:start + g]).mean(axis=0))
+    start += g
+  return _unit(np.stack(out))
+
+
+def zero_shot_accuracy(scores: np.ndarray, positive: np.ndarray, known: np.ndarray,
+                       findings: Sequence[str], prefix: str = "zero_shot") -> dict[str, float]:
+  """'<prefix>/accuracy/<finding>' of (score >= 0.5) == positive over known entries, and
+  '<prefix>/mean_accuracy'."""
+  out = {}
+  for c, name in enumerate(findings):
+    m = np.asarray(known[:, c], bool)
+    if m.any():
+      out[f"{prefix}/accuracy/{name}"] = float(np.mean((scores[m, c] >= 0.5) == positive[m, c]))
+  accs = list(out.values())
+  out[f"{prefix}/mean_accuracy"] = float(np.mean(accs)) if accs else float("nan")
+  return out
+
+
+class ZeroShotEvaluator:
+  """Zero-shot classification of `config.eval.zero_shot.split` (default data.eval_split) with the
+  prompt sets of `config.eval.zero_shot.prompts`, for the findings in `label_names`.
+
+  `__call__(state, features_fn, embed_text_fn) -> (scalars, {})`: `features_fn(split, max)` gives
+  `extract_features` output (image_embed, labels, label_mask); `embed_text_fn(texts)` gives the
+  L2-normalised projected text embeddings [n, d] of single-sentence texts.
+  """
+
+  def __init__(self, config: Any, label_names: Sequence[str]):
+    self.cfg = config.eval.zero_shot
+    self.data = config.data
+    sets = load_prompt_sets(self.cfg.prompts)
+    names = tuple(label_names)
+    self.findings = [f for f in sets if f in names]
+    missing = [f for f in sets if f not in names]
+    if missing:
+      log.info("zero-shot: prompt findings not in the label vocabulary, skipped: %s", missing)
+    if not self.findings:
+      raise ValueError(f"none of the prompt findings {sorted(sets)} is in the data set's "
+                       f"label_names {list(names)}; give a prompt file for this vocabulary "
+                       "(config.eval.zero_shot.prompts)")
+    self.columns = [names.index(f) for f in self.findings]
+    self.sets = [sets[f] for f in self.findings]
+    self.tau = float(self.cfg.tau)
+
+  def __call__(self, state, features_fn, embed_text_fn) -> tuple[dict[str, float], dict]:
+    del state
+    texts, groups = [], []
+    for pos, neg in self.sets:
+      texts += pos + neg
+      groups += [len(pos), len(neg)]
+    emb = mean_prompt_embedding(np.asarray(embed_text_fn(texts), np.float64), groups)
+    feats = features_fn(self.cfg.split or self.data.eval_split, self.cfg.max_examples)
+    scores = zero_shot_scores(feats["image_embed"], emb[0::2], emb[1::2], tau=self.tau)
+    labels = np.asarray(feats["labels"])[:, self.columns]
+    known = np.asarray(feats["label_mask"], bool)[:, self.columns] & (labels != -1)
+    positive = known & (labels == 1)
+    out = zero_shot_auc(scores, positive.astype(np.float32), label_mask=known,
+                        findings=self.findings)
+    out.update(zero_shot_accuracy(scores, positive, known, self.findings))
+    out["zero_shot/num_examples"] = float(len(scores))
+    return out, {}
+
+
 __all__ = ["CHEXPERT_LABELS", "CHEXPERT_COMPETITION", "build_prompts", "zero_shot_scores",
-           "roc_auc", "zero_shot_auc", "embed_prompts"]
+           "roc_auc", "zero_shot_auc", "embed_prompts", "load_prompt_sets",
+           "mean_prompt_embedding", "zero_shot_accuracy", "ZeroShotEvaluator", "DEFAULT_PROMPTS"]

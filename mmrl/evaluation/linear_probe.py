@@ -1,0 +1,242 @@
+"""Linear probe: L2-regularised multi-label logistic regression on frozen pooled image features.
+
+Protocol (docs/evaluation.md): features of a train split and a test split; a per-label-stratified,
+seeded subset of the train split for each label fraction (1 %, 10 %, 100 % by default); features
+standardised with the subset's mean/std; one logistic regression per label (all at once, [D, K]),
+trained full-batch with Adam for a fixed number of steps (deterministic on a given backend); AUROC
+per label on the test split and their macro mean. Labels: 1 positive, 0 negative; uncertain (-1)
+and blank (label_mask False) entries are left out of both training and scoring; labels with one
+class in the test split get no AUROC. `finetune=True` also trains the image tower (from the
+checkpoint) with the linear head, on the images of the subset.
+
+- `stratified_subset`, `fit_logistic`, `predict_logistic`, `probe_auroc`, `linear_probe`: math.
+- `finetune_probe`: image tower + linear head trained end to end (JAX, small data).
+- `LinearProbeEvaluator`: reads the two splits with the feature step and calls them.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mmrl.evaluation.zero_shot import roc_auc
+
+log = logging.getLogger(__name__)
+
+
+def known_and_positive(labels: np.ndarray, label_mask: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray]:
+  """(known bool[N,K]: labelled and not uncertain, positive bool[N,K]) from batch labels."""
+  labels = np.asarray(labels)
+  known = np.asarray(label_mask, bool) & (labels != -1)
+  return known, known & (labels == 1)
+
+
+def stratified_subset(positive: np.ndarray, known: np.ndarray, fraction: float, seed: int
+                      ) -> np.ndarray:
+  """Sorted row indices of a seeded, per-label-stratified `fraction` of N examples.
+
+  For each label, ceil(fraction * count) of its positives and of its negatives (at least one of
+  each class present) are taken in one seeded order shared by all labels; the subset is their
+  union. The same seed gives the same subset, and a smaller fraction's subset is contained in a
+  larger one's. Rows with no known label are added in the same order up to fraction * N.
+  """
+  if not 0 < fraction <= 1:
+    raise ValueError(f"label fraction {fraction} must be in (0, 1] "
+                     "(config.eval.linear_probe.fractions)")
+  positive, known = np.asarray(positive, bool), np.asarray(known, bool)
+  n = positive.shape[0]
+  if fraction >= 1:
+    return np.arange(n)
+  order = np.random.default_rng(seed).permutation(n)
+  take = np.zeros(n, bool)
+  for k in range(positive.shape[1]):
+    for cls in (positive[:, k] & known[:, k], ~positive[:, k] & known[:, k]):
+      members = order[cls[order]]
+      take[members[:max(1, math.ceil(fraction * len(members)))] if len(members) else []] = True
+  unlabelled = order[~known.any(axis=1)[order]]
+  room = max(0, math.ceil(fraction * n) - int(take.sum()))
+  take[unlabelled[:room]] = True
+  return np.flatnonzero(take)
+
+
+def _bce(logits: jax.Array, positive: jax.Array, known: jax.Array) -> jax.Array:
+  """Mean over labels of the per-label mean binary cross-entropy on known entries (fp32)."""
+  logits = logits.astype(jnp.float32)
+  per = optax.sigmoid_binary_cross_entropy(logits, positive.astype(jnp.float32))
+  w = known.astype(jnp.float32)
+  return jnp.mean(jnp.sum(per * w, axis=0) / jnp.maximum(jnp.sum(w, axis=0), 1.0))
+
+
+def fit_logistic(x: np.ndarray, positive: np.ndarray, known: np.ndarray, *, l2: float = 1e-3,
+                 steps: int = 500, lr: float = 0.05) -> dict[str, np.ndarray]:
+  """Multi-label logistic regression {'w' [D,K], 'b' [K], 'mean' [D], 'std' [D]} on standardised
+  features, loss = masked BCE + l2 * ||w||², full-batch Adam for `steps` steps."""
+  x = np.asarray(x, np.float32)
+  mean, std = x.mean(axis=0), x.std(axis=0) + 1e-6
+  xs = jnp.asarray((x - mean) / std)
+  pos, kn = jnp.asarray(positive, bool), jnp.asarray(known, bool)
+  params = {"w": jnp.zeros((x.shape[1], pos.shape[1]), jnp.float32),
+            "b": jnp.zeros((pos.shape[1],), jnp.float32)}
+  tx = optax.adam(lr)
+
+  def loss_fn(p):
+    return _bce(xs @ p["w"] + p["b"], pos, kn) + l2 * jnp.sum(p["w"] ** 2)
+
+  @jax.jit
+  def run(p):
+    def body(_, carry):
+      p, opt = carry
+      grads = jax.grad(loss_fn)(p)
+      updates, opt = tx.update(grads, opt, p)
+      return optax.apply_updates(p, updates), opt
+    return jax.lax.fori_loop(0, steps, body, (p, tx.init(p)))[0]
+
+  params = jax.device_get(run(params))
+  return {"w": np.asarray(params["w"]), "b": np.asarray(params["b"]), "mean": mean, "std": std}
+
+
+def predict_logistic(params: Mapping[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+  """Logits f64[N, K]."""
+  xs = (np.asarray(x, np.float64) - params["mean"]) / params["std"]
+  return xs @ np.asarray(params["w"], np.float64) + np.asarray(params["b"], np.float64)
+
+
+def probe_auroc(scores: np.ndarray, positive: np.ndarray, known: np.ndarray,
+                names: Sequence[str], prefix: str) -> dict[str, float]:
+  """'<prefix>/auroc/<name>' per label with both classes among known rows, and
+  '<prefix>/macro_auroc' (their mean; NaN when none)."""
+  out = {}
+  for k, name in enumerate(names):
+    m = np.asarray(known[:, k], bool)
+    auc = roc_auc(scores[m, k], positive[m, k])
+    if not np.isnan(auc):
+      out[f"{prefix}/auroc/{name}"] = auc
+  aucs = list(out.values())
+  out[f"{prefix}/macro_auroc"] = float(np.mean(aucs)) if aucs else float("nan")
+  return out
+
+
+def fraction_tag(fraction: float) -> str:
+  return f"{100 * fraction:g}pct"
+
+
+def linear_probe(train_x: np.ndarray, train_pos: np.ndarray, train_known: np.ndarray,
+                 test_x: np.ndarray, test_pos: np.ndarray, test_known: np.ndarray, *,
+                 names: Sequence[str], fractions: Sequence[float] = (0.01, 0.1, 1.0),
+                 l2: float = 1e-3, steps: int = 500, lr: float = 0.05, seed: int = 0,
+                 prefix: str = "linear_probe") -> dict[str, float]:
+  """Probe AUROCs for each label fraction: '<prefix>/<pct>/auroc/<name>', '.../macro_auroc',
+  '.../num_train'."""
+  out = {}
+  for fraction in fractions:
+    idx = stratified_subset(train_pos, train_known, fraction, seed)
+    params = fit_logistic(train_x[idx], train_pos[idx], train_known[idx], l2=l2, steps=steps,
+                          lr=lr)
+    tag = f"{prefix}/{fraction_tag(fraction)}"
+    out.update(probe_auroc(predict_logistic(params, test_x), test_pos, test_known, names, tag))
+    out[f"{tag}/num_train"] = float(len(idx))
+  return out
+
+
+def finetune_probe(apply_image: Callable[[Any, jax.Array], jax.Array], tower_params: Any,
+                   train_images: np.ndarray, train_pos: np.ndarray, train_known: np.ndarray,
+                   test_images: np.ndarray, *, steps: int = 50, lr: float = 1e-4,
+                   head_lr: float = 1e-2, batch_size: int = 32, seed: int = 0) -> np.ndarray:
+  """Trains the image tower (`apply_image(tower_params, images) -> pooled [B, D]`) and a linear
+  head jointly with masked BCE (Adam; minibatches in a seeded order); returns test logits [N, K].
+  """
+  k = train_pos.shape[1]
+  d = int(apply_image(tower_params, jnp.asarray(train_images[:1])).shape[-1])
+  params = {"tower": tower_params, "w": jnp.zeros((d, k), jnp.float32),
+            "b": jnp.zeros((k,), jnp.float32)}
+  tx = optax.multi_transform(
+      {"tower": optax.adam(lr), "head": optax.adam(head_lr)},
+      {"tower": jax.tree.map(lambda _: "tower", tower_params), "w": "head", "b": "head"})
+  opt = tx.init(params)
+
+  def logits_fn(p, images):
+    return apply_image(p["tower"], images).astype(jnp.float32) @ p["w"] + p["b"]
+
+  @jax.jit
+  def update(p, opt, images, pos, known):
+    grads = jax.grad(lambda q: _bce(logits_fn(q, images), pos, known))(p)
+    updates, opt = tx.update(grads, opt, p)
+    return optax.apply_updates(p, updates), opt
+
+  n = len(train_images)
+  bs = min(batch_size, n)
+  rng = np.random.default_rng(seed)
+  order = np.concatenate([rng.permutation(n) for _ in range(math.ceil(steps * bs / n) + 1)])
+  for s in range(steps):
+    idx = np.sort(order[s * bs:(s + 1) * bs])
+    params, opt = update(params, opt, jnp.asarray(train_images[idx]),
+                         jnp.asarray(train_pos[idx]), jnp.asarray(train_known[idx]))
+  predict = jax.jit(logits_fn)
+  out = [np.asarray(predict(params, jnp.asarray(test_images[i:i + bs])))
+         for i in range(0, len(test_images), bs)]
+  return np.concatenate(out).astype(np.float64)
+
+
+class LinearProbeEvaluator:
+  """Linear probe on `config.eval.linear_probe` (train_split, test_split, fractions, l2, steps,
+  lr, max_train, finetune...). `__call__(state, features_fn, images_fn) -> (scalars, {})` where
+  `features_fn(split, max_examples)` returns `extract_features` output and
+  `images_fn(split, max_examples)` returns (images, labels, label_mask) numpy (finetune only)."""
+
+  def __init__(self, config: Any, label_names: Sequence[str]):
+    self.cfg = config.eval.linear_probe
+    self.data = config.data
+    self.names = tuple(label_names)
+    self.seed = int(config.seed)
+
+  def __call__(self, state, features_fn, images_fn=None) -> tuple[dict[str, float], dict]:
+    c = self.cfg
+    train_split = c.train_split or self.data.train_split
+    test_split = c.test_split or self.data.eval_split
+    train = features_fn(train_split, c.max_train)
+    test = features_fn(test_split, c.max_test)
+    tr_known, tr_pos = known_and_positive(train["labels"], train["label_mask"])
+    te_known, te_pos = known_and_positive(test["labels"], test["label_mask"])
+    out = linear_probe(train["image_global"], tr_pos, tr_known, test["image_global"], te_pos,
+                       te_known, names=self.names, fractions=tuple(c.fractions), l2=c.l2,
+                       steps=c.steps, lr=c.lr, seed=self.seed)
+    out["linear_probe/num_test"] = float(len(test["image_global"]))
+    if c.finetune:
+      if images_fn is None:
+        raise ValueError("config.eval.linear_probe.finetune=True needs the images of the splits")
+      out.update(self.finetune(state, images_fn, train_split, test_split))
+    return out, {}
+
+  def finetune(self, state, images_fn, train_split: str, test_split: str) -> dict[str, float]:
+    c = self.cfg
+    tr_img, tr_lab, tr_mask = images_fn(train_split, c.max_train)
+    te_img, te_lab, te_mask = images_fn(test_split, c.max_test)
+    tr_known, tr_pos = known_and_positive(tr_lab, tr_mask)
+    te_known, te_pos = known_and_positive(te_lab, te_mask)
+    variables = state.variables()
+
+    def apply_image(tower, images):
+      v = dict(variables)
+      v["params"] = {**variables["params"], "image_tower": tower}
+      return state.apply_fn(v, images, train=False, method="encode_image").global_embedding
+
+    out = {}
+    for fraction in c.fractions:
+      idx = stratified_subset(tr_pos, tr_known, fraction, self.seed)
+      logits = finetune_probe(apply_image, variables["params"]["image_tower"], tr_img[idx],
+                              tr_pos[idx], tr_known[idx], te_img, steps=c.finetune_steps,
+                              lr=c.finetune_lr, batch_size=c.finetune_batch_size, seed=self.seed)
+      tag = f"linear_probe/finetune/{fraction_tag(fraction)}"
+      out.update(probe_auroc(logits, te_pos, te_known, self.names, tag))
+    return out
+
+
+__all__ = ["known_and_positive", "stratified_subset", "fit_logistic", "predict_logistic",
+           "probe_auroc", "linear_probe", "finetune_probe", "LinearProbeEvaluator",
+           "fraction_tag"]
