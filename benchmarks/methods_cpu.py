@@ -98,7 +98,7 @@ def make_config(method: str, size: str, *, steps: int, data_cache: str, image_si
     raise ValueError(f"size={size!r} is not known; use 'tiny' or 'demo'")
   c.data.synthetic.cache_dir = data_cache
   c.data.num_workers = 0
-  c.eval.retrieval = False
+  c.eval.retrieval.enabled = False
   c.train.num_steps = steps
   # The schedule needs num_steps > warmup_steps; tiny configs warm up over 2 steps.
   c.optim.warmup_steps = min(int(c.optim.warmup_steps), max(steps - 1, 0))

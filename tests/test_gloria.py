@@ -224,7 +224,7 @@ def _tiny_config(cache):
   # (a second compiled program; the eval path is covered by the full-config output check).
   c.train.checkpoint_every = 6
   c.train.async_checkpoint = False
-  c.eval.retrieval = False
+  c.eval.retrieval.enabled = False
   return c
 
 

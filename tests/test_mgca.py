@@ -249,7 +249,7 @@ def _tiny_config(cache):
   # Under a minute on a shared 2-core host: one checkpoint, no retrieval eval.
   c.train.checkpoint_every = 6
   c.train.async_checkpoint = False
-  c.eval.retrieval = False
+  c.eval.retrieval.enabled = False
   return c
 
 

@@ -254,7 +254,7 @@ def test_tiny_mlip_config_trains_six_steps_end_to_end(tmp_path, synthetic_cache)
   config.data.synthetic.cache_dir = str(synthetic_cache)
   config.data.synthetic.workers = 1
   config.train.async_checkpoint = False
-  config.eval.retrieval = False
+  config.eval.retrieval.enabled = False
   last = loop.train_and_evaluate(config, tmp_path / "run")
   print("tiny MLIP last metrics:", {k: float(v) for k, v in last.items()
                                     if k.endswith("loss")})

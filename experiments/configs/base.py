@@ -110,11 +110,34 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.init_from = ""           # checkpoint dir: load towers only
   c.train.stop_on_nonfinite = True
 
-  # ---- evaluation during training (mmrl.evaluation) ----
+  # ---- evaluation (mmrl.evaluation; docs/evaluation.md) ----
+  # Each evaluator: enabled (run during training), every (steps; 0 = train.eval_every; all enabled
+  # ones also run after the last step). experiments/evaluate.py runs them on a checkpoint.
+  # Splits '' = data.eval_split (test side) / data.train_split (train side); sizes 0 =
+  # eval.max_examples.
   c.eval = ml_collections.ConfigDict()
-  c.eval.retrieval = True
-  c.eval.max_examples = 512
-  c.eval.batch_size = 32
+  c.eval.max_examples = 512        # default examples read per split
+  c.eval.batch_size = 32           # global batch of the frozen feature pass
+  c.eval.retrieval = ml_collections.ConfigDict(dict(
+      enabled=True, every=0, split="", max_examples=0,
+      sheet_queries=4, sheet_k=5))  # text->image sheet in TensorBoard (0 queries = none)
+  c.eval.zero_shot = ml_collections.ConfigDict(dict(
+      enabled=False, every=0, split="", max_examples=0,
+      prompts="",                  # JSON prompt sets; '' = mmrl/evaluation/prompts/chexpert_prompts.json
+      tau=1.0))
+  c.eval.linear_probe = ml_collections.ConfigDict(dict(
+      enabled=False, every=0, train_split="", test_split="", max_train=2048, max_test=0,
+      fractions=(0.01, 0.1, 1.0), l2=1e-3, steps=500, lr=0.05,
+      finetune=False,              # also train the image tower with the head (per fraction)
+      finetune_steps=100, finetune_lr=1e-4, finetune_batch_size=32))
+  c.eval.segmentation = ml_collections.ConfigDict(dict(
+      enabled=False, every=0, train_split="", test_split="", max_train=512, max_test=0,
+      target="any",                # 'any' = union of an image's masks, or a label name
+      head="linear",               # linear (1x1 conv) | mlp (1x1 conv, ReLU, 1x1 conv)
+      hidden=64, steps=300, lr=0.05,
+      require_mask=True,           # score only images with a target mask (others: unannotated)
+      max_masks=4, num_sheet_examples=4))
+  c.eval.localisation = ml_collections.ConfigDict(dict(enabled=False, every=0))
   return c
 
 

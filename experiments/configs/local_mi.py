@@ -58,7 +58,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.train.num_steps = 2_750_000
   c.data.image_size = 256
   c.data.max_tokens = 320
-  c.eval.retrieval = False
+  c.eval.retrieval.enabled = False
   if arg == "tiny":
     make_tiny(c, image_tower="resnet_tiny")
     c.method.critic_hidden = [32, 16]

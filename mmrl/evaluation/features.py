@@ -65,12 +65,13 @@ def model_batch(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def extract_features(state: Any, step: Callable, batches: Iterable[Mapping[str, np.ndarray]],
-                     mesh: Mesh, *, keep_local: bool = True) -> dict[str, np.ndarray]:
+                     mesh: Mesh, *, keep_local: bool = True, keep_images: bool = False
+                     ) -> dict[str, np.ndarray]:
   """Runs `step` (from `make_feature_step`) over `batches`; concatenated valid rows, numpy.
 
   Returns keys image_global, image_embed, text_embed, image_local [N,gh,gw,D] (unless
-  `keep_local` is False), labels, label_mask, and masks/mask_labels/mask_present when the batches
-  have them.
+  `keep_local` is False), labels, label_mask, masks/mask_labels/mask_present when the batches
+  have them, and the input images [N, H, W, 1] with `keep_images` (for sheets and fine-tuning).
   """
   sharding = mesh_lib.batch_sharding(mesh)
   parts: dict[str, list[np.ndarray]] = {}
@@ -81,7 +82,7 @@ def extract_features(state: Any, step: Callable, batches: Iterable[Mapping[str, 
       out.pop("image_local")
     for key, value in out.items():
       parts.setdefault(key, []).append(to_host(value)[valid])
-    for key in _BATCH_OUTPUTS:
+    for key in _BATCH_OUTPUTS + (("image",) if keep_images else ()):
       if key in batch:
         parts.setdefault(key, []).append(np.asarray(batch[key])[valid])
   if not parts:

@@ -1,7 +1,8 @@
 """Image<->report retrieval on held-out pairs: Recall@K, median rank, and the chance levels.
 
 `retrieval_metrics` is the math (numpy, no JAX); `RetrievalEvaluator` embeds an evaluation split
-with the model's frozen encoders and calls it. Pair i's positive is report i; ties count against
+with the model's frozen encoders and calls it; `FeatureRetrievalEvaluator` scores the features
+of `mmrl.evaluation.features` (the runner's path) and draws a text->image retrieval sheet. Pair i's positive is report i; ties count against
 the query (a constant score never looks good), so chance R@K = K / N.
 """
 from __future__ import annotations
@@ -62,6 +63,39 @@ def _ranks_of_diagonal(scores: np.ndarray) -> np.ndarray:
   pos = np.diagonal(scores)[:, None]
   off_diag = ~np.eye(scores.shape[0], dtype=bool)
   return np.sum((scores >= pos) & off_diag, axis=1)
+
+
+def top_k_images(image_embed: np.ndarray, text_embed: np.ndarray, k: int) -> np.ndarray:
+  """int [N, k]: for each report, the indices of its k best-scoring images (ties: lower index)."""
+  scores = _normalise(np.asarray(text_embed, np.float64)) @ _normalise(
+      np.asarray(image_embed, np.float64)).T
+  return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+
+
+class FeatureRetrievalEvaluator:
+  """`config.eval.retrieval` (split, max_examples, sheet_queries, sheet_k).
+  `__call__(state, features_fn) -> (scalars, images)`; images['retrieval/text_to_image'] shows,
+  per query report, its own image then the top-k retrieved ones (green = its pair)."""
+
+  def __init__(self, config):
+    self.cfg = config.eval.retrieval
+    self.data = config.data
+
+  def __call__(self, state, features_fn):
+    del state
+    f = features_fn(self.cfg.split or self.data.eval_split, self.cfg.max_examples)
+    if len(f["image_embed"]) < 2:
+      raise ValueError("retrieval needs at least 2 evaluation pairs; check data.eval_split")
+    positives = (f["labels"] == 1) & f["label_mask"].astype(bool)
+    out = retrieval_metrics(f["image_embed"], f["text_embed"], labels=positives)
+    images = {}
+    q = min(int(self.cfg.sheet_queries), len(f["image_embed"]))
+    if q > 0 and "image" in f:
+      from mmrl.evaluation import sheets  # pylint: disable=g-import-not-at-top
+      k = min(int(self.cfg.sheet_k), len(f["image_embed"]))
+      top = top_k_images(f["image_embed"], f["text_embed"][:q], k)
+      images["retrieval/text_to_image"] = sheets.retrieval_sheet(f["image"], top)
+    return out, images
 
 
 class RetrievalEvaluator:

@@ -1,7 +1,8 @@
 """The one training loop: `train_and_evaluate(config, workdir)`.
 
 batch (Grain, per process) -> global jax.Array on the mesh -> jitted sharded step -> metrics
-(logged one step late, so the host never waits on the device) -> periodic retrieval evaluation ->
+(logged one step late, so the host never waits on the device) -> periodic evaluation (the
+evaluators of config.eval, each on its own schedule; mmrl.evaluation.runner) ->
 Orbax checkpoints {state, data-iterator position, config}. A workdir that holds a checkpoint is
 resumed exactly; `train.init_from` loads towers only. A non-finite loss stops the run before any
 state with it is saved.
@@ -21,7 +22,7 @@ import tqdm
 
 from data_pipeline import pipeline as data_lib
 from data_pipeline import synthetic_dataset
-from mmrl.evaluation.retrieval import RetrievalEvaluator
+from mmrl.evaluation.runner import EvalRunner
 from mmrl.parallel import distributed
 from mmrl.parallel import mesh as mesh_lib
 from mmrl.train import checkpoint as ckpt_lib
@@ -76,7 +77,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   batch_sharding = mesh_lib.batch_sharding(mesh)
   to_global = lambda b: distributed.global_batch_from_local(b, mesh, batch_sharding)
   train_step = step_lib.make_train_step(config, mesh, state_shardings)
-  evaluator = _make_evaluator(config, mesh, state_shardings, to_global)
+  evaluator = _make_evaluator(config, mesh, state_shardings)
 
   num_steps = config.train.num_steps
   last: dict[str, Any] = {}
@@ -112,9 +113,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       if save_now:
         _check_finite(step, metrics)
         ckpt.save(step, state, data_iter=iter_state, config=config_json)
-      if evaluator is not None and (step % config.train.eval_every == 0 or step == num_steps):
-        eval_metrics = evaluator(state)
+      due = evaluator.due(step, num_steps) if evaluator is not None else []
+      if due:
+        eval_metrics, eval_images = evaluator(state, due)
         writer.write_scalars(step, eval_metrics)
+        writer.write_images(step, eval_images)
         last.update(eval_metrics)
     if pending is not None:
       last.update(_finish_step(*pending, writer, config, timer, bar))
@@ -185,29 +188,10 @@ def _log_compiled(compiled, seconds: float, writer, step: int) -> None:
   writer.write_scalars(step, info)
 
 
-def _make_evaluator(config, mesh, state_shardings, to_global):
-  if not config.eval.retrieval:
-    return None
-  eval_step = step_lib.make_eval_step(config, mesh, state_shardings)
-
-  def batches():
-    return data_lib.make_eval_batches(config.data, split=config.data.eval_split,
-                                      batch_size=config.eval.batch_size,
-                                      max_examples=config.eval.max_examples)
-
-  def run(state) -> dict[str, float]:
-    def embed(batch):
-      out = eval_step(state, to_global(batch))
-      return _to_host(out["image_embed"]), _to_host(out["text_embed"])
-    return RetrievalEvaluator(batches, embed).run()
-  return run
-
-
-def _to_host(x: jax.Array) -> np.ndarray:
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-  return np.asarray(jax.device_get(x))
+def _make_evaluator(config, mesh, state_shardings) -> Optional[EvalRunner]:
+  """The evaluators of config.eval.* (mmrl.evaluation.runner); None when none is enabled."""
+  runner = EvalRunner(config, mesh, state_shardings)
+  return runner if runner.enabled() else None
 
 
 def _load_towers(state, init_from: str):
