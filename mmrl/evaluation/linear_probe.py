@@ -15,6 +15,7 @@ checkpoint) with the linear head, on the images of the subset.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -73,31 +74,44 @@ def _bce(logits: jax.Array, positive: jax.Array, known: jax.Array) -> jax.Array:
   return jnp.mean(jnp.sum(per * w, axis=0) / jnp.maximum(jnp.sum(w, axis=0), 1.0))
 
 
-def fit_logistic(x: np.ndarray, positive: np.ndarray, known: np.ndarray, *, l2: float = 1e-3,
-                 steps: int = 500, lr: float = 0.05) -> dict[str, np.ndarray]:
-  """Multi-label logistic regression {'w' [D,K], 'b' [K], 'mean' [D], 'std' [D]} on standardised
-  features, loss = masked BCE + l2 * ||w||², full-batch Adam for `steps` steps."""
-  x = np.asarray(x, np.float32)
-  mean, std = x.mean(axis=0), x.std(axis=0) + 1e-6
-  xs = jnp.asarray((x - mean) / std)
-  pos, kn = jnp.asarray(positive, bool), jnp.asarray(known, bool)
-  params = {"w": jnp.zeros((x.shape[1], pos.shape[1]), jnp.float32),
-            "b": jnp.zeros((pos.shape[1],), jnp.float32)}
+@functools.partial(jax.jit, static_argnames=("steps",))
+def _fit_adam(xs, pos, known, l2, lr, *, steps: int):
   tx = optax.adam(lr)
 
   def loss_fn(p):
-    return _bce(xs @ p["w"] + p["b"], pos, kn) + l2 * jnp.sum(p["w"] ** 2)
+    return _bce(xs @ p["w"] + p["b"], pos, known) + l2 * jnp.sum(p["w"] ** 2)
 
-  @jax.jit
-  def run(p):
-    def body(_, carry):
-      p, opt = carry
-      grads = jax.grad(loss_fn)(p)
-      updates, opt = tx.update(grads, opt, p)
-      return optax.apply_updates(p, updates), opt
-    return jax.lax.fori_loop(0, steps, body, (p, tx.init(p)))[0]
+  def body(_, carry):
+    p, opt = carry
+    updates, opt = tx.update(jax.grad(loss_fn)(p), opt, p)
+    return optax.apply_updates(p, updates), opt
 
-  params = jax.device_get(run(params))
+  p = {"w": jnp.zeros((xs.shape[1], pos.shape[1]), jnp.float32),
+       "b": jnp.zeros((pos.shape[1],), jnp.float32)}
+  return jax.lax.fori_loop(0, steps, body, (p, tx.init(p)))[0]
+
+
+def fit_logistic(x: np.ndarray, positive: np.ndarray, known: np.ndarray, *, l2: float = 1e-3,
+                 steps: int = 500, lr: float = 0.05, rows: Optional[np.ndarray] = None
+                 ) -> dict[str, np.ndarray]:
+  """Multi-label logistic regression {'w' [D,K], 'b' [K], 'mean' [D], 'std' [D]} on standardised
+  features, loss = masked BCE + l2 * ||w||², full-batch Adam for `steps` steps.
+
+  `rows` (indices) restricts training to a subset while keeping the arrays' shapes, so every
+  label fraction reuses one compiled fit.
+  """
+  x = np.asarray(x, np.float32)
+  known = np.asarray(known, bool)
+  if rows is not None:
+    keep = np.zeros(len(x), bool)
+    keep[rows] = True
+    known = known & keep[:, None]
+  else:
+    keep = np.ones(len(x), bool)
+  mean, std = x[keep].mean(axis=0), x[keep].std(axis=0) + 1e-6
+  params = jax.device_get(_fit_adam(jnp.asarray((x - mean) / std), jnp.asarray(positive, bool),
+                                    jnp.asarray(known), jnp.float32(l2), jnp.float32(lr),
+                                    steps=int(steps)))
   return {"w": np.asarray(params["w"]), "b": np.asarray(params["b"]), "mean": mean, "std": std}
 
 
@@ -136,8 +150,7 @@ def linear_probe(train_x: np.ndarray, train_pos: np.ndarray, train_known: np.nda
   out = {}
   for fraction in fractions:
     idx = stratified_subset(train_pos, train_known, fraction, seed)
-    params = fit_logistic(train_x[idx], train_pos[idx], train_known[idx], l2=l2, steps=steps,
-                          lr=lr)
+    params = fit_logistic(train_x, train_pos, train_known, l2=l2, steps=steps, lr=lr, rows=idx)
     tag = f"{prefix}/{fraction_tag(fraction)}"
     out.update(probe_auroc(predict_logistic(params, test_x), test_pos, test_known, names, tag))
     out[f"{tag}/num_train"] = float(len(idx))
@@ -146,19 +159,17 @@ def linear_probe(train_x: np.ndarray, train_pos: np.ndarray, train_known: np.nda
 
 def finetune_probe(apply_image: Callable[[Any, jax.Array], jax.Array], tower_params: Any,
                    train_images: np.ndarray, train_pos: np.ndarray, train_known: np.ndarray,
-                   test_images: np.ndarray, *, steps: int = 50, lr: float = 1e-4,
-                   head_lr: float = 1e-2, batch_size: int = 32, seed: int = 0) -> np.ndarray:
-  """Trains the image tower (`apply_image(tower_params, images) -> pooled [B, D]`) and a linear
-  head jointly with masked BCE (Adam; minibatches in a seeded order); returns test logits [N, K].
-  """
+                   test_images: np.ndarray, subsets: Sequence[np.ndarray], *, steps: int = 50,
+                   lr: float = 1e-4, head_lr: float = 1e-2, batch_size: int = 32, seed: int = 0
+                   ) -> list[np.ndarray]:
+  """For each subset (train row indices): trains the image tower (`apply_image(tower_params,
+  images) -> pooled [B, D]`, starting from `tower_params`) and a zero-initialised linear head
+  jointly with masked BCE (Adam; `steps` minibatches of `batch_size` rows in a seeded order);
+  returns the test logits [N, K] of each. One compiled update serves every subset."""
   k = train_pos.shape[1]
   d = int(apply_image(tower_params, jnp.asarray(train_images[:1])).shape[-1])
-  params = {"tower": tower_params, "w": jnp.zeros((d, k), jnp.float32),
-            "b": jnp.zeros((k,), jnp.float32)}
-  tx = optax.multi_transform(
-      {"tower": optax.adam(lr), "head": optax.adam(head_lr)},
-      {"tower": jax.tree.map(lambda _: "tower", tower_params), "w": "head", "b": "head"})
-  opt = tx.init(params)
+  labels = {"tower": jax.tree.map(lambda _: "tower", tower_params), "w": "head", "b": "head"}
+  tx = optax.multi_transform({"tower": optax.adam(lr), "head": optax.adam(head_lr)}, labels)
 
   def logits_fn(p, images):
     return apply_image(p["tower"], images).astype(jnp.float32) @ p["w"] + p["b"]
@@ -169,18 +180,24 @@ def finetune_probe(apply_image: Callable[[Any, jax.Array], jax.Array], tower_par
     updates, opt = tx.update(grads, opt, p)
     return optax.apply_updates(p, updates), opt
 
-  n = len(train_images)
-  bs = min(batch_size, n)
-  rng = np.random.default_rng(seed)
-  order = np.concatenate([rng.permutation(n) for _ in range(math.ceil(steps * bs / n) + 1)])
-  for s in range(steps):
-    idx = np.sort(order[s * bs:(s + 1) * bs])
-    params, opt = update(params, opt, jnp.asarray(train_images[idx]),
-                         jnp.asarray(train_pos[idx]), jnp.asarray(train_known[idx]))
   predict = jax.jit(logits_fn)
-  out = [np.asarray(predict(params, jnp.asarray(test_images[i:i + bs])))
-         for i in range(0, len(test_images), bs)]
-  return np.concatenate(out).astype(np.float64)
+  results = []
+  for rows in subsets:
+    params = {"tower": tower_params, "w": jnp.zeros((d, k), jnp.float32),
+              "b": jnp.zeros((k,), jnp.float32)}
+    opt = tx.init(params)
+    rng = np.random.default_rng(seed)
+    rows = np.asarray(rows)
+    order = np.concatenate([rng.permutation(rows)
+                            for _ in range(math.ceil(steps * batch_size / len(rows)) + 1)])
+    for s in range(steps):
+      idx = order[s * batch_size:(s + 1) * batch_size]  # fixed shape: rows repeat when few
+      params, opt = update(params, opt, jnp.asarray(train_images[idx]),
+                           jnp.asarray(train_pos[idx]), jnp.asarray(train_known[idx]))
+    out = [np.asarray(predict(params, jnp.asarray(test_images[i:i + batch_size])))
+           for i in range(0, len(test_images), batch_size)]
+    results.append(np.concatenate(out).astype(np.float64))
+  return results
 
 
 class LinearProbeEvaluator:
@@ -226,12 +243,14 @@ class LinearProbeEvaluator:
       v["params"] = {**variables["params"], "image_tower": tower}
       return state.apply_fn(v, images, train=False, method="encode_image").global_embedding
 
+    fractions = tuple(c.fractions)
+    subsets = [stratified_subset(tr_pos, tr_known, f, self.seed) for f in fractions]
+    all_logits = finetune_probe(apply_image, variables["params"]["image_tower"], tr_img, tr_pos,
+                                tr_known, te_img, subsets, steps=c.finetune_steps,
+                                lr=c.finetune_lr, batch_size=c.finetune_batch_size,
+                                seed=self.seed)
     out = {}
-    for fraction in c.fractions:
-      idx = stratified_subset(tr_pos, tr_known, fraction, self.seed)
-      logits = finetune_probe(apply_image, variables["params"]["image_tower"], tr_img[idx],
-                              tr_pos[idx], tr_known[idx], te_img, steps=c.finetune_steps,
-                              lr=c.finetune_lr, batch_size=c.finetune_batch_size, seed=self.seed)
+    for fraction, logits in zip(fractions, all_logits):
       tag = f"linear_probe/finetune/{fraction_tag(fraction)}"
       out.update(probe_auroc(logits, te_pos, te_known, self.names, tag))
     return out

@@ -13,6 +13,8 @@ warning when that module is not installed).
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import logging
 import time
 from typing import Any, Callable, Optional, Sequence
@@ -172,7 +174,7 @@ class EvalRunner:
 
 def _localisation(config, mesh, state_shardings):
   try:
-    from mmrl.evaluation import localisation  # pylint: disable=g-import-not-at-top
+    localisation = importlib.import_module("mmrl.evaluation.localisation")
   except ModuleNotFoundError as e:
     if e.name != "mmrl.evaluation.localisation":
       raise
@@ -182,4 +184,41 @@ def _localisation(config, mesh, state_shardings):
   return localisation.LocalisationEvaluator(config, mesh, state_shardings)
 
 
-__all__ = ["EvalRunner", "EVALUATORS"]
+
+
+def evaluate_checkpoint(config: Any, checkpoint: str, names: Optional[Sequence[str]] = None, *,
+                        step: Optional[int] = None
+                        ) -> tuple[dict[str, float], dict[str, np.ndarray], int]:
+  """Restores `checkpoint` (a run dir or its checkpoints/) and runs `names` (default: all
+  evaluators; localisation only when its module is installed). Returns (scalars, images, step).
+
+  With data.dataset_dir '' the synthetic data set is resolved as pretraining did (under the run
+  directory or data.synthetic.cache_dir).
+  """
+  import json  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from data_pipeline import synthetic_dataset  # pylint: disable=g-import-not-at-top
+  from mmrl.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+
+  ckpt_dir = features_lib.checkpoint_dir(checkpoint)
+  config = ml_collections.ConfigDict(json.loads(config.to_json_best_effort()))
+  config.data.dataset_dir = str(synthetic_dataset.resolve_dataset_dir(
+      config.data, ckpt_dir.parent, make=True))
+  ckpt = ckpt_lib.Checkpointer(ckpt_dir, async_save=False)
+  step = ckpt.latest_step() if step is None else step
+  ckpt.close()
+  if step is None:
+    raise FileNotFoundError(f"no complete checkpoint under {ckpt_dir}")
+  state, mesh, shardings = features_lib.load_for_eval(config, ckpt_dir, step=step)
+  runner = EvalRunner(config, mesh, shardings)
+  if names is None:
+    names = [n for n in EVALUATORS if n != "localisation" or _localisation_installed()]
+  scalars, images = runner(state, names)
+  return scalars, images, int(step)
+
+
+def _localisation_installed() -> bool:
+  return importlib.util.find_spec("mmrl.evaluation.localisation") is not None
+
+
+__all__ = ["EvalRunner", "EVALUATORS", "evaluate_checkpoint"]
