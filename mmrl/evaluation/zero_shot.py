@@ -244,6 +244,7 @@ class ZeroShotEvaluator:
     positive = known & (labels == 1)
     out = zero_shot_auc(scores, positive.astype(np.float32), label_mask=known,
                         findings=self.findings)
+    out = {k: v for k, v in out.items() if k.endswith("mean_auc") or not np.isnan(v)}
     out.update(zero_shot_accuracy(scores, positive, known, self.findings))
     out["zero_shot/num_examples"] = float(len(scores))
     return out, {}
