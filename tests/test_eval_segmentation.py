@@ -51,7 +51,7 @@ def _grid_masks(n=24, grid=4, cell=8, seed=0):
 @pytest.mark.parametrize("head", ["linear", "mlp"])
 def test_head_on_features_that_encode_the_mask_reaches_dice_near_one(head):
   feats, masks = _grid_masks()
-  params = seg.fit_seg_head(feats[:16], masks[:16], head=head, steps=150, hidden=8)
+  params = seg.fit_seg_head(feats[:16], masks[:16], head=head, steps=80, hidden=8)
   prob = seg.predict_seg_head(params, feats[16:], masks.shape[1:])
   assert prob.shape == masks[16:].shape
   assert seg.dice(prob >= 0.5, masks[16:]).mean() > 0.9
@@ -61,7 +61,7 @@ def test_evaluator_scores_only_annotated_images_and_draws_a_sheet():
   feats, masks = _grid_masks(n=20)
   masks[-2:] = False  # unannotated: left out of the score
   c = base_config()
-  c.eval.segmentation.steps = 150
+  c.eval.segmentation.steps = 80
   c.eval.segmentation.num_sheet_examples = 2
   ev = seg.SegmentationEvaluator(c, ("A", "B"))
   f = {"image_local": feats, "image": np.zeros((20, 32, 32, 1), np.float32),
