@@ -4,7 +4,6 @@ import pytest
 
 from experiments.configs.base import base_config
 from mmrl.evaluation import segmentation as seg
-from mmrl.evaluation import sheets
 
 
 def _reference_dice(p, t):
@@ -81,11 +80,3 @@ def test_unknown_target_label_names_the_config_key():
   c.eval.segmentation.target = "Lungs"
   with pytest.raises(ValueError, match="config.eval.segmentation.target"):
     seg.SegmentationEvaluator(c, ("A",))
-
-
-def test_retrieval_sheet_frames_the_true_pair_green():
-  images = np.random.default_rng(0).normal(size=(3, 8, 8, 1))
-  sheet = sheets.retrieval_sheet(images, np.array([[0, 1], [2, 1]]))
-  assert sheet.dtype == np.uint8 and sheet.shape == (2 * 12 + 4, 3 * 12 + 8, 3)
-  # query 0's first hit is its pair (green frame), query 1's first hit is not (red frame)
-  assert tuple(sheet[4, 20 + 4]) == sheets.GREEN and tuple(sheet[16, 20 + 4]) == sheets.RED

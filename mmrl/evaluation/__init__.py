@@ -1,1 +1,2 @@
-"""Evaluators over frozen encoders: retrieval (and, later, linear probe, zero-shot, localisation)."""
+"""Evaluators over frozen encoders: retrieval, zero-shot, linear probe, segmentation (and
+localisation), run by `mmrl.evaluation.runner.EvalRunner`; docs/evaluation.md."""
