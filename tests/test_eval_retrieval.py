@@ -15,7 +15,7 @@ def test_identical_embeddings_give_r_at_1_of_one_both_ways_and_a_green_sheet():
   c = base_config()
   c.eval.retrieval.sheet_queries = 3
   c.eval.retrieval.sheet_k = 2
-  out, images = retrieval.FeatureRetrievalEvaluator(c)(None, lambda split, n: f)
+  out, images = retrieval.FeatureRetrievalEvaluator(c)(None, lambda split, n, **kw: f)
   assert out["retrieval/i2t_R@1"] == 1.0 and out["retrieval/t2i_R@1"] == 1.0
   assert out["retrieval/num_pairs"] == 10.0
   sheet = images["retrieval/text_to_image"]

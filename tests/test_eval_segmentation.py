@@ -66,7 +66,7 @@ def test_evaluator_scores_only_annotated_images_and_draws_a_sheet():
   f = {"image_local": feats, "image": np.zeros((20, 32, 32, 1), np.float32),
        "masks": masks[:, None].astype(np.float32), "mask_labels": np.zeros((20, 1), np.int32),
        "mask_present": np.ones((20, 1), bool)}
-  split = lambda name, n, with_masks: ({k: v[:14] for k, v in f.items()} if name == "train"
+  split = lambda name, n, with_masks, **kw: ({k: v[:14] for k, v in f.items()} if name == "train"
                                        else {k: v[14:] for k, v in f.items()})
   out, images = ev(None, split)
   assert out["segmentation/num_train"] == 14 and out["segmentation/num_test"] == 4

@@ -83,7 +83,8 @@ class FeatureRetrievalEvaluator:
 
   def __call__(self, state, features_fn):
     del state
-    f = features_fn(self.cfg.split or self.data.eval_split, self.cfg.max_examples)
+    f = features_fn(self.cfg.split or self.data.eval_split, self.cfg.max_examples,
+                    images=int(self.cfg.sheet_queries) > 0)
     if len(f["image_embed"]) < 2:
       raise ValueError("retrieval needs at least 2 evaluation pairs; check data.eval_split")
     positives = (f["labels"] == 1) & f["label_mask"].astype(bool)

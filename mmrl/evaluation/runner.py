@@ -125,14 +125,18 @@ class EvalRunner:
         with_masks=with_masks, max_masks=int(self.config.eval.segmentation.max_masks))
 
   def _features_fn(self, state) -> Callable[..., dict[str, np.ndarray]]:
-    def features(split: str, max_examples: int = 0, with_masks: bool = False):
+    """`features(split, max_examples=0, with_masks=False, images=False)`: `extract_features`
+    output of a split, extracted once per evaluation (a superset already extracted is reused);
+    `images` also keeps the input images (sheets, fine-tuning)."""
+    def features(split: str, max_examples: int = 0, with_masks: bool = False,
+                 images: bool = False):
       n = self._size(max_examples)
-      for key in ((split, n, with_masks), (split, n, True)):
-        if key in self._cache:
-          return self._cache[key]
+      for (s, m, masks), f in self._cache.items():
+        if (s, m) == (split, n) and (masks or not with_masks) and ("image" in f or not images):
+          return f
       batches = self.batches(split, n, with_masks)
       f = features_lib.extract_features(state, self.step_fn, batches, self.mesh,
-                                        keep_images=True)
+                                        keep_images=images)
       if getattr(batches, "num_skipped", 0):
         log.warning("evaluation split %s: %d bad records skipped", split, batches.num_skipped)
       self._cache[(split, n, with_masks)] = f
@@ -143,7 +147,7 @@ class EvalRunner:
     features = self._features_fn(state)
 
     def images(split: str, max_examples: int = 0):
-      f = features(split, max_examples)
+      f = features(split, max_examples, images=True)
       return f["image"], f["labels"], f["label_mask"]
     return images
 

@@ -108,7 +108,8 @@ def predict_seg_head(params: dict[str, np.ndarray], local: np.ndarray,
 class SegmentationEvaluator:
   """`config.eval.segmentation` (train_split, test_split, target, head, steps, lr, max_train,
   max_test, require_mask, max_masks). `__call__(state, features_fn) -> (scalars, images)` with
-  `features_fn(split, max_examples, with_masks=True)` giving `extract_features` output."""
+  `features_fn(split, max_examples, with_masks=True, images=...)` giving `extract_features`
+  output."""
 
   def __init__(self, config: Any, label_names: Sequence[str]):
     self.cfg = config.eval.segmentation
@@ -121,8 +122,8 @@ class SegmentationEvaluator:
                        f"image's masks) or one of the label names {list(names)}")
     self.target_index = None if target == "any" else names.index(target)
 
-  def _split(self, split: str, max_examples: int):
-    f = self.features_fn(split, max_examples, with_masks=True)
+  def _split(self, split: str, max_examples: int, images: bool = False):
+    f = self.features_fn(split, max_examples, with_masks=True, images=images)
     if "masks" not in f:
       raise ValueError(f"segmentation: split {split!r} batches carry no masks")
     t = mask_targets(f["masks"], f["mask_labels"], f["mask_present"], self.target_index)
@@ -134,7 +135,8 @@ class SegmentationEvaluator:
     self.features_fn = features_fn
     c = self.cfg
     train, train_t, train_keep = self._split(c.train_split or self.data.train_split, c.max_train)
-    test, test_t, test_keep = self._split(c.test_split or self.data.eval_split, c.max_test)
+    test, test_t, test_keep = self._split(c.test_split or self.data.eval_split, c.max_test,
+                                          images=int(c.num_sheet_examples) > 0)
     out = {"segmentation/num_train": float(train_keep.sum()),
            "segmentation/num_test": float(test_keep.sum())}
     if train_keep.sum() == 0 or test_keep.sum() == 0:
