@@ -16,6 +16,7 @@ from mmrl.train import loop
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_evaluate_cli_on_a_tiny_pretraining_run_writes_json_table_and_sheets(tmp_path,
                                                                              synthetic_cache):
   c = convirt.get_config("smoke")
