@@ -15,17 +15,25 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import logging
 import time
 from typing import Any, Callable, Optional, Sequence
 
+import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
 from data_pipeline import pipeline as data_lib
+from data_pipeline import synthetic_dataset
 from data_pipeline import transforms
 from data_pipeline import tokenization
 from mmrl.evaluation import features as features_lib
+from mmrl.evaluation import linear_probe
+from mmrl.evaluation import retrieval
+from mmrl.evaluation import segmentation
+from mmrl.evaluation import zero_shot
+from mmrl.train import checkpoint as ckpt_lib
 
 log = logging.getLogger(__name__)
 
@@ -97,17 +105,13 @@ class EvalRunner:
       return self._evaluators[name]
     config = self.config
     if name == "retrieval":
-      from mmrl.evaluation.retrieval import FeatureRetrievalEvaluator  # pylint: disable=g-import-not-at-top
-      ev = FeatureRetrievalEvaluator(config)
+      ev = retrieval.FeatureRetrievalEvaluator(config)
     elif name == "zero_shot":
-      from mmrl.evaluation.zero_shot import ZeroShotEvaluator  # pylint: disable=g-import-not-at-top
-      ev = ZeroShotEvaluator(config, self.label_names)
+      ev = zero_shot.ZeroShotEvaluator(config, self.label_names)
     elif name == "linear_probe":
-      from mmrl.evaluation.linear_probe import LinearProbeEvaluator  # pylint: disable=g-import-not-at-top
-      ev = LinearProbeEvaluator(config, self.label_names)
+      ev = linear_probe.LinearProbeEvaluator(config, self.label_names)
     elif name == "segmentation":
-      from mmrl.evaluation.segmentation import SegmentationEvaluator  # pylint: disable=g-import-not-at-top
-      ev = SegmentationEvaluator(config, self.label_names)
+      ev = segmentation.SegmentationEvaluator(config, self.label_names)
     else:
       ev = _localisation(config, self.mesh, self.state_shardings)
     self._evaluators[name] = ev
@@ -199,11 +203,6 @@ def evaluate_checkpoint(config: Any, checkpoint: str, names: Optional[Sequence[s
   With data.dataset_dir '' the synthetic data set is resolved as pretraining did (under the run
   directory or data.synthetic.cache_dir).
   """
-  import json  # pylint: disable=g-import-not-at-top
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  from data_pipeline import synthetic_dataset  # pylint: disable=g-import-not-at-top
-  from mmrl.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-
   ckpt_dir = features_lib.checkpoint_dir(checkpoint)
   config = ml_collections.ConfigDict(json.loads(config.to_json_best_effort()))
   config.data.dataset_dir = str(synthetic_dataset.resolve_dataset_dir(
