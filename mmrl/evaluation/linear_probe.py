@@ -16,7 +16,6 @@ checkpoint) with the linear head, on the images of the subset.
 from __future__ import annotations
 
 import functools
-import logging
 import math
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -26,8 +25,6 @@ import numpy as np
 import optax
 
 from mmrl.evaluation.zero_shot import roc_auc
-
-log = logging.getLogger(__name__)
 
 
 def known_and_positive(labels: np.ndarray, label_mask: np.ndarray
