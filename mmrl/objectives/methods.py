@@ -99,6 +99,21 @@ class Method:
 METHODS: Registry[type[Method]] = Registry("method")
 
 
+def teacher_outputs(outputs: Mapping[str, Any], teacher_key: str, keys: tuple[str, ...],
+                    objective: str) -> Mapping[str, Any]:
+  """outputs[teacher_key] (the EMA teacher's forward, added by the train step), checked to hold
+  `keys`; for objectives with target='teacher'."""
+  teacher = outputs.get(teacher_key)
+  if teacher is None:
+    raise ConfigError(f"{objective} target='teacher' needs outputs[{teacher_key!r}], the EMA "
+                      "teacher's outputs, which the train step adds when config.train.ema."
+                      f"enabled=True; known outputs: {sorted(outputs)}")
+  missing = [k for k in keys if k not in teacher]
+  if missing:
+    raise ConfigError(f"{objective}: the teacher outputs lack {missing}; known: {sorted(teacher)}")
+  return teacher
+
+
 def parse_objectives(method_cfg: Any) -> list[tuple[str, float, dict[str, Any]]]:
   """Validates `config.method.objectives` into (name, weight, options) triples."""
   entries = method_cfg.objectives
