@@ -125,10 +125,10 @@ def soft_clip_nce(outputs: dict[str, Any], batch: dict[str, Any], *,
   t = resolve_tau(outputs, tau=tau, learnable_tau=learnable_tau, tau_key=tau_key,
                   min_tau=min_tau, max_tau=max_tau)
   logits = jnp.einsum("id,jd->ij", img, txt, precision=_HIGHEST) / t
-  target = jnp.einsum("id,jd->ij", t_img, t_txt, precision=_HIGHEST) / jax.lax.stop_gradient(t)
+  t_logits = jnp.einsum("id,jd->ij", t_img, t_txt, precision=_HIGHEST) / jax.lax.stop_gradient(t)
   col_ok = valid[None, :] & valid[:, None]
-  ce_i2t, acc_i2t = _soft_ce(logits, target, col_ok, alpha)
-  ce_t2i, acc_t2i = _soft_ce(logits.T, target.T, col_ok, alpha)
+  ce_i2t, acc_i2t = _soft_ce(logits, t_logits, col_ok, alpha)
+  ce_t2i, acc_t2i = _soft_ce(logits.T, t_logits.T, col_ok, alpha)
   l_i2t, l_t2i = valid_mean(ce_i2t, valid), valid_mean(ce_t2i, valid)
   metrics = {"loss_i2t": l_i2t, "loss_t2i": l_t2i, "acc_i2t": valid_mean(acc_i2t, valid),
              "acc_t2i": valid_mean(acc_t2i, valid), "tau": t,
