@@ -266,7 +266,8 @@ def test_text_swap_replaces_one_sentence_with_a_donor_sentence():
   out_r, _ = swap_sentences(ids, att, t2s, donor, s, jax.random.PRNGKey(3))
   for i in range(3):
     n = int(np.asarray(out_r["attention_mask"])[i].sum())
-    assert np.asarray(out_r["input_ids"])[i, n - 1] == 2 and np.asarray(out_r["input_ids"])[i, 0] == 1
+    row = np.asarray(out_r["input_ids"])[i]
+    assert row[n - 1] == 2 and row[0] == 1
 
 
 def test_itm_head_ignores_padded_tokens_and_scores_every_pair():

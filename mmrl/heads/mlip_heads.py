@@ -186,8 +186,9 @@ class ImageTextMatching(nn.Module):
     v = nn.Dense(self.width, dtype=self.dtype, name="image_in")(patches)
     t = nn.Dense(self.width, dtype=self.dtype, name="text_in")(tokens)
     b, p = image_index.shape
-    vi = v[image_index.reshape(-1)]
-    ti, mi = t[text_index.reshape(-1)], jnp.asarray(token_mask).astype(bool)[text_index.reshape(-1)]
+    image_index, text_index = image_index.reshape(-1), text_index.reshape(-1)
+    vi = v[image_index]
+    ti, mi = t[text_index], jnp.asarray(token_mask).astype(bool)[text_index]
     _, fused_t, _ = Fusion(self.num_layers, self.num_heads, self.mlp_dim, dtype=self.dtype,
                            name="fusion")(vi, jnp.ones(vi.shape[:2], bool), ti, mi)
     logit = nn.Dense(1, dtype=self.dtype, name="itm_head")(fused_t[:, 0])
