@@ -16,7 +16,7 @@ from mmrl.train import ema as ema_lib
 from mmrl.train import state as state_lib
 from mmrl.train.checkpoint import Checkpointer
 from mmrl.train.step import make_train_step
-from test_sharded_step import NUM_STEPS, run_steps, tiny_config
+from test_sharded_step import NUM_STEPS, make_batch, run_steps, tiny_config
 
 DECAY, TOTAL = 0.9, 10
 
@@ -43,18 +43,17 @@ def teacher_run():
   config = teacher_config()
   mesh = mesh_lib.make_mesh(config.mesh, devices=jax.devices()[:1])
   state, shardings = state_lib.create_train_state(config, jax.random.PRNGKey(0), mesh)
-  from test_sharded_step import make_batch  # pylint: disable=g-import-not-at-top
   step = make_train_step(config, mesh, shardings)
   states, metrics = [jax.device_get(state)], []
   for i in range(3):
     state, m = step(state, make_batch(i, config))
     states.append(jax.device_get(state))
     metrics.append(jax.device_get(m))
-  return config, states, metrics, state
+  return config, states, metrics, state, step
 
 
 def test_ema_update_equals_a_numpy_reference_over_three_steps(teacher_run):
-  _, states, metrics, _ = teacher_run
+  _, states, metrics, _, _ = teacher_run
   f64 = lambda t: jax.tree.map(lambda x: np.asarray(x, np.float64), t)
   ema = {"params": f64(states[0].params), "batch_stats": f64(states[0].batch_stats)}
   jax.tree.map(np.testing.assert_array_equal, states[0].ema, ema)  # starts as a copy
@@ -72,7 +71,7 @@ def test_ema_update_equals_a_numpy_reference_over_three_steps(teacher_run):
 
 
 def test_sharded_step_with_a_teacher_equals_the_single_device_step(teacher_run):
-  config, states, metrics, _ = teacher_run
+  _, states, metrics, _, _ = teacher_run
   run = run_steps(teacher_config(), (4, 2), init_state=states[0])
   for m, r in zip(run.metrics, metrics[:NUM_STEPS]):
     np.testing.assert_allclose(m["loss"], r["loss"], rtol=1e-5)
@@ -84,7 +83,15 @@ def test_sharded_step_with_a_teacher_equals_the_single_device_step(teacher_run):
   specs = lambda t: [x.sharding.spec for x in jax.tree.leaves(t)]
   assert specs(run.state.ema["params"]) == specs(run.state.params)
   assert any("fsdp" in str(s) for s in specs(run.state.ema["params"]))
-  del config
+
+
+def test_a_nonfinite_step_keeps_the_old_ema(teacher_run):
+  config, states, _, _, step = teacher_run
+  batch = make_batch(7, config)
+  batch["image"][0] = np.nan
+  new_state, m = step(jax.device_put(states[3]), batch)
+  assert bool(m["nonfinite"])
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(new_state.ema), states[3].ema)
 
 
 def test_disabled_ema_leaves_no_teacher_state_and_the_step_unchanged():
@@ -101,7 +108,7 @@ def test_disabled_ema_leaves_no_teacher_state_and_the_step_unchanged():
 
 
 def test_checkpoint_round_trip_restores_the_ema_onto_the_abstract_state(teacher_run, tmp_path):
-  config, states, _, state = teacher_run
+  config, states, _, state, _ = teacher_run
   mesh = mesh_lib.make_mesh(config.mesh, devices=jax.devices()[:1])
   ck = Checkpointer(tmp_path, async_save=False)
   ck.save(3, state, data_iter=None, config={})

@@ -105,13 +105,13 @@ def make_train_step(config: Any, mesh: Mesh, state_shardings: TrainState
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats,
                               opt_state=opt_state)
+    if ema_enabled:  # before the finite guard: a non-finite step keeps the old EMA too
+      new_state = new_state.replace(ema=ema_lib.ema_update(
+          state.ema, {"params": params, "batch_stats": new_stats}, ema_decay(state.step)))
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
     metrics = dict(metrics)
     if ema_enabled:
-      decay = ema_decay(state.step)
-      new_state = new_state.replace(ema=ema_lib.ema_update(
-          state.ema, {"params": params, "batch_stats": new_stats}, decay))
-      metrics["ema_decay"] = decay
-    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+      metrics["ema_decay"] = ema_decay(state.step)
     metrics.update(grad_norm=grad_norm, lr=jnp.asarray(schedule(state.step), jnp.float32),
                    nonfinite=jnp.logical_not(finite))
     return new_state, metrics
