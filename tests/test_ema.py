@@ -86,10 +86,11 @@ def test_sharded_step_with_a_teacher_equals_the_single_device_step(teacher_run):
 
 
 def test_a_nonfinite_step_keeps_the_old_ema(teacher_run):
-  config, states, _, _, step = teacher_run
+  config, states, _, state, step = teacher_run
   batch = make_batch(7, config)
   batch["image"][0] = np.nan
-  new_state, m = step(jax.device_put(states[3]), batch)
+  copy = jax.tree.map(lambda h, d: jax.device_put(h, d.sharding), states[3], state)
+  new_state, m = step(copy, batch)
   assert bool(m["nonfinite"])
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(new_state.ema), states[3].ema)
 
