@@ -1,5 +1,6 @@
-"""MLIP (METHODS.md §8.2): soft_clip_nce and the knowledge attention against float64 numpy
-references; masking; gradients; vectorisation; the knowledge file; the tiny and full configs."""
+"""MLIP (METHODS.md §8.2): soft_clip_nce (online and EMA-teacher targets), ITM (hard negatives,
+text swap) and the knowledge attention against float64 numpy references; masking; gradients;
+vectorisation; the knowledge file; the tiny and full configs."""
 from __future__ import annotations
 
 import json
@@ -14,7 +15,8 @@ from jax.test_util import check_grads
 from experiments.configs import mlip as mlip_config
 from mmrl import knowledge as knowledge_lib
 from mmrl.config_errors import ConfigError
-from mmrl.heads.mlip_heads import KnowledgeAttention
+from mmrl.heads.mlip_heads import (ImageTextMatching, KnowledgeAttention, sample_negatives,
+                                   swap_sentences)
 from mmrl.objectives.methods import total_loss
 from mmrl.objectives.registry import get_objective
 from mmrl.train import loop
@@ -82,7 +84,8 @@ def _itc_case(b=5, d=4, seed=0):
 def _soft(img, txt, valid=None, t_img=None, t_txt=None, **kw):
   out = {"image_embed": img, "text_embed": txt}
   if t_img is not None:
-    out.update(image_embed_target=t_img, text_embed_target=t_txt)
+    out["teacher"] = {"image_embed": t_img, "text_embed": t_txt}
+    kw.setdefault("target", "teacher")
   batch = {} if valid is None else {"valid": jnp.asarray(valid)}
   return get_objective("soft_clip_nce")(out, batch, rng=None, **kw)
 
@@ -138,9 +141,154 @@ def test_bad_soft_clip_nce_options_name_the_key():
   img, txt, _, _ = _itc_case()
   with pytest.raises(ConfigError, match="alpha=1.5"):
     _soft(img, txt, alpha=1.5)
-  with pytest.raises(ConfigError, match="image_embed_target"):
-    get_objective("soft_clip_nce")({"image_embed": img, "text_embed": txt,
-                                    "image_embed_target": img}, {}, rng=None)
+  with pytest.raises(ConfigError, match="config.train.ema.enabled=True"):
+    _soft(img, txt, target="teacher")
+  with pytest.raises(ConfigError, match="target='ema'"):
+    _soft(img, txt, target="ema")
+
+
+# ----------------------------------------------------------------------------- itm
+
+
+def reference_itm(logits, labels, mask, valid):
+  """float64 loop: mean BCE over the existing pairs of valid rows."""
+  terms = []
+  for b in range(logits.shape[0]):
+    for p in range(logits.shape[1]):
+      if mask[b, p] and valid[b]:
+        prob = 1.0 / (1.0 + math.exp(-float(logits[b, p])))
+        terms.append(-(labels[b, p] * math.log(prob) + (1 - labels[b, p]) * math.log(1 - prob)))
+  return sum(terms) / len(terms)
+
+
+def _itm_case(b=4, p=4, seed=0):
+  rng = np.random.default_rng(seed)
+  logits = (3 * rng.normal(size=(b, p))).astype(np.float32)
+  labels = np.zeros((b, p), np.float32)
+  labels[:, 0] = 1
+  mask = rng.random((b, p)) < 0.8
+  mask[:, 0] = True
+  return logits, labels, mask
+
+
+def _itm(logits, labels, mask, valid=None, **kw):
+  batch = {} if valid is None else {"valid": valid}
+  return get_objective("itm")({"itm_logits": logits, "itm_labels": labels,
+                               "itm_pair_mask": mask}, batch, rng=None, **kw)
+
+
+def test_itm_equals_float64_numpy_reference():
+  logits, labels, mask = _itm_case()
+  valid = np.array([1, 1, 0, 1], bool)
+  loss, m = _itm(logits, labels, mask, valid)
+  np.testing.assert_allclose(float(loss), reference_itm(logits, labels, mask, valid), rtol=1e-5)
+  ok = mask & valid[:, None]
+  np.testing.assert_allclose(float(m["acc"]), np.mean(((logits > 0) == (labels > 0.5))[ok]),
+                             rtol=1e-6)
+
+
+def test_padded_pairs_and_examples_do_not_change_itm():
+  logits, labels, mask = _itm_case(b=3)
+  base, _ = _itm(logits, labels, mask)
+  junk = np.where(mask, logits, 1e4).astype(np.float32)          # masked pairs: huge logits
+  more = np.concatenate([junk, -1e4 * np.ones((2, 4), np.float32)])  # two invalid examples
+  padded, grad = jax.value_and_grad(lambda z: _itm(
+      z, np.concatenate([labels, np.ones((2, 4), np.float32)]),
+      np.concatenate([mask, np.ones((2, 4), bool)]), np.array([1, 1, 1, 0, 0], bool))[0])(more)
+  np.testing.assert_allclose(float(padded), float(base), rtol=1e-6)
+  assert np.all(np.asarray(grad)[3:] == 0) and np.all(np.asarray(grad)[:3][~mask] == 0)
+
+
+def test_itm_gradients_match_finite_differences():
+  logits, labels, mask = _itm_case(b=3, p=3)
+  with jax.enable_x64():
+    check_grads(lambda z: _itm(z, labels, mask)[0], (logits.astype(np.float64),), order=1,
+                modes=("rev",), atol=1e-3, rtol=1e-3)
+
+
+def test_hard_negatives_follow_the_softmax_and_never_pick_self_or_padding():
+  rng = np.random.default_rng(0)
+  sim = rng.normal(size=(5, 5)).astype(np.float32)
+  valid = np.array([1, 1, 1, 0, 1], bool)
+  idx, ok = sample_negatives(sim, valid, None, tau=0.5)  # deterministic: the hardest
+  cand = valid[None] & valid[:, None] & ~np.eye(5, dtype=bool)
+  np.testing.assert_array_equal(idx, np.argmax(np.where(cand, sim, -np.inf), -1))
+  np.testing.assert_array_equal(ok, valid)
+  keys = jax.random.split(jax.random.PRNGKey(0), 4000)
+  draws = np.asarray(jax.jit(jax.vmap(lambda k: sample_negatives(sim, valid, k, tau=0.5)[0]))(
+      keys))
+  for i in np.flatnonzero(valid):
+    expect = np.where(cand[i], np.exp(sim[i] / 0.5), 0.0)
+    freq = np.bincount(draws[:, i], minlength=5) / len(keys)
+    np.testing.assert_allclose(freq, expect / expect.sum(), atol=0.03)
+  lonely, ok1 = sample_negatives(sim[:2, :2], np.array([1, 0], bool), None)
+  assert not np.any(ok1)
+
+
+def reference_swap(ids, att, t2s, donor, k_own, k_don, length):
+  """Python lists: drop sentence k_own of i, append sentence k_don of the donor before [SEP]."""
+  out = []
+  for i in range(len(ids)):
+    n = int(att[i].sum())
+    kept = [(ids[i][t], t2s[i][t]) for t in range(n - 1) if t2s[i][t] != k_own[i]]
+    d = donor[i]
+    given = [(ids[d][t], k_own[i]) for t in range(length) if att[d][t] and t2s[d][t] == k_don[i]]
+    seq = (kept + given)[:length - 1] + [(ids[i][n - 1], -1)]
+    out.append(seq)
+  return out
+
+
+def test_text_swap_replaces_one_sentence_with_a_donor_sentence():
+  length, s = 12, 3
+  ids = np.zeros((3, length), np.int32)
+  att = np.zeros((3, length), np.int32)
+  t2s = np.full((3, length), -1, np.int32)
+  rows = [[1, 10, 11, 12, 20, 21, 2], [1, 30, 31, 40, 41, 42, 43, 44, 45, 2],
+          [1, 50, 51, 52, 53, 54, 55, 56, 57, 58, 2]]
+  sents = [[-1, 0, 0, 0, 1, 1, -1], [-1, 1, 1, 2, 2, 2, 2, 2, 2, -1],
+           [-1, 0, 0, 0, 0, 0, 0, 0, 0, 0, -1]]
+  for i, (r, ss) in enumerate(zip(rows, sents)):
+    ids[i, :len(r)], att[i, :len(r)], t2s[i, :len(r)] = r, 1, ss
+  donor = np.array([1, 2, 0], np.int32)
+  out, ok = jax.jit(lambda *a: swap_sentences(*a, s, None))(ids, att, t2s, donor)
+  assert np.all(np.asarray(ok))
+  # rng=None: each report loses its first sentence and gets the donor's first sentence.
+  ref = reference_swap(ids, att, t2s, donor, [0, 1, 0], [1, 0, 0], length)
+  for i, seq in enumerate(ref):
+    n = len(seq)
+    np.testing.assert_array_equal(np.asarray(out["input_ids"])[i, :n], [a for a, _ in seq])
+    np.testing.assert_array_equal(np.asarray(out["token_to_sentence"])[i, :n],
+                                  [b for _, b in seq])
+    assert np.asarray(out["attention_mask"])[i].sum() == n
+    assert np.all(np.asarray(out["input_ids"])[i, n:] == 0)
+  assert len(ref[1]) == length  # report 1 + 9 donated tokens overflow: truncated, [SEP] kept
+  # A random swap keeps the shape contract: [SEP] last, one donated sentence.
+  out_r, _ = swap_sentences(ids, att, t2s, donor, s, jax.random.PRNGKey(3))
+  for i in range(3):
+    n = int(np.asarray(out_r["attention_mask"])[i].sum())
+    row = np.asarray(out_r["input_ids"])[i]
+    assert row[n - 1] == 2 and row[0] == 1
+
+
+def test_itm_head_ignores_padded_tokens_and_scores_every_pair():
+  rng = np.random.default_rng(1)
+  patches = rng.normal(size=(3, 4, 6)).astype(np.float32)
+  tokens = rng.normal(size=(3, 5, 8)).astype(np.float32)
+  tmask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0]], bool)
+  image_index = np.array([[0, 0, 2], [1, 1, 0], [2, 2, 1]], np.int32)
+  text_index = np.array([[0, 1, 0], [1, 2, 1], [2, 0, 2]], np.int32)
+  head = ImageTextMatching(width=8, num_layers=2, num_heads=2, mlp_dim=16)
+  params = jax.jit(head.init)(jax.random.PRNGKey(0), patches, tokens, tmask, image_index,
+                              text_index)
+  apply = jax.jit(head.apply)
+  logits = apply(params, patches, tokens, tmask, image_index, text_index)
+  assert logits.shape == (3, 3) and logits.dtype == np.float32
+  junk = np.where(tmask[..., None], tokens, 1e3).astype(np.float32)
+  np.testing.assert_allclose(apply(params, patches, junk, tmask, image_index, text_index),
+                             logits, rtol=1e-5, atol=1e-5)
+  # A pair depends only on its own image and text: (image 2, text 0) sits at (0, 2) and (2, 1).
+  np.testing.assert_allclose(logits[0, 2], logits[2, 1], rtol=1e-6)
+  assert not np.isclose(logits[0, 2], logits[0, 0])
 
 
 # ----------------------------------------------------------------------------- knowledge
@@ -232,10 +380,22 @@ def test_knowledge_prototypes_are_the_text_tower_on_the_descriptions(tiny_output
   assert out["word_knowledge_attention"].shape == (4, 32, k)
 
 
-def test_mlip_total_loss_is_the_sum_of_the_three_references(tiny_outputs):
+def test_mlip_teacher_forward_is_the_towers_and_global_projections_only(tiny_outputs):
+  _, model, variables, batch, out = tiny_outputs
+  teacher = jax.jit(lambda v, x: model.apply(v, x, train=False, teacher=True))(variables, batch)
+  assert set(teacher) == {"image_embed", "text_embed"}  # no knowledge, TKP or ITM work
+  np.testing.assert_allclose(teacher["image_embed"], out["image_embed"], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(teacher["text_embed"], out["text_embed"], rtol=1e-5, atol=1e-6)
+
+
+def test_mlip_total_loss_is_the_sum_of_the_four_references(tiny_outputs):
   config, _, _, batch, out = tiny_outputs
+  # A teacher that differs from the online model (as after some EMA steps).
+  t_img, t_txt = np.asarray(out["image_embed"])[::-1], np.asarray(out["text_embed"])[::-1]
+  out = dict(out, teacher={"image_embed": t_img, "text_embed": t_txt})
   loss, m = jax.jit(lambda o, x: total_loss(o, x, config, jax.random.PRNGKey(0)))(out, batch)
-  itc = reference_soft_itc(out["image_embed"], out["text_embed"], np.ones(4, bool), 0.07, 0.4)
+  itc = reference_soft_itc(out["image_embed"], out["text_embed"], np.ones(4, bool), 0.07, 0.4,
+                           t_img, t_txt)
   wmask = np.asarray(out["word_mask"])
   assert wmask.sum(1).tolist() == [5, 6, 4, 5]  # 27 of the 32 word slots are padding
   lw, lp = reference_tca(np.asarray(out["text_words_knowledge"]), wmask,
@@ -243,10 +403,15 @@ def test_mlip_total_loss_is_the_sum_of_the_three_references(tiny_outputs):
                          np.asarray(out["region_mask"]), 0.1)
   proto, _, _ = reference_proto(out["image_embed"], out["text_embed"],
                                 out["knowledge_prototypes"], 0.2, 0.05, 3)
+  assert out["itm_logits"].shape == (4, 4)  # positive, hard text, hard image, text swap
+  itm = reference_itm(np.asarray(out["itm_logits"]), np.asarray(out["itm_labels"]),
+                      np.asarray(out["itm_pair_mask"]), np.ones(4, bool))
   np.testing.assert_allclose(float(m["soft_clip_nce/loss"]), itc, rtol=1e-4)
+  assert float(m["soft_clip_nce/target_source"]) == 1.0
   np.testing.assert_allclose(float(m["tca/loss"]), lw + lp, rtol=1e-4)
   np.testing.assert_allclose(float(m["proto_swap/loss"]), proto, rtol=1e-4)
-  np.testing.assert_allclose(float(loss), itc + lw + lp + proto, rtol=1e-4)
+  np.testing.assert_allclose(float(m["itm/loss"]), itm, rtol=1e-4)
+  np.testing.assert_allclose(float(loss), itc + lw + lp + proto + itm, rtol=1e-4)
 
 
 def test_tiny_mlip_config_trains_six_steps_end_to_end(tmp_path, synthetic_cache):
@@ -259,8 +424,11 @@ def test_tiny_mlip_config_trains_six_steps_end_to_end(tmp_path, synthetic_cache)
   print("tiny MLIP last metrics:", {k: float(v) for k, v in last.items()
                                     if k.endswith("loss")})
   assert np.isfinite(last["loss"])
-  for name in ("soft_clip_nce", "tca", "proto_swap"):
+  for name in ("soft_clip_nce", "tca", "proto_swap", "itm"):
     assert np.isfinite(last[f"{name}/loss"])
+  assert last["soft_clip_nce/target_source"] == 1.0  # the EMA teacher gave the soft targets
+  assert last["ema_decay"] == pytest.approx(0.995)
+  assert 3.0 < last["itm/pairs"] <= 4.0  # text-swap pairs exist
 
 
 def test_full_mlip_config_builds_abstractly():
@@ -273,4 +441,5 @@ def test_full_mlip_config_builds_abstractly():
   assert out["knowledge_prototypes"].shape == (14, 128)
   assert out["text_words_knowledge"].shape == (2, 111, 128)
   assert out["image_regions_local"].shape == (2, 196, 128)
+  assert out["itm_logits"].shape == (2, 4)
   jax.eval_shape(tx.init, variables["params"])

@@ -220,6 +220,23 @@ def test_corr_predict_equals_float64_numpy_reference(rows):
   np.testing.assert_allclose(m["kl_hidden"], ref_hidden, rtol=1e-5)
 
 
+def test_corr_predict_teacher_target_reads_the_ema_teacher_outputs():
+  pred, target, hidden = _corr_inputs()
+  online = np.zeros_like(target)  # ignored with target='teacher'
+  out = {"corr_pred": pred, "corr_target": online, "corr_hidden": hidden,
+         "teacher": {"corr_target": target}}
+  loss, _ = get_objective("corr_predict")(out, {}, rng=None, tau=0.2, target="teacher")
+  ref = reference_corr_predict(pred, target, 0.2, np.ones(hidden.shape, bool), hidden,
+                               np.ones(3, bool))
+  np.testing.assert_allclose(loss, ref, rtol=1e-5)
+  grad = jax.grad(lambda t: get_objective("corr_predict")(
+      dict(out, teacher={"corr_target": t}), {}, rng=None, target="teacher")[0])(target)
+  assert np.all(np.asarray(grad) == 0)
+  with pytest.raises(ConfigError, match="config.train.ema.enabled=True"):
+    get_objective("corr_predict")({"corr_pred": pred, "corr_target": online}, {}, rng=None,
+                                  target="teacher")
+
+
 def test_padded_patches_do_not_change_corr_predict():
   pred, target, hidden = _corr_inputs(b=2, n=4)
   base = get_objective("corr_predict")({"corr_pred": pred, "corr_target": target}, {},
@@ -318,6 +335,12 @@ def test_place_total_loss_is_the_sum_of_the_three_references():
   out = jax.jit(lambda v, b: model.apply(v, b, train=True, rngs={
       "dropout": jax.random.PRNGKey(2)}))(variables, batch)
   assert out["query_attention"].shape == (4, 4, 16)
+  # The teacher forward (here with the online variables) runs the image tower only.
+  teacher = jax.jit(lambda v, b: model.apply(v, b, train=True, teacher=True))(variables, batch)
+  assert set(teacher) == {"corr_target"}
+  np.testing.assert_allclose(teacher["corr_target"], out["corr_target"], rtol=1e-5, atol=1e-6)
+  t_target = np.asarray(out["corr_target"])[::-1]  # a teacher that differs from the online one
+  out = dict(out, teacher={"corr_target": t_target})
   loss, m = jax.jit(lambda o, b: total_loss(o, b, config, jax.random.PRNGKey(0)))(out, batch)
   valid = np.ones(4, bool)
   img, txt = _unit(out["image_embed"]), _unit(out["text_embed"])
@@ -325,7 +348,7 @@ def test_place_total_loss_is_the_sum_of_the_three_references():
   nce = np.mean([0.5 * _ce(logits[i], i) + 0.5 * _ce(logits[:, i], i) for i in range(4)])
   pcma = reference_set_align(out["query_embed"], out["sentence_embed"], out["sentence_mask"],
                              valid, 0.07, 0.5)[0]
-  cce = reference_corr_predict(out["corr_pred"], out["corr_target"], 0.1,
+  cce = reference_corr_predict(out["corr_pred"], t_target, 0.1,
                                np.ones((4, 16), bool), out["corr_hidden"], valid)
   np.testing.assert_allclose(loss, nce + pcma + cce, rtol=1e-4)
   assert float(m["corr_predict/hidden_fraction"]) == 0.5
@@ -338,6 +361,7 @@ def test_tiny_place_config_trains_six_steps_end_to_end(tmp_path, synthetic_cache
   last = loop.train_and_evaluate(config, tmp_path / "run")
   assert np.isfinite(last["loss"])
   assert np.isfinite(last["set_align/loss"]) and np.isfinite(last["corr_predict/loss"])
+  assert last["ema_decay"] == pytest.approx(0.996)  # the CCE target's EMA encoder is updated
   assert "retrieval/i2t_R@1" in last
 
 

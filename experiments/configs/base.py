@@ -109,6 +109,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.async_checkpoint = True
   c.train.init_from = ""           # checkpoint dir: load towers only
   c.train.stop_on_nonfinite = True
+  # EMA (momentum) teacher (mmrl.train.ema). Off: TrainState.ema = {} and nothing is computed.
+  # On: after each finite step teacher <- decay * teacher + (1 - decay) * online; methods whose
+  # objectives read the teacher (MLIP soft_clip_nce / PLACE corr_predict with target='teacher')
+  # get its forward pass as outputs['teacher'] and need enabled=True.
+  c.train.ema = ml_collections.ConfigDict()
+  c.train.ema.enabled = False
+  c.train.ema.decay = 0.995          # m (MLIP/ALBEF 0.995, PLACE 0.996)
+  c.train.ema.schedule = "constant"  # constant | cosine (BYOL/DINO: m rises to 1 at num_steps)
+  c.train.ema.collections = ("params",)  # ('params',) or ('params', 'batch_stats')
 
   # ---- evaluation (mmrl.evaluation; docs/evaluation.md) ----
   # Each evaluator: enabled (run during training), every (steps; 0 = train.eval_every; all enabled

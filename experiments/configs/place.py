@@ -20,9 +20,11 @@ PLACE has no released code and no retrieved numbers (METHODS.md §7.1): everythi
 - Projections: 2048 -> 128 MLP for globals, V-PORs and T-PORs (d = 128, §7.2), with no
   BatchNorm: MLPProjection's BatchNorm has no token mask, so padded sentences would enter its
   statistics.
-- CCE target: §7.2 asks for an EMA image encoder (momentum 0.996). The trainer has no EMA teacher
-  yet, so the target is the stop-gradient *online* patch features ('corr_target'); an EMA teacher
-  can later provide the same output key. tau_c = 0.1 (not given in §7.2). The predictor replaces
+- CCE target: the EMA image encoder of §7.2 (train.ema.enabled, momentum 0.996, constant: §7.2
+  gives no schedule; params only, the ViT has no BatchNorm); corr_predict target='teacher' reads
+  its patch features (only the teacher's image tower runs: one extra ViT forward per step, no
+  backward). target='online' (stop-gradient online patch features) remains for ablation.
+  tau_c = 0.1 (not given in §7.2). The predictor replaces
   the hidden patches by a learned mask token, adds a learned position embedding, and runs 2
   pre-LN layers (self-attention over patches, cross-attention to the report tokens, MLP); the KL
   averages over all patch rows as §7.2 (rows='hidden' restricts it to the hidden ones).
@@ -58,8 +60,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       ml_collections.ConfigDict(dict(name="set_align", weight=1.0, tau=0.07,
                                      aggregate="max_mean", chunk_size=0)),
       ml_collections.ConfigDict(dict(name="corr_predict", weight=1.0, tau=0.1, mask_ratio=0.5,
-                                     rows="all")),
+                                     rows="all", target="teacher")),
   ]
+  c.train.ema.enabled = True   # the CCE target's EMA image encoder (§7.2)
+  c.train.ema.decay = 0.996
+  c.train.ema.schedule = "constant"
   c.optim.lr = 2e-5
   c.optim.weight_decay = 0.05
   c.train.batch_size = 72

@@ -8,6 +8,16 @@
   `text_tower`, so the knowledge texts run through the same parameters.
 - `KnowledgeAttention`: tokens attend to the knowledge, w~_t = w_t + W_o softmax_k(q_t . k_k /
   sqrt(d)) v_k (§8.2 TKP step 1), softmax in float32; returns w~ and the attention [B, W, K].
+- `sample_negatives(sim, valid, rng, tau)`: one hard negative per row of an [B,B] similarity
+  matrix (§8.2 ITM "hard negatives sampled from the ITC similarities", ALBEF): j ~ softmax_j(
+  s_ij / tau) over valid j != i (Gumbel-max via `jax.random.categorical`; the argmax, i.e. the
+  hardest negative, when rng is None), vectorised, with a per-row `ok` flag.
+- `swap_sentences(...)`: the §8.2 text-swap negative at the input level, fixed shapes: report i
+  loses one of its sentences and gets sentence k' of a donor report in its place, appended before
+  its [SEP]; tokens beyond L are dropped (the [SEP] is kept).
+- `ImageTextMatching`: both streams projected to `width`, the given (image, text) pairs fused by
+  `Fusion` (LRCLR's bidirectional cross-attention layers, §11.3 "Fusion ... MLIP ITM"), and a
+  binary logit from the fused [CLS] (text position 0).
 """
 from __future__ import annotations
 
@@ -19,6 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmrl.config_errors import ConfigError
+from mmrl.heads.region_selection import Fusion
+
+NEG_INF = -1e9
 
 
 def encode_knowledge(text_tower: nn.Module, tokens: Mapping[str, np.ndarray]) -> jax.Array:
@@ -61,4 +74,126 @@ class KnowledgeAttention(nn.Module):
     return words.astype(jnp.float32) + out.astype(jnp.float32), jnp.mean(att, axis=1)
 
 
-__all__ = ["encode_knowledge", "KnowledgeAttention"]
+def sample_negatives(sim: jax.Array, valid: jax.Array, rng: jax.Array | None, *,
+                     tau: float = 0.07) -> tuple[jax.Array, jax.Array]:
+  """One negative column per row of `sim` (module docstring).
+
+  Args:
+    sim: f[B,B] similarities (row i: candidates j); gradients are stopped.
+    valid: bool[B]; invalid examples are neither rows (ok False) nor candidates.
+    rng: a key (sample j ~ softmax(s_ij / tau)) or None (argmax: the hardest negative).
+    tau: sampling temperature.
+
+  Returns:
+    (index i32[B], ok bool[B]): ok is False for invalid rows and rows without any valid j != i
+    (their index is then meaningless but in range).
+  """
+  b = sim.shape[0]
+  valid = jnp.asarray(valid).astype(bool)
+  cand = valid[None, :] & valid[:, None] & ~jnp.eye(b, dtype=bool)
+  logits = jax.lax.stop_gradient(sim.astype(jnp.float32)) / tau
+  logits = jnp.where(cand, logits, NEG_INF)
+  if rng is None:
+    idx = jnp.argmax(logits, axis=-1)
+  else:
+    idx = jax.random.categorical(rng, logits, axis=-1)
+  return idx.astype(jnp.int32), jnp.any(cand, axis=-1)
+
+
+def _choose_present(present: jax.Array, rng: jax.Array | None) -> jax.Array:
+  """A uniformly random True column per row (the first one when rng is None)."""
+  if rng is None:
+    return jnp.argmax(present, axis=-1).astype(jnp.int32)
+  logits = jnp.where(present, 0.0, NEG_INF)
+  return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+def swap_sentences(input_ids: jax.Array, attention_mask: jax.Array,
+                   token_to_sentence: jax.Array, donor: jax.Array, num_sentences: int,
+                   rng: jax.Array | None) -> tuple[dict[str, jax.Array], jax.Array]:
+  """Text-swap negatives (module docstring), vectorised over the batch.
+
+  Args:
+    input_ids, attention_mask, token_to_sentence: i32[B,L] as in the batch ([CLS] first, [SEP]
+      at the last attended position, sentence id -1 on specials and padding).
+    donor: i32[B], the report each example takes a sentence from.
+    num_sentences: S (sentence ids are < S).
+    rng: a key (random removed / donated sentence) or None (the first sentence of each).
+
+  Returns:
+    ({'input_ids', 'attention_mask', 'token_to_sentence'} i32[B,L] of the swapped reports,
+    ok bool[B]: both reports have a sentence and donor != i). The donated tokens take the removed
+    sentence's id.
+  """
+  ids = jnp.asarray(input_ids).astype(jnp.int32)
+  att = jnp.asarray(attention_mask) > 0
+  t2s = jnp.where(att, jnp.asarray(token_to_sentence).astype(jnp.int32), -1)
+  b, length = ids.shape
+  present = jnp.any(t2s[:, :, None] == jnp.arange(num_sentences)[None, None, :], axis=1)
+  r_own, r_don = (None, None) if rng is None else jax.random.split(rng)
+  k_own = _choose_present(present, r_own)
+  k_don = _choose_present(present[donor], r_don)
+  ok = jnp.any(present, -1) & jnp.any(present[donor], -1) & (donor != jnp.arange(b))
+
+  def one(ids_i, att_i, t2s_i, ids_d, t2s_d, k_i, k_d):
+    pos = jnp.arange(length)
+    n = jnp.sum(att_i)
+    is_sep = pos == n - 1
+    keep = att_i & ~is_sep & (t2s_i != k_i)
+    take = t2s_d == k_d
+    n_keep = jnp.sum(keep)
+    dest_take = n_keep + jnp.cumsum(take) - 1
+    take = take & (dest_take < length - 1)
+    sep_dest = jnp.minimum(n_keep + jnp.sum(take), length - 1)
+    drop = length  # out of range: dropped by the scatter
+    d_keep = jnp.where(keep, jnp.cumsum(keep) - 1, drop)
+    d_take = jnp.where(take, dest_take, drop)
+    sep_id = jnp.sum(jnp.where(is_sep, ids_i, 0))
+    new_ids = jnp.zeros_like(ids_i).at[d_keep].set(ids_i, mode="drop")
+    new_ids = new_ids.at[d_take].set(ids_d, mode="drop").at[sep_dest].set(sep_id)
+    new_t2s = jnp.full_like(t2s_i, -1).at[d_keep].set(t2s_i, mode="drop")
+    new_t2s = new_t2s.at[d_take].set(jnp.full_like(t2s_d, k_i), mode="drop")
+    new_t2s = new_t2s.at[sep_dest].set(-1)
+    new_att = (pos <= sep_dest) & (n > 0)
+    return new_ids, new_att.astype(jnp.int32), jnp.where(new_att, new_t2s, -1)
+
+  new_ids, new_att, new_t2s = jax.vmap(one)(ids, att, t2s, ids[donor], t2s[donor], k_own, k_don)
+  return {"input_ids": new_ids, "attention_mask": new_att, "token_to_sentence": new_t2s}, ok
+
+
+class ImageTextMatching(nn.Module):
+  """ITM head (module docstring): pairs of patches and report tokens -> matching logits.
+
+  Attributes:
+    width: fusion width D (both streams are projected to it).
+    num_layers: Fusion layers (§8.2: 2).
+    num_heads: attention heads (D must be a multiple).
+    mlp_dim: Fusion MLP width.
+    dtype: compute dtype (params float32; logits float32).
+  """
+  width: int
+  num_layers: int = 2
+  num_heads: int = 4
+  mlp_dim: int = 512
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, patches: jax.Array, tokens: jax.Array, token_mask: jax.Array,
+               image_index: jax.Array, text_index: jax.Array) -> jax.Array:
+    """patches f[Bi,R,Dv]; tokens f[Bt,T,Dt] + token_mask bool[Bt,T] (keys the fusion may read;
+    position 0 is the [CLS] whose fused state is classified); image_index, text_index i32[B,P]:
+    pair (b, p) is image image_index[b,p] with text text_index[b,p]. Returns logits f32[B,P]."""
+    v = nn.Dense(self.width, dtype=self.dtype, name="image_in")(patches)
+    t = nn.Dense(self.width, dtype=self.dtype, name="text_in")(tokens)
+    b, p = image_index.shape
+    image_index, text_index = image_index.reshape(-1), text_index.reshape(-1)
+    vi = v[image_index]
+    ti, mi = t[text_index], jnp.asarray(token_mask).astype(bool)[text_index]
+    _, fused_t, _ = Fusion(self.num_layers, self.num_heads, self.mlp_dim, dtype=self.dtype,
+                           name="fusion")(vi, jnp.ones(vi.shape[:2], bool), ti, mi)
+    logit = nn.Dense(1, dtype=self.dtype, name="itm_head")(fused_t[:, 0])
+    return logit[:, 0].astype(jnp.float32).reshape(b, p)
+
+
+__all__ = ["encode_knowledge", "KnowledgeAttention", "sample_negatives", "swap_sentences",
+           "ImageTextMatching"]

@@ -4,6 +4,10 @@
     outputs['image']  ImageFeatures      outputs['text']  TextFeatures
     + the method's head outputs, e.g. 'image_embed' [B,d], 'text_embed' [B,d], 'log_tau' []
 
+`apply(variables, batch, train=..., teacher=True)` is the EMA teacher's forward (the step passes
+the EMA variables): only the method's `teacher_towers`, then `method.teacher_heads`; it returns
+that dict alone.
+
 Param tree: 'image_tower/...', 'text_tower/...', then the heads by name ('image_projection/...',
 'text_projection/...', 'temperature/log_tau'). Parameters are float32; compute runs in
 `config.model.dtype` (the towers and heads take it). No device code here.
@@ -43,11 +47,18 @@ class TwoTowerModel(nn.Module):
                            num_sentences=batch["sentence_mask"].shape[-1], train=train)
 
   @nn.compact
-  def __call__(self, batch: Mapping[str, Any], *, train: bool) -> dict[str, Any]:
+  def __call__(self, batch: Mapping[str, Any], *, train: bool,
+               teacher: bool = False) -> dict[str, Any]:
+    extra = {"model": self} if self.method.uses_model else {}
+    if teacher:
+      towers_used = self.method.teacher_towers
+      image = self.encode_image(batch["image"], train=train) if "image" in towers_used else None
+      text = self.encode_text(batch, train=train) if "text" in towers_used else None
+      return self.method.teacher_heads(image, text, batch, train=train, dtype=self.dtype,
+                                       **extra)
     image = self.encode_image(batch["image"], train=train)
     text = self.encode_text(batch, train=train)
     outputs = {"image": image, "text": text}
-    extra = {"model": self} if self.method.uses_model else {}
     outputs.update(self.method.apply_heads(image, text, batch, train=train, dtype=self.dtype,
                                            **extra))
     return outputs

@@ -15,6 +15,12 @@ ConfigDicts `{name, weight, **options}`; `total_loss` sums them (metrics namespa
 '<name>/<metric>', plus '<name>/loss' and the total 'loss'). Objectives are looked up in
 `mmrl.objectives.registry.OBJECTIVES`.
 
+EMA teacher: a method whose objectives read a momentum teacher returns True from
+`uses_teacher()` (by default: some objective entry has target='teacher'). The train step then
+runs `TwoTowerModel(..., teacher=True)` with the EMA variables (config.train.ema) under
+stop_gradient (only the towers in `teacher_towers`, then `teacher_heads`) and hands the result to
+the objectives as `outputs['teacher']` (a dict). Methods that do not use it pay nothing.
+
 New method = a `Method` subclass registered here (a large one may live in its own module, imported
 at the bottom of this file) + its objectives registered in `mmrl/objectives/<family>.py` (listed in
 `registry.BUILTIN_MODULES`) + `experiments/configs/<method>.py` setting `config.method`.
@@ -67,6 +73,21 @@ class Method:
                   train: bool, dtype: Any) -> dict[str, Any]:
     raise NotImplementedError
 
+  # The towers the EMA teacher's forward pass runs; a tower not listed reaches `teacher_heads`
+  # as None (PLACE's CCE target needs only the image tower).
+  teacher_towers: ClassVar[tuple[str, ...]] = ("image", "text")
+
+  def uses_teacher(self) -> bool:
+    """Whether the objectives read `outputs['teacher']`: some objective has target='teacher'."""
+    return any(options.get("target", "online") == "teacher"
+               for _, _, options in self.objectives())
+
+  def teacher_heads(self, image: ImageFeatures | None, text: TextFeatures | None,
+                    batch: Mapping[str, Any], *, train: bool, dtype: Any,
+                    **kwargs: Any) -> dict[str, Any]:
+    """The teacher's outputs (run with the EMA variables; default: the online heads)."""
+    return self.apply_heads(image, text, batch, train=train, dtype=dtype, **kwargs)
+
   def learnable_tau(self) -> float | None:
     """The initial tau when some objective has learnable_tau=True, else None."""
     for _, _, options in self.objectives():
@@ -76,6 +97,21 @@ class Method:
 
 
 METHODS: Registry[type[Method]] = Registry("method")
+
+
+def teacher_outputs(outputs: Mapping[str, Any], teacher_key: str, keys: tuple[str, ...],
+                    objective: str) -> Mapping[str, Any]:
+  """outputs[teacher_key] (the EMA teacher's forward, added by the train step), checked to hold
+  `keys`; for objectives with target='teacher'."""
+  teacher = outputs.get(teacher_key)
+  if teacher is None:
+    raise ConfigError(f"{objective} target='teacher' needs outputs[{teacher_key!r}], the EMA "
+                      "teacher's outputs, which the train step adds when config.train.ema."
+                      f"enabled=True; known outputs: {sorted(outputs)}")
+  missing = [k for k in keys if k not in teacher]
+  if missing:
+    raise ConfigError(f"{objective}: the teacher outputs lack {missing}; known: {sorted(teacher)}")
+  return teacher
 
 
 def parse_objectives(method_cfg: Any) -> list[tuple[str, float, dict[str, Any]]]:

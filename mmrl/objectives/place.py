@@ -25,9 +25,10 @@ Method `place` (`PLACE.apply_heads`) builds the heads and returns, besides the t
                                        (when corr_predict is listed)
   log_tau []                           when an objective asks for a learnable temperature
 
-Reconstruction choice forced by the trainer: §7.2 takes the CCE target from an EMA image encoder
-(momentum 0.996); the trainer has no EMA teacher yet, so the target is the stop-gradient *online*
-patch features (`corr_target`). An EMA teacher can later fill 'corr_target' with no change here.
+CCE target: corr_predict target='teacher' (the PLACE config, §7.2) reads the patch features of
+the EMA image encoder (momentum 0.996, config.train.ema), `outputs['teacher']['corr_target']`
+(`PLACE.teacher_heads` runs only the teacher's image tower); target='online' uses the
+stop-gradient online patch features 'corr_target' (no teacher needed).
 """
 from __future__ import annotations
 
@@ -40,11 +41,12 @@ from mmrl.config_errors import ConfigError
 from mmrl.heads.projection import LogTemperature, MLPProjection
 from mmrl.heads.query_decoder import CorrelationPredictor, QueryDecoder
 from mmrl.objectives.contrastive import NEG_INF, l2_normalize, resolve_tau, symmetric_nce, valid_mean
-from mmrl.objectives.methods import METHODS, Method
+from mmrl.objectives.methods import METHODS, Method, teacher_outputs
 from mmrl.objectives.registry import OBJECTIVES, Metrics
 
 AGGREGATES = ("max_mean",)
 CORR_ROWS = ("all", "hidden")
+TARGETS = ("online", "teacher")
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -167,9 +169,10 @@ def _row_log_softmax(feats: jax.Array, col_ok: jax.Array, tau: float) -> jax.Arr
 @OBJECTIVES.register("corr_predict")
 def corr_predict(outputs: dict[str, Any], batch: dict[str, Any], *,
                  rng: jax.Array | None = None, tau: float = 0.1, mask_ratio: float = 0.5,
-                 rows: str = "all", pred_key: str = "corr_pred",
+                 rows: str = "all", target: str = "online", pred_key: str = "corr_pred",
                  target_key: str = "corr_target", hidden_key: str = "corr_hidden",
-                 patch_mask_key: str = "patch_mask") -> tuple[jax.Array, Metrics]:
+                 patch_mask_key: str = "patch_mask",
+                 teacher_key: str = "teacher") -> tuple[jax.Array, Metrics]:
   """CCE: KL between target and predicted patch-correlation rows (METHODS.md §7.2).
 
   Args:
@@ -182,6 +185,8 @@ def corr_predict(outputs: dict[str, Any], batch: dict[str, Any], *,
     mask_ratio: the fraction of patches the PLACE heads hide from the predictor. The heads read
       it from this entry of config.method.objectives; the loss itself only validates it.
     rows: 'all' (the §7.2 mean over every valid patch row) or 'hidden' (only hidden rows).
+    target: 'online' (`outputs[target_key]`) or 'teacher' (`outputs[teacher_key][target_key]`,
+      the EMA image encoder's patch features, §7.2).
 
   Returns:
     (loss, metrics): kl_hidden, kl_visible (mean KL over hidden / visible rows), target_entropy
@@ -194,11 +199,15 @@ def corr_predict(outputs: dict[str, Any], batch: dict[str, Any], *,
     raise ConfigError(f"corr_predict mask_ratio={mask_ratio} must be in [0, 1); PLACE uses 0.5")
   if tau <= 0:
     raise ConfigError(f"corr_predict tau={tau} must be > 0 (tau_c, e.g. 0.1)")
+  if target not in TARGETS:
+    raise ConfigError(f"corr_predict target={target!r} is not known; use one of {TARGETS}")
+  source = (teacher_outputs(outputs, teacher_key, (target_key,), "corr_predict")
+            if target == "teacher" else outputs)
   pred = l2_normalize(outputs[pred_key])
-  target = jax.lax.stop_gradient(l2_normalize(outputs[target_key]))
-  if pred.shape != target.shape or pred.ndim != 3:
+  h = jax.lax.stop_gradient(l2_normalize(source[target_key]))
+  if pred.shape != h.shape or pred.ndim != 3:
     raise ConfigError(f"corr_predict needs {pred_key!r} and {target_key!r} of one shape "
-                      f"[B,N,D]; got {pred.shape} and {target.shape}")
+                      f"[B,N,D]; got {pred.shape} and {h.shape}")
   b, n, _ = pred.shape
   patch_ok = jnp.ones((b, n), bool)
   if patch_mask_key in outputs:
@@ -207,7 +216,7 @@ def corr_predict(outputs: dict[str, Any], batch: dict[str, Any], *,
   hidden = jnp.zeros((b, n), bool) if hidden is None else jnp.asarray(hidden).astype(bool)
   row_ok = patch_ok & _valid(batch, b)[:, None]
 
-  logp_t = _row_log_softmax(target, patch_ok, tau)
+  logp_t = _row_log_softmax(h, patch_ok, tau)
   logp_s = _row_log_softmax(pred, patch_ok, tau)
   p_t = jnp.exp(logp_t)
   kl = jnp.sum(jnp.where(patch_ok[:, None, :], p_t * (logp_t - logp_s), 0.0), axis=-1)  # [B,N]
@@ -243,6 +252,13 @@ class PLACE(Method):
   is among the objectives, the CCE predictor only when 'corr_predict' is (whose mask_ratio it
   reads), so ablations are config edits. Outputs: see the module docstring.
   """
+
+  teacher_towers = ("image",)  # the CCE target needs only the EMA image encoder
+
+  def teacher_heads(self, image, text, batch, *, train, dtype):
+    """The EMA image encoder's patch features, the CCE target (§7.2)."""
+    del text, batch, train, dtype
+    return {"corr_target": image.local.astype(jnp.float32)}
 
   def apply_heads(self, image, text, batch, *, train, dtype):
     c = self.cfg

@@ -4,7 +4,7 @@
 from the sharding rules (params and the matching Adam moments alike), and runs the initialiser
 under `jax.jit(out_shardings=...)`, so no full copy of the parameters ever lives on one device.
 Pretrained text weights (`config.model.text.weights`) are loaded afterwards and placed with the
-same shardings.
+same shardings (and copied into the EMA teacher when `config.train.ema.enabled`).
 """
 from __future__ import annotations
 
@@ -21,16 +21,22 @@ from jax.sharding import Mesh
 
 from mmrl.models.two_tower import build_model
 from mmrl.parallel import sharding as sharding_lib
+from mmrl.train import ema as ema_lib
 from mmrl.train.optimizer import make_optimizer
 
 
 class TrainState(struct.PyTreeNode):
-  """step i32[], params (f32), batch_stats ({} without BatchNorm), opt_state, rng u32[2]."""
+  """step i32[], params (f32), batch_stats ({} without BatchNorm), opt_state, rng u32[2], ema.
+
+  `ema` is {} unless config.train.ema.enabled; then {'params': ..., ['batch_stats': ...]}, the
+  momentum teacher's variables (mmrl.train.ema), shaped and sharded like the online ones.
+  """
   step: jax.Array
   params: Any
   batch_stats: Any
   opt_state: Any
   rng: jax.Array
+  ema: Any
   apply_fn: Callable[..., Any] = struct.field(pytree_node=False)
   tx: optax.GradientTransformation = struct.field(pytree_node=False)
 
@@ -39,6 +45,18 @@ class TrainState(struct.PyTreeNode):
     v = {"params": self.params if params is None else params}
     if self.batch_stats:
       v["batch_stats"] = self.batch_stats
+    return v
+
+  def teacher_variables(self) -> dict[str, Any]:
+    """The EMA teacher's Flax variables: its params, and batch_stats (averaged ones when
+    config.train.ema.collections lists them, else the online ones: train-mode BatchNorm uses the
+    batch's statistics anyway)."""
+    if not self.ema:
+      raise ValueError("this TrainState has no EMA teacher; set config.train.ema.enabled=True")
+    v = {"params": self.ema["params"]}
+    stats = self.ema.get("batch_stats", self.batch_stats)
+    if stats:
+      v["batch_stats"] = stats
     return v
 
 
@@ -93,7 +111,9 @@ def _init_fn(config: Any, model: nn.Module | None) -> Callable[[jax.Array], Trai
     params = variables["params"]
     batch_stats = variables.get("batch_stats", {})
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                      opt_state=tx.init(params), rng=state_rng, apply_fn=model.apply, tx=tx)
+                      opt_state=tx.init(params), rng=state_rng,
+                      ema=ema_lib.init_ema(config, params, batch_stats), apply_fn=model.apply,
+                      tx=tx)
   return init
 
 
@@ -141,4 +161,7 @@ def create_train_state(config: Any, rng: jax.Array, mesh: Mesh, *, model: nn.Mod
     params = towers.load_text_weights(config.model, state.params)
     params = jax.device_put(params, shardings.params)
     state = state.replace(params=params)
+    if state.ema:  # the teacher starts from the same (pretrained) weights
+      state = state.replace(ema=dict(state.ema, params=jax.device_put(
+          jax.tree.map(jnp.copy, params), shardings.ema["params"])))
   return state, shardings
