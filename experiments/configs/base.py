@@ -26,6 +26,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.prefetch_buffer = 2
   c.data.shuffle = True
   c.data.on_bad_record = "skip"    # skip | fail
+  # Training text view: all | random_sentence (ConVIRT) | random_subset; evaluation sees all.
+  c.data.sentence_sampling = "all"
   c.data.mean = 0.5                # image normalisation after scaling to [0, 1]
   c.data.std = 0.25
   # Synthetic MIMIC-layout data made on first use when dataset_dir is '' (num_patients > 0):
