@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,6 +15,8 @@ from experiments.configs import lrclr as lrclr_config
 from mmrl.config_errors import ConfigError
 from mmrl.evaluation import zero_shot
 from mmrl.heads.region_selection import Fusion, RegionSelector, select_top_k
+from mmrl.models.features import ImageFeatures, TextFeatures
+from mmrl.objectives.lrclr import LRCLR, sample_hard_negatives
 from mmrl.objectives.methods import total_loss
 from mmrl.objectives.registry import get_objective
 from mmrl.train import loop
@@ -330,7 +333,6 @@ def test_lrclr_itm_gradient_is_sigmoid_minus_label_over_the_count():
 
 
 def test_hard_negatives_are_valid_other_study_candidates_and_argmax_without_rng():
-  from mmrl.objectives.lrclr import sample_hard_negatives  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(1)
   img = rng.normal(size=(6, 4)).astype(np.float32)
   txt = rng.normal(size=(6, 4)).astype(np.float32)
@@ -349,9 +351,6 @@ def test_hard_negatives_are_valid_other_study_candidates_and_argmax_without_rng(
 
 
 def test_itm_trains_the_fusion_layers_and_zero_shot_embeddings_ignore_the_report():
-  from mmrl.models.features import ImageFeatures, TextFeatures  # pylint: disable=g-import-not-at-top
-  from mmrl.objectives.lrclr import LRCLR  # pylint: disable=g-import-not-at-top
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
   config = lrclr_config.get_config("tiny")
   method = LRCLR(config.method.to_json())
   b, r, l, d = 4, 8, 10, 6

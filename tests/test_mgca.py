@@ -12,6 +12,7 @@ from jax.test_util import check_grads
 
 from experiments.configs import mgca as mgca_config
 from mmrl.config_errors import ConfigError
+from mmrl.models.features import ImageFeatures, TextFeatures
 from mmrl.objectives import mgca
 from mmrl.objectives.methods import total_loss
 from mmrl.objectives.registry import get_objective
@@ -263,7 +264,6 @@ def test_cls_word_weights_without_the_output_name_the_config_key_and_patches_fal
 
 
 def test_mgca_heads_sum_the_text_cls_row_per_word_and_pass_the_vit_row():
-  from mmrl.models.features import ImageFeatures, TextFeatures  # pylint: disable=g-import-not-at-top
   c = mgca_config.get_config("tiny")
   method = mgca.MGCA(c.method.to_json())
   rng = np.random.default_rng(0)
