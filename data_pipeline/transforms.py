@@ -3,7 +3,14 @@
 Owns the per-record work of the Grain pipeline: parse the record, decode and view the image
 (data_pipeline.augment), normalise it, tokenise the report (data_pipeline.tokenization), map
 labels/boxes onto the data set's label vocabulary and hash the study/patient ids; for evaluation
-with `with_masks`, the record's masks through the same view (`eval_masks`). Also owns the
+with `with_masks`, the record's masks through the same view (`eval_masks`); and the
+training-time report view (`config.data.sentence_sampling`, `sample_sentences`): 'all' sentences
+(default), one 'random_sentence' (ConVIRT, METHODS.md §2.4 / §11.1 `sentence_select`) or a
+'random_subset' (k ~ U{1..n} sentences without replacement, in report order). The choice is
+drawn from the example's Grain rng after the image augmentation (so the image view is the same
+in every mode), hence deterministic given config.seed and restored with the iterator state; the
+chosen sentences are tokenised as the whole text, so shapes and masks are those of any report.
+Evaluation always sees all sentences. Also owns the
 bad-record policy (`config.data.on_bad_record`): a record that cannot be read, parsed or decoded
 raises an `errors.InputError`; `ExampleLoader` logs it with its id and returns a `BadRecord`
 marker under 'skip' (the pipeline filters and counts markers before batching) or re-raises
@@ -25,6 +32,25 @@ from data_pipeline import records
 from data_pipeline import tokenization
 
 ON_BAD_RECORD = ("skip", "fail")
+SENTENCE_SAMPLING = ("all", "random_sentence", "random_subset")
+
+
+def sample_sentences(sentences: Sequence[str], mode: str,
+                     rng: Optional[np.random.Generator]) -> list[str]:
+  """The sentences a training step sees (module docstring); 'all' or no sentences: unchanged."""
+  sentences = list(sentences)
+  if mode == "all" or not sentences:
+    return sentences
+  if rng is None:
+    raise ValueError(f"config.data.sentence_sampling={mode!r} needs the per-example rng")
+  n = len(sentences)
+  if mode == "random_sentence":
+    return [sentences[int(rng.integers(n))]]
+  if mode == "random_subset":
+    k = int(rng.integers(1, n + 1))
+    keep = np.sort(rng.choice(n, size=k, replace=False))
+    return [sentences[i] for i in keep]
+  raise ValueError(f"config.data.sentence_sampling={mode!r} is not one of {SENTENCE_SAMPLING}")
 
 
 def check_on_bad_record(value: str) -> str:
@@ -88,6 +114,11 @@ class RecordTransform:
     self.augment = _plain(cfg.get("augment", {}))
     self.tokenizer_spec = str(cfg.get("tokenizer", ""))
     self.lowercase = bool(cfg.get("lowercase", True))
+    self.sentence_sampling = str(cfg.get("sentence_sampling", "all"))
+    if self.sentence_sampling not in SENTENCE_SAMPLING:
+      raise ValueError(f"config.data.sentence_sampling={self.sentence_sampling!r} is not one of "
+                       f"{SENTENCE_SAMPLING}; use 'all' (whole report), 'random_sentence' "
+                       "(ConVIRT) or 'random_subset'")
     self.label_names = tuple(label_names)
     self._label_index = {n: i for i, n in enumerate(self.label_names)}
     self.train = train
@@ -132,7 +163,10 @@ class RecordTransform:
       pixels, box_arr, keep = augment.eval_view(img, box_arr, self.image_size)
     image = ((pixels - np.float32(self.mean)) * np.float32(1.0 / self.std))[..., None]
 
-    text = self.tokenizer.encode(rec.sentences, self.max_tokens, self.max_sentences)
+    sentences = rec.sentences
+    if self.train:
+      sentences = sample_sentences(sentences, self.sentence_sampling, rng)
+    text = self.tokenizer.encode(sentences, self.max_tokens, self.max_sentences)
     present = np.zeros([self.max_sentences], bool)
     ids = text["token_to_sentence"]
     present[np.unique(ids[ids >= 0])] = True

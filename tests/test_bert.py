@@ -245,3 +245,68 @@ def _with_weights(cfg, weights):
   cfg = cfg.copy_and_resolve_references()
   cfg.text.weights = weights
   return cfg
+
+
+def _np_attention(q, k, valid):
+  """softmax(q k^T / sqrt(hd)) over valid keys, per head: q, k [B, T, N, hd] -> [B, N, T, T]."""
+  q, k = np.asarray(q, np.float64), np.asarray(k, np.float64)
+  logits = np.einsum("bqnd,bknd->bnqk", q, k) / np.sqrt(q.shape[-1])
+  logits = np.where(valid[:, None, None, :], logits, -np.inf)
+  p = np.exp(logits - logits.max(-1, keepdims=True))
+  return p / p.sum(-1, keepdims=True)
+
+
+def test_cls_attention_row_equals_numpy_attention_of_the_last_layer(tiny_params):
+  arrays = _batch()
+  cfg = _tiny_cfg()
+  cfg.text.cls_attention = True
+  model = towers.build_text_tower(cfg)
+  feats, inter = jax.jit(lambda p, a: model.apply(
+      {"params": p}, *a, num_sentences=S, train=False, capture_intermediates=True,
+      mutable=["intermediates"]))(tiny_params, tuple(map(jnp.asarray, arrays)))
+  att = inter["intermediates"]["layer_1"]["attention"]
+  heads, hd = 2, 16
+  shape = lambda x: np.asarray(x["__call__"][0]).reshape(3, 16, heads, hd)
+  q, k, v = shape(att["query"]), shape(att["key"]), shape(att["value"])
+  valid = arrays[1] > 0
+  probs = _np_attention(q, k, valid)
+  # The numpy probabilities are the layer's: they reproduce its attention output.
+  wo = tiny_params["layer_1"]["attention"]["out"]
+  ctx = np.einsum("bnqk,bknd->bqnd", probs, v).reshape(3, 16, heads * hd)
+  np.testing.assert_allclose(ctx @ np.asarray(wo["kernel"]) + np.asarray(wo["bias"]),
+                             np.asarray(att["out"]["__call__"][0]), rtol=1e-4, atol=1e-4)
+  expected = np.where(valid, probs[:, :, 0, :].mean(1), 0.0)
+  assert feats.cls_attention.shape == (3, 16) and feats.cls_attention.dtype == jnp.float32
+  np.testing.assert_allclose(feats.cls_attention, expected, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(feats.cls_attention).sum(-1), 1.0, rtol=1e-5)
+  # Off by default.
+  assert towers.build_text_tower(_tiny_cfg()).cls_attention is False
+
+
+@pytest.mark.parametrize("impl", [None, "xla"])
+def test_sequence_lengths_equal_the_boolean_mask_for_right_padding_per_implementation(
+    tiny_params, impl):
+  arrays = _batch()
+  cfg = _tiny_cfg()
+  cfg.text.cls_attention = True
+  cfg.text.attention_impl = impl
+  tower = towers.build_text_tower(cfg)
+  assert tower.attention_impl == impl
+  lengths = _apply(tower, tiny_params, arrays)
+  masked = _apply(tower.clone(padding="any"), tiny_params, arrays)
+  real = arrays[1] > 0
+  np.testing.assert_allclose(np.asarray(masked.tokens)[real], np.asarray(lengths.tokens)[real],
+                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(masked.global_embedding, lengths.global_embedding, rtol=1e-5,
+                             atol=1e-5)
+  np.testing.assert_allclose(masked.cls_attention, lengths.cls_attention, rtol=1e-5, atol=1e-6)
+
+
+def test_bad_attention_impl_names_the_key_and_cudnn_refuses_a_boolean_mask():
+  cfg = _tiny_cfg()
+  cfg.text.attention_impl = "flash"
+  with pytest.raises(ValueError, match=r"config\.model\.text\.attention_impl='flash'"):
+    towers.build_text_tower(cfg)
+  cfg.text.attention_impl = "cudnn"
+  with pytest.raises(ValueError, match=r"padding='right'"):
+    towers.build_text_tower(cfg).clone(padding="any")

@@ -191,6 +191,62 @@ def test_concat_critic_equals_the_mlp_on_explicit_concatenations():
         np.testing.assert_allclose(scores[i, j, r], ref, rtol=1e-4, atol=1e-5)
 
 
+def _largest_intermediate(jaxpr) -> int:
+  """The element count of the largest value any equation (nested jaxprs included) produces."""
+  best = 0
+  for eqn in jaxpr.eqns:
+    for v in eqn.outvars:
+      best = max(best, int(np.prod(getattr(v.aval, "shape", ()))))
+    for param in eqn.params.values():
+      for sub in (param if isinstance(param, (list, tuple)) else (param,)):
+        inner = getattr(sub, "jaxpr", sub)
+        if hasattr(inner, "eqns"):
+          best = max(best, _largest_intermediate(inner))
+  return best
+
+
+def test_chunked_concat_critic_equals_plain_in_values_and_gradients():
+  chunk = 2  # 5 texts: chunks of 2, 2 and a padded 1
+  rng = np.random.default_rng(4)
+  bx, by, r, hidden = 5, 5, 3, (16, 8)
+  x = rng.normal(size=(bx, r, 6)).astype(np.float32)
+  y = rng.normal(size=(by, 7)).astype(np.float32)
+  plain = ConcatMLPCritic(hidden=hidden)
+  chunked = ConcatMLPCritic(hidden=hidden, chunk_size=chunk)
+  params = jax.jit(plain.init)(jax.random.key(0), x, y)
+  assert jax.tree.structure(params) == jax.tree.structure(
+      jax.eval_shape(chunked.init, jax.random.key(0), x, y))
+  valid = np.ones(bx, bool)
+  valid[4] = False
+  batch = {"valid": valid, "study_id": np.array([0, 1, 2, 2, 3])}
+
+  def loss(critic, p, x, y):
+    scores = critic.apply(p, x, y)
+    return get_objective("mi_bound")({"mi_scores": scores}, batch, rng=None,
+                                     estimator="infonce", pairs="local_per_sample")[0], scores
+  (l0, s0), g0 = jax.jit(jax.value_and_grad(functools.partial(loss, plain), argnums=(0, 1, 2),
+                                            has_aux=True))(params, x, y)
+  (l1, s1), g1 = jax.jit(jax.value_and_grad(functools.partial(loss, chunked), argnums=(0, 1, 2),
+                                            has_aux=True))(params, x, y)
+  np.testing.assert_allclose(s1, s0, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(l1, l0, rtol=1e-5, atol=1e-6)
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  # Memory: no value of the chunked forward + backward is as large as the [Bx, By, R, H] block.
+  grad_fn = jax.grad(lambda p: loss(chunked, p, x, y)[0])
+  largest = _largest_intermediate(jax.make_jaxpr(grad_fn)(params).jaxpr)
+  assert largest <= bx * chunk * r * hidden[0] < bx * by * r * hidden[0]
+  plain_largest = _largest_intermediate(
+      jax.make_jaxpr(jax.grad(lambda p: loss(plain, p, x, y)[0]))(params).jaxpr)
+  assert plain_largest == bx * by * r * hidden[0]
+
+
+def test_negative_critic_chunk_names_the_key():
+  x, y = np.zeros((2, 1, 3), np.float32), np.zeros((2, 3), np.float32)
+  with pytest.raises(ConfigError, match=r"config\.method\.critic_chunk=-1"):
+    ConcatMLPCritic(hidden=(4,), chunk_size=-1).init(jax.random.key(0), x, y)
+
+
 def test_separable_and_bilinear_critics_score_all_pairs_location_wise():
   rng = np.random.default_rng(1)
   x = rng.normal(size=(3, 4, 5)).astype(np.float32)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,6 +15,8 @@ from experiments.configs import lrclr as lrclr_config
 from mmrl.config_errors import ConfigError
 from mmrl.evaluation import zero_shot
 from mmrl.heads.region_selection import Fusion, RegionSelector, select_top_k
+from mmrl.models.features import ImageFeatures, TextFeatures
+from mmrl.objectives.lrclr import LRCLR, sample_hard_negatives
 from mmrl.objectives.methods import total_loss
 from mmrl.objectives.registry import get_objective
 from mmrl.train import loop
@@ -283,6 +286,112 @@ def test_zero_shot_scores_and_auc_equal_numpy_loops():
       np.mean([m[f"zero_shot/auc/{x}"] for x in "abc"]))
 
 
+# ----------------------------------------------------------------------------- matching (ITM)
+
+
+def reference_itm(logits, mask, valid):
+  """Mean BCE over the counted (row valid, slot unmasked) slots; labels (1, 0, 0). float64."""
+  terms = []
+  for b in range(logits.shape[0]):
+    for k in range(3):
+      if valid[b] and mask[b, k]:
+        z, y = float(logits[b, k]), 1.0 if k == 0 else 0.0
+        p = 1.0 / (1.0 + math.exp(-z))
+        terms.append(-(y * math.log(p) + (1 - y) * math.log(1 - p)))
+  return float(np.mean(terms))
+
+
+def test_lrclr_itm_equals_numpy_bce_and_masks_slots_and_rows():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(5, 3)).astype(np.float32) * 2
+  mask = rng.random((5, 3)) < 0.8
+  mask[:, 0] = True
+  valid = np.array([1, 1, 0, 1, 1], bool)
+  out = {"lrclr/itm_logits": logits, "lrclr/itm_mask": mask}
+  loss, m = get_objective("lrclr_itm")(out, {"valid": valid}, rng=None)
+  np.testing.assert_allclose(loss, reference_itm(logits, mask, valid), rtol=1e-5)
+  # Masked slots and invalid rows change nothing, whatever their logits.
+  noisy = np.where(mask & valid[:, None], logits, 1e4).astype(np.float32)
+  loss2, _ = get_objective("lrclr_itm")({"lrclr/itm_logits": noisy, "lrclr/itm_mask": mask},
+                                        {"valid": valid}, rng=None)
+  np.testing.assert_allclose(loss2, loss, rtol=1e-6)
+  right = [(logits[b, k] > 0) == (k == 0) for b in range(5) for k in range(3)
+           if valid[b] and mask[b, k]]
+  assert float(m["acc"]) == pytest.approx(np.mean(right))
+  with pytest.raises(ConfigError, match="lrclr_itm needs the model output 'lrclr/itm_logits'"):
+    get_objective("lrclr_itm")({}, {}, rng=None)
+
+
+def test_lrclr_itm_gradient_is_sigmoid_minus_label_over_the_count():
+  logits = np.array([[0.3, -1.0, 2.0], [1.5, 0.2, -0.4]], np.float32)
+  mask = np.array([[1, 1, 0], [1, 1, 1]], bool)
+  g = jax.grad(lambda z: get_objective("lrclr_itm")(
+      {"lrclr/itm_logits": z, "lrclr/itm_mask": mask}, {}, rng=None)[0])(logits)
+  labels = np.array([1.0, 0.0, 0.0])
+  want = np.where(mask, (1 / (1 + np.exp(-logits)) - labels) / mask.sum(), 0.0)
+  np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-7)
+
+
+def test_hard_negatives_are_valid_other_study_candidates_and_argmax_without_rng():
+  rng = np.random.default_rng(1)
+  img = rng.normal(size=(6, 4)).astype(np.float32)
+  txt = rng.normal(size=(6, 4)).astype(np.float32)
+  valid = np.array([1, 1, 1, 1, 1, 0], bool)
+  study = np.array([0, 0, 1, 2, 3, 4])
+  ok = valid[:, None] & valid[None, :] & ~np.eye(6, dtype=bool) & (study[:, None] != study)
+  nt, nt_ok, ni, ni_ok = sample_hard_negatives(img, txt, ok, None, temperature=0.07)
+  sim = _unit(img) @ _unit(txt).T
+  for i in range(5):
+    assert nt_ok[i] and ok[i, nt[i]] and nt[i] == np.argmax(np.where(ok[i], sim[i], -9))
+    assert ni_ok[i] and ok[ni[i], i] and ni[i] == np.argmax(np.where(ok[:, i], sim[:, i], -9))
+  assert not nt_ok[5] and not ni_ok[5]
+  for seed in range(5):
+    nt, _, ni, _ = sample_hard_negatives(img, txt, ok, jax.random.key(seed), temperature=1.0)
+    assert all(ok[i, nt[i]] and ok[ni[i], i] for i in range(5))
+
+
+def test_itm_trains_the_fusion_layers_and_zero_shot_embeddings_ignore_the_report():
+  config = lrclr_config.get_config("tiny")
+  method = LRCLR(config.method.to_json())
+  b, r, l, d = 4, 8, 10, 6
+  rng = np.random.default_rng(0)
+  t2w = np.where(np.arange(l) < 7, np.arange(l) // 2, -1)[None].repeat(b, 0).astype(np.int32)
+  batch = {"token_to_word": t2w, "attention_mask": (t2w >= 0).astype(np.int32),
+           "valid": np.ones(b, bool), "study_id": np.arange(b, dtype=np.int32)}
+
+  def feats(tokens):
+    return (ImageFeatures(global_embedding=np.zeros((b, d), np.float32),
+                          local=rng.normal(size=(b, r, d)).astype(np.float32), grid_hw=(2, 4)),
+            TextFeatures(global_embedding=tokens[:, 0], tokens=tokens, token_mask=t2w >= 0,
+                         sentences=np.zeros((b, 1, d), np.float32),
+                         sentence_mask=np.ones((b, 1), bool)))
+  image, text = feats(rng.normal(size=(b, l, d)).astype(np.float32))
+
+  class Heads(nn.Module):
+    @nn.compact
+    def __call__(self, image, text):
+      return method.apply_heads(image, text, batch, train=True, dtype=jnp.float32)
+  heads = Heads()
+  shapes = jax.eval_shape(lambda: heads.init(jax.random.key(0), image, text))
+  params = jax.tree.map(lambda s: (0.3 * rng.normal(size=s.shape)).astype(s.dtype), shapes)
+
+  def loss_fn(p, image, text):
+    out = heads.apply(p, image, text, rngs={"dropout": jax.random.key(2)})
+    return get_objective("lrclr_itm")(out, batch, rng=None)[0], out
+  grads, out = jax.jit(jax.grad(loss_fn, has_aux=True))(params, image, text)
+  assert out["lrclr/itm_logits"].shape == (b, 3) and np.asarray(out["lrclr/itm_mask"]).all()
+  neg = np.asarray(out["lrclr/itm_negatives"])
+  assert np.all(neg != np.arange(b)[:, None])
+  fusion = jax.tree_util.tree_leaves_with_path(grads["params"]["fusion"])
+  dead = [jax.tree_util.keystr(k) for k, g in fusion if not np.abs(np.asarray(g)).max() > 0]
+  assert not dead, f"fusion params without gradient from lrclr_itm: {dead}"
+  # The image embedding (zero-shot, retrieval) does not depend on the paired report.
+  _, other_text = feats(rng.normal(size=(b, l, d)).astype(np.float32))
+  embed = jax.jit(lambda t: heads.apply(params, image, t, rngs={
+      "dropout": jax.random.key(2)})["image_embed"])
+  np.testing.assert_allclose(embed(other_text), embed(text), rtol=1e-6, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------- configs
 
 
@@ -334,7 +443,8 @@ def test_lrclr_total_loss_is_nce_plus_half_the_region_reference_and_selects_top_
   region = reference_region_loss(out["text_words_local"], out["word_mask"],
                                  out["lrclr/region_embed"], out["lrclr/region_mask"],
                                  out["lrclr/scores"], np.ones(4, bool), 0.1, 0.0)
-  np.testing.assert_allclose(loss, nce + 0.5 * region, rtol=1e-4)
+  itm = reference_itm(out["lrclr/itm_logits"], out["lrclr/itm_mask"], np.ones(4, bool))
+  np.testing.assert_allclose(loss, nce + 0.5 * region + itm, rtol=1e-4)
   sel, scores = np.asarray(out["lrclr/selected"]), np.asarray(out["lrclr/scores"])
   np.testing.assert_array_equal(np.sort(sel, 1), np.sort(np.argsort(-scores, 1)[:, :4], 1))
   assert np.isfinite(float(m["lrclr_region/loss"]))

@@ -12,6 +12,7 @@ from jax.test_util import check_grads
 
 from experiments.configs import mgca as mgca_config
 from mmrl.config_errors import ConfigError
+from mmrl.models.features import ImageFeatures, TextFeatures
 from mmrl.objectives import mgca
 from mmrl.objectives.methods import total_loss
 from mmrl.objectives.registry import get_objective
@@ -26,9 +27,11 @@ def _ce(logits, target):
   return -logits[target] + top + math.log(sum(math.exp(x - top) for x in logits))
 
 
-def reference_side(queries, qmask, keys, kmask, tau, normalize_ctx, mask_negatives):
+def reference_side(queries, qmask, keys, kmask, tau, normalize_ctx, mask_negatives, omega=None):
   """One TCA side of one sample, float64 loops: sum_t omega_t (CE_row + CE_col) / 2."""
   qs = [t for t in range(len(queries)) if qmask[t]]
+  if omega is None:
+    omega = {t: 1.0 / len(qs) for t in qs}
   ks = [k for k in range(len(keys)) if kmask[k]]
   ctx = {}
   for t in range(len(queries)):
@@ -42,7 +45,7 @@ def reference_side(queries, qmask, keys, kmask, tau, normalize_ctx, mask_negativ
   for t in qs:
     row = [queries[t] @ ctx[v] / tau for v in cols]
     col = [queries[u] @ ctx[t] / tau for u in cols]
-    total += (1.0 / len(qs)) * 0.5 * (_ce(row, cols.index(t)) + _ce(col, cols.index(t)))
+    total += omega[t] * 0.5 * (_ce(row, cols.index(t)) + _ce(col, cols.index(t)))
   return total
 
 
@@ -166,11 +169,129 @@ def test_tca_returns_attention_maps_as_aux():
   assert np.all(np.asarray(m["aux/patch_word_attention"])[0, :, 3:] < 1e-6)
 
 
-def test_cls_attention_weights_say_they_are_not_available_yet():
+def reference_clipped_weights(raw, mask, low=0.1, high=0.9):
+  """MGCA's per-sample loop: quantiles of the valid entries, clip, normalise (float64)."""
+  out = np.zeros(raw.shape, np.float64)
+  for b in range(raw.shape[0]):
+    vals = np.asarray(raw[b][mask[b]], np.float64)
+    if vals.size == 0:
+      continue
+    lo, hi = np.quantile(vals, low), np.quantile(vals, high)
+    out[b][mask[b]] = np.clip(vals, lo, hi)
+    out[b] /= out[b].sum()
+  return out
+
+
+def test_clipped_cls_weights_equal_a_per_sample_numpy_loop():
+  rng = np.random.default_rng(3)
+  raw = rng.uniform(0.0, 1.0, size=(4, 12)).astype(np.float32)
+  mask = rng.uniform(size=(4, 12)) < 0.7
+  mask[1] = False          # no valid entry: all zeros
+  mask[2] = False
+  mask[2, 5] = True        # one valid entry (the code's 0-d index case): weight 1
+  raw[0, ~mask[0]] = 100.0  # padding values never matter
+  got = mgca.clipped_token_weights(raw, mask)
+  np.testing.assert_allclose(got, reference_clipped_weights(raw, mask), rtol=1e-5, atol=1e-7)
+  assert not np.asarray(got)[1].any() and np.asarray(got)[2, 5] == pytest.approx(1.0)
+
+
+def _cls_case(words, regions, seed=1):
+  rng = np.random.default_rng(seed)
+  return (rng.uniform(size=words.shape[:2]).astype(np.float32),
+          rng.uniform(size=regions.shape[:2]).astype(np.float32))
+
+
+def test_tca_with_cls_attention_weights_equals_float64_numpy_reference():
   words, wmask, regions, rmask = _tca_case()
-  with pytest.raises(ConfigError, match="word_weights='cls_attn_clipped'.*'uniform'"):
+  wattn, rattn = _cls_case(words, regions)
+  out = _tca_out(words, wmask, regions, rmask)
+  out.update(word_cls_attention=wattn, region_cls_attention=rattn)
+  loss, m = get_objective("tca")(out, {}, rng=None, word_weights="cls_attn",
+                                 patch_weights="cls_attn")
+  ww = reference_clipped_weights(wattn, wmask)
+  rw = reference_clipped_weights(rattn, rmask)
+  wn, rn = _norm(words.astype(np.float64)), _norm(regions.astype(np.float64))
+  lw = np.mean([reference_side(wn[b], wmask[b], rn[b], rmask[b], 0.1, True, True,
+                               dict(enumerate(ww[b]))) for b in range(3)])
+  lp = np.mean([reference_side(rn[b], rmask[b], wn[b], wmask[b], 0.1, True, True,
+                               dict(enumerate(rw[b]))) for b in range(3)])
+  np.testing.assert_allclose(m["loss_word"], lw, rtol=1e-5)
+  np.testing.assert_allclose(m["loss_patch"], lp, rtol=1e-5)
+  np.testing.assert_allclose(loss, lw + lp, rtol=1e-5)
+  assert float(m["patch_weights_cls"]) == 1.0
+  uniform, _ = get_objective("tca")(_tca_out(words, wmask, regions, rmask), {}, rng=None)
+  assert abs(float(loss) - float(uniform)) > 1e-4  # the weights do change the loss
+
+
+def test_cls_weights_get_no_gradient_and_words_get_finite_difference_gradients():
+  words, wmask, regions, rmask = _tca_case()
+  wattn, rattn = _cls_case(words, regions)
+
+  def f(w, r, wa, ra):
+    out = _tca_out(w, wmask, r, rmask)
+    out.update(word_cls_attention=wa, region_cls_attention=ra)
+    return get_objective("tca")(out, {}, rng=None, word_weights="cls_attn",
+                                patch_weights="cls_attn")[0]
+  grads = jax.jit(jax.grad(f, argnums=(0, 1, 2, 3)))
+  g_w, g_r, g_wa, g_ra = grads(words, regions, wattn, rattn)
+  assert not np.asarray(g_wa).any() and not np.asarray(g_ra).any()
+  # Directional finite difference in float64 along a random direction of (words, regions).
+  with jax.enable_x64(True):
+    rng = np.random.default_rng(5)
+    vw, vr = rng.normal(size=words.shape), rng.normal(size=regions.shape)
+    w64, r64, wa64, ra64 = (x.astype(np.float64) for x in (words, regions, wattn, rattn))
+    f64 = jax.jit(f)
+    eps = 1e-4
+    fd = (f64(w64 + eps * vw, r64 + eps * vr, wa64, ra64)
+          - f64(w64 - eps * vw, r64 - eps * vr, wa64, ra64)) / (2 * eps)
+  np.testing.assert_allclose(np.sum(g_w * vw) + np.sum(g_r * vr), fd, rtol=2e-3, atol=1e-4)
+
+
+def test_cls_word_weights_without_the_output_name_the_config_key_and_patches_fall_back():
+  words, wmask, regions, rmask = _tca_case()
+  with pytest.raises(ConfigError, match=r"config\.model\.text\.cls_attention=True"):
     get_objective("tca")(_tca_out(words, wmask, regions, rmask), {}, rng=None,
-                         word_weights="cls_attn_clipped")
+                         word_weights="cls_attn")
+  with pytest.raises(ConfigError, match="'uniform', 'cls_attn'"):
+    get_objective("tca")(_tca_out(words, wmask, regions, rmask), {}, rng=None,
+                         patch_weights="cls_attn_clipped")
+  # No region row (a ResNet tower): the patch side uses uniform weights and says so.
+  loss, m = get_objective("tca")(_tca_out(words, wmask, regions, rmask), {}, rng=None,
+                                 patch_weights="cls_attn")
+  uniform, _ = get_objective("tca")(_tca_out(words, wmask, regions, rmask), {}, rng=None)
+  np.testing.assert_allclose(loss, uniform, rtol=1e-6)
+  assert float(m["patch_weights_cls"]) == 0.0
+
+
+def test_mgca_heads_sum_the_text_cls_row_per_word_and_pass_the_vit_row():
+  c = mgca_config.get_config("tiny")
+  method = mgca.MGCA(c.method.to_json())
+  rng = np.random.default_rng(0)
+  b, l, r, d = 2, 8, 4, 6
+  cls_row = rng.uniform(size=(b, l)).astype(np.float32)
+  t2w = np.array([[-1, 0, 0, 1, 2, 2, -1, -1], [-1, 0, 1, 1, 1, -1, -1, -1]], np.int32)
+  am = (np.arange(l)[None] < np.array([[7], [6]])).astype(np.int32)
+  text = TextFeatures(global_embedding=rng.normal(size=(b, d)).astype(np.float32),
+                      tokens=rng.normal(size=(b, l, d)).astype(np.float32),
+                      token_mask=t2w >= 0, sentences=np.zeros((b, 1, d), np.float32),
+                      sentence_mask=np.ones((b, 1), bool), cls_attention=cls_row)
+  image = ImageFeatures(global_embedding=rng.normal(size=(b, d)).astype(np.float32),
+                        local=rng.normal(size=(b, r, d)).astype(np.float32), grid_hw=(2, 2),
+                        cls_attention=rng.uniform(size=(b, r)).astype(np.float32))
+  batch = {"token_to_word": t2w, "attention_mask": am}
+
+  class Heads(mgca.nn.Module):
+    @mgca.nn.compact
+    def __call__(self):
+      return method.apply_heads(image, text, batch, train=False, dtype=jnp.float32)
+  out, _ = Heads().init_with_output(jax.random.key(0))
+  expected = np.zeros((b, c.method.max_words), np.float32)
+  for i in range(b):
+    for t in range(l):
+      if t2w[i, t] >= 0 and am[i, t]:
+        expected[i, t2w[i, t]] += cls_row[i, t]
+  np.testing.assert_allclose(out["word_cls_attention"], expected, rtol=1e-6)
+  np.testing.assert_allclose(out["region_cls_attention"], image.cls_attention)
 
 
 def _proto_case(b=6, k=5, d=4, seed=0):

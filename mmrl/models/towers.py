@@ -6,9 +6,10 @@ Public API:
                                          num_sentences, train) -> TextFeatures
   load_text_weights(model_cfg, params) -> params (HF checkpoint in the text tower's subtree)
   image_tower_dims(model_cfg) -> (global_dim, local_dim);  text_tower_dim(model_cfg) -> int
-Keys read: model.dtype, model.image.{name, norm, remat}, model.text.{weights, num_layers,
-hidden_size, num_heads, intermediate_size, global_pool, sentence_pool, remat} and, optional,
-model.text.dropout (default 0.0; > 0 needs rngs={'dropout': key} in train mode).
+Keys read: model.dtype, model.image.{name, norm, remat, cls_attention}, model.text.{weights,
+num_layers, hidden_size, num_heads, intermediate_size, global_pool, sentence_pool, remat,
+attention_impl, cls_attention} and, optional, model.text.dropout (default 0.0; > 0 needs
+rngs={'dropout': key} in train mode).
 
 Parameter-tree conventions (paths inside each tower's own subtree; the optimiser's freeze and
 weight-decay rules are regexes over '/'-joined paths, so these names are a contract):
@@ -48,12 +49,16 @@ from mmrl.registry import Registry
 IMAGE_TOWERS: Registry[Callable[..., nn.Module]] = Registry("image tower")
 DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32, "float16": jnp.float16}
 
+# cls_attention: ViTs return their last block's [CLS] attention; ResNets have no [CLS] and
+# ignore it (MGCA then uses uniform patch weights, mmrl/objectives/mgca.py).
 for _name in RESNETS:
   IMAGE_TOWERS.register(_name)(
-      lambda *, norm, dtype, remat, _n=_name: resnet(_n, norm=norm, dtype=dtype, remat=remat))
+      lambda *, norm, dtype, remat, cls_attention=False, _n=_name: resnet(
+          _n, norm=norm, dtype=dtype, remat=remat))
 for _name in VITS:
   IMAGE_TOWERS.register(_name)(
-      lambda *, norm, dtype, remat, _n=_name: vit(_n, dtype=dtype, remat=remat))
+      lambda *, norm, dtype, remat, cls_attention=False, _n=_name: vit(
+          _n, dtype=dtype, remat=remat, cls_attention=cls_attention))
 del _name
 
 
@@ -79,7 +84,8 @@ def build_image_tower(model_cfg) -> nn.Module:
   name = _image_name(model_cfg)
   return IMAGE_TOWERS.get(name)(norm=str(model_cfg.image.get("norm", "batch")),
                                 dtype=compute_dtype(model_cfg),
-                                remat=bool(model_cfg.image.get("remat", False)))
+                                remat=bool(model_cfg.image.get("remat", False)),
+                                cls_attention=bool(model_cfg.image.get("cls_attention", False)))
 
 
 def image_tower_dims(model_cfg) -> tuple[int, int]:
@@ -123,10 +129,13 @@ def text_config(model_cfg) -> BertConfig:
 def build_text_tower(model_cfg) -> nn.Module:
   """The BERT text tower (bert.BertTextTower) for config.model."""
   t = model_cfg.text
+  impl = t.get("attention_impl", None)
   return BertTextTower(config=text_config(model_cfg),
                        global_pool=str(t.get("global_pool", "cls")),
                        sentence_pool=str(t.get("sentence_pool", "max")),
-                       dtype=compute_dtype(model_cfg), remat=bool(t.get("remat", False)))
+                       dtype=compute_dtype(model_cfg), remat=bool(t.get("remat", False)),
+                       attention_impl=None if impl in (None, "") else str(impl),
+                       cls_attention=bool(t.get("cls_attention", False)))
 
 
 def text_tower_dim(model_cfg) -> int:

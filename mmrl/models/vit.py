@@ -13,6 +13,8 @@ to the new grid (the usual fine-tune-at-a-new-resolution trick), so no config ke
 
 Attention goes through `jax.nn.dot_product_attention`: on GPU with bf16/fp16 and a head size that
 cuDNN supports it asks for cuDNN's fused (flash) kernel, elsewhere the XLA implementation.
+`cls_attention=True` also returns the last block's [CLS] -> patch attention row (head-mean,
+f32[B, R]) from a separate q_cls . K softmax (`cls_attention_row`), leaving the fused kernel as is.
 
 Parameter paths (see towers.py): `patch_embedding`, `cls`, `pos_embedding`, `block_{i}/norm1`,
 `block_{i}/attention/{query,key,value,out}`, `block_{i}/norm2`, `block_{i}/mlp/{fc1,fc2}`,
@@ -46,6 +48,35 @@ def attention_implementation(dtype: Any, head_dim: int) -> str | None:
   return "cudnn"
 
 
+IMPLEMENTATIONS = (None, "xla", "cudnn")
+
+
+def cls_attention_row(q_cls: jax.Array, k: jax.Array, *, kv_lengths: jax.Array | None = None,
+                      mask: jax.Array | None = None) -> jax.Array:
+  """The [CLS] query's attention over all keys, head-mean: f32[B, T].
+
+  A separate q_cls . K softmax (float32, finite -1e9 mask), so the fused attention kernel that
+  computes the layer's output is untouched and nothing [B, N, T, T] is materialised.
+
+  Args:
+    q_cls: f[B, N, hd] the [CLS] position's queries (heads N).
+    k: f[B, T, N, hd] the keys.
+    kv_lengths: i32[B], keys >= length are padding (0 weight); or
+    mask: bool[B, 1|N, T_q, T] (the row of query 0 is used) / bool[B, 1|N, 1, T].
+  """
+  hd = q_cls.shape[-1]
+  logits = jnp.einsum("bnd,btnd->bnt", q_cls.astype(jnp.float32), k.astype(jnp.float32),
+                      precision=jax.lax.Precision.HIGHEST) / jnp.sqrt(jnp.float32(hd))
+  t = k.shape[1]
+  ok = jnp.ones((k.shape[0], 1, t), bool)
+  if kv_lengths is not None:
+    ok = ok & (jnp.arange(t)[None, None, :] < kv_lengths[:, None, None])
+  if mask is not None:
+    ok = ok & jnp.asarray(mask).astype(bool)[:, :, 0, :]
+  probs = jax.nn.softmax(jnp.where(ok, logits, -1e9), axis=-1)
+  return jnp.mean(jnp.where(ok, probs, 0.0), axis=1)
+
+
 class SelfAttention(nn.Module):
   """Multi-head self-attention: Dense query/key/value [D -> D] split into heads, fused attention,
   Dense out. Parameter names (query, key, value, out) match the HF BERT layout one-to-one.
@@ -53,15 +84,27 @@ class SelfAttention(nn.Module):
   Attributes:
     num_heads: number of heads; D must be a multiple.
     dtype: compute dtype (parameters float32).
+    implementation: None = cuDNN's fused kernel where it applies (`attention_implementation`),
+      XLA's otherwise or when this cuDNN build rejects the shape; 'xla' = always XLA's; 'cudnn' =
+      always cuDNN's (an error where it does not apply: GPU, half precision, sequence lengths, not
+      a boolean mask).
   """
   num_heads: int
   dtype: Any = jnp.float32
   kernel_init: Any = nn.initializers.xavier_uniform()
+  implementation: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, *, kv_lengths: jax.Array | None = None,
-               mask: jax.Array | None = None) -> jax.Array:
-    """x f[B, T, D]; kv_lengths i32[B] (keys >= length are padding) or mask bool[B, 1|N, T, T]."""
+               mask: jax.Array | None = None, return_cls_attention: bool = False):
+    """x f[B, T, D]; kv_lengths i32[B] (keys >= length are padding) or mask bool[B, 1|N, T, T].
+
+    Returns y f[B, T, D], and with return_cls_attention also `cls_attention_row` f32[B, T] of
+    position 0's query.
+    """
+    if self.implementation not in IMPLEMENTATIONS:
+      raise ConfigError(f"attention implementation={self.implementation!r} is not known; use one "
+                        f"of {IMPLEMENTATIONS} (config.model.text.attention_impl)")
     b, t, d = x.shape
     if d % self.num_heads:
       raise ValueError(f"hidden size {d} is not a multiple of num_heads={self.num_heads}; "
@@ -71,19 +114,32 @@ class SelfAttention(nn.Module):
     q = dense("query")(x).reshape(b, t, self.num_heads, hd)
     k = dense("key")(x).reshape(b, t, self.num_heads, hd)
     v = dense("value")(x).reshape(b, t, self.num_heads, hd)
-    impl = attention_implementation(q.dtype, hd)
-    if impl == "cudnn" and mask is not None:
-      impl = None  # cuDNN takes sequence lengths, not arbitrary boolean masks.
-    y = None
-    if impl == "cudnn":
-      try:
-        y = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=kv_lengths,
-                                         implementation="cudnn")
-      except (NotImplementedError, RuntimeError, ValueError):
-        y = None  # This cuDNN build / GPU rejects the shape at trace time: use XLA's.
-    if y is None:
-      y = jax.nn.dot_product_attention(q, k, v, mask=mask, key_value_seq_lengths=kv_lengths)
-    return dense("out")(y.reshape(b, t, d))
+    if self.implementation == "cudnn":
+      if mask is not None:
+        raise ConfigError("attention implementation='cudnn' takes key/value sequence lengths, "
+                          "not a boolean mask: use right padding (BERT padding='right')")
+      y = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=kv_lengths,
+                                       implementation="cudnn")
+    elif self.implementation == "xla":
+      y = jax.nn.dot_product_attention(q, k, v, mask=mask, key_value_seq_lengths=kv_lengths,
+                                       implementation="xla")
+    else:
+      impl = attention_implementation(q.dtype, hd)
+      if impl == "cudnn" and mask is not None:
+        impl = None  # cuDNN takes sequence lengths, not arbitrary boolean masks.
+      y = None
+      if impl == "cudnn":
+        try:
+          y = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=kv_lengths,
+                                           implementation="cudnn")
+        except (NotImplementedError, RuntimeError, ValueError):
+          y = None  # This cuDNN build / GPU rejects the shape at trace time: use XLA's.
+      if y is None:
+        y = jax.nn.dot_product_attention(q, k, v, mask=mask, key_value_seq_lengths=kv_lengths)
+    out = dense("out")(y.reshape(b, t, d))
+    if return_cls_attention:
+      return out, cls_attention_row(q[:, 0], k, kv_lengths=kv_lengths, mask=mask)
+    return out
 
 
 class MlpBlock(nn.Module):
@@ -102,17 +158,24 @@ class MlpBlock(nn.Module):
 
 
 class EncoderBlock(nn.Module):
-  """Pre-LN transformer block."""
+  """Pre-LN transformer block; with return_cls_attention also its [CLS] attention row."""
   num_heads: int
   mlp_dim: int
   dtype: Any = jnp.float32
+  return_cls_attention: bool = False
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array):
     y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm1")(x)
-    x = x + SelfAttention(self.num_heads, dtype=self.dtype, name="attention")(y)
+    y = SelfAttention(self.num_heads, dtype=self.dtype, name="attention")(
+        y, return_cls_attention=self.return_cls_attention)
+    attn = None
+    if self.return_cls_attention:
+      y, attn = y
+    x = x + y
     y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm2")(x)
-    return x + MlpBlock(self.mlp_dim, dtype=self.dtype, name="mlp")(y)
+    x = x + MlpBlock(self.mlp_dim, dtype=self.dtype, name="mlp")(y)
+    return (x, attn) if self.return_cls_attention else x
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +203,8 @@ class ViT(nn.Module):
     dim, depth, heads, mlp_dim: transformer sizes.
     dtype: compute dtype; parameters stay float32.
     remat: rematerialise each block in the backward pass.
+    cls_attention: also return the last block's [CLS] -> patch attention (head-mean) as
+      ImageFeatures.cls_attention f32[B, R] (MGCA's patch weights).
   """
   patch: int
   dim: int
@@ -148,6 +213,7 @@ class ViT(nn.Module):
   mlp_dim: int
   dtype: Any = jnp.bfloat16
   remat: bool = False
+  cls_attention: bool = False
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool) -> ImageFeatures:
@@ -175,18 +241,26 @@ class ViT(nn.Module):
     x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (b, 1, self.dim)), x], axis=1)
 
     block_cls = nn.remat(EncoderBlock) if self.remat else EncoderBlock
+    attn = None
     for i in range(self.depth):
-      x = block_cls(self.heads, self.mlp_dim, dtype=self.dtype, name=f"block_{i}")(x)
+      last = self.cls_attention and i == self.depth - 1
+      x = block_cls(self.heads, self.mlp_dim, dtype=self.dtype, return_cls_attention=last,
+                    name=f"block_{i}")(x)
+      if last:
+        x, attn = x
+        attn = attn[:, 1:]  # [CLS] -> patches (MGCA: attn[:, :, 0, 1:].mean(heads))
     x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="final_norm")(x)
     x = x.astype(jnp.float32)
-    return ImageFeatures(global_embedding=x[:, 0], local=x[:, 1:], grid_hw=(gh, gw))
+    return ImageFeatures(global_embedding=x[:, 0], local=x[:, 1:], grid_hw=(gh, gw),
+                         cls_attention=attn)
 
 
-def vit(name: str, *, dtype: Any = jnp.bfloat16, remat: bool = False) -> ViT:
+def vit(name: str, *, dtype: Any = jnp.bfloat16, remat: bool = False,
+        cls_attention: bool = False) -> ViT:
   """The named ViT ('vit_s16' | 'vit_b16' | 'vit_tiny')."""
   if name not in VITS:
     raise ConfigError(f"config.model.image.name={name!r} is not a ViT; known: "
                      f"{', '.join(sorted(VITS))}")
   s = VITS[name]
   return ViT(patch=s.patch, dim=s.dim, depth=s.depth, heads=s.heads, mlp_dim=s.mlp_dim,
-             dtype=dtype, remat=remat)
+             dtype=dtype, remat=remat, cls_attention=cls_attention)

@@ -5,7 +5,10 @@ features and emits the all-pairs critic scores
 
     outputs['mi_scores'] f32[B_img, B_txt, R]   T(image i at location r, text j)
 
-(R = 1 for the global image vector, R = h*w for the grid). The `mi_bound` objective turns the
+(R = 1 for the global image vector, R = h*w for the grid). With the concat-MLP critic the B x B
+pairs' hidden activations [B,B,R,H] are the memory cost; config.method.critic_chunk = C > 0
+evaluates C texts at a time (mmrl.heads.critics.concat_critic_scores: rematerialised lax.map,
+O(B * C) memory, same scores and gradients). The `mi_bound` objective turns the
 scores into a lower bound on I(image; text) and maximises it. With matched pairs P = {(i, i)}
 and negatives N = {(i, j): i != j, both valid, different study (`exclude_same_study`)}:
 
@@ -264,7 +267,8 @@ class SentenceSampler(nn.Module):
 class LocalMI(Method):
   """Liao et al. (METHODS.md §6): a critic on (image grid or global) x (sentence or report).
 
-  Reads config.method.{critic, critic_hidden, critic_dim, text_feature} and the `pairs` option
+  Reads config.method.{critic, critic_hidden, critic_dim, critic_chunk, text_feature} and the
+  `pairs` option
   of its `mi_bound` objective ('global' scores the image global vector, the local pairs score
   every grid cell). text_feature='sentence' draws one random valid sentence per report every
   step (the 'dropout' RNG stream; the first sentence without it). Outputs 'mi_scores'
@@ -299,7 +303,8 @@ class LocalMI(Method):
     else:
       y = text.global_embedding
     critic = make_critic(kind, hidden=tuple(c.get("critic_hidden", (1024, 512))),
-                         dim=int(c.get("critic_dim", 256)), dtype=dtype, name="critic")
+                         dim=int(c.get("critic_dim", 256)), dtype=dtype, name="critic",
+                         chunk_size=int(c.get("critic_chunk", 0)))
     return {"mi_scores": critic(x, y)}
 
 

@@ -11,9 +11,15 @@ Objectives (each a pure function, float32, finite -1e9 masks, vectorised over th
     patch side  the same with patches as queries over the (masked) words; the context is
                 normalised unless normalize_patch_ctx=False (the code's ViT path, §4.5).
     L_tca = L_word + L_patch (bidirectional) or L_word.
-  omega are the token weights (no gradient). The code uses the [CLS] attention clipped to its
-  10-90 % percentiles; mmrl's towers do not return [CLS] attention yet, so only 'uniform'
-  (1 / #valid tokens, the code's ResNet patch weights) is implemented.
+  omega are the token weights (no gradient): 'uniform' (1 / #valid tokens, the code's ResNet
+  patch weights) or 'cls_attn' (the code's: the last layer's [CLS] -> token attention, head-mean,
+  summed per word / per patch, clipped to its own 10th-90th percentile over the valid entries
+  (`clipped_token_weights`, linear interpolation as torch.quantile) and normalised to sum 1).
+  'cls_attn' reads outputs 'word_cls_attention' [B, W] / 'region_cls_attention' [B, R], which
+  method 'mgca' emits when the towers return [CLS] attention (config.model.text.cls_attention,
+  config.model.image.cls_attention; ViT only). Without a word row 'cls_attn' is an error; without
+  a patch row (ResNet has no [CLS]) the patch side falls back to uniform weights, as the code
+  does for ResNet, and the metric 'patch_weights_cls' says which was used (1 = [CLS], 0 = uniform).
   Pad words are masked as negatives by default; pad_word_negatives=True keeps them (code, §4.5).
 - `proto_swap`, cross-modal prototype assignment (CPA, §4.2): logits q = p_hat . W_k with unit
   rows W (K prototypes), codes Q = Sinkhorn(q / eps) in the log domain (fp32, stop-gradient),
@@ -23,7 +29,9 @@ Method `mgca` (heads, §4.1): `MLPProjection(hidden, embed_dim, norm='batch', ou
 output_norm_affine=False)` for the image global, the text global ([CLS]), the patches and the
 words (word-pieces summed per word from `batch['token_to_word']`), and `Prototypes(K)`.
 Outputs: 'image_embed', 'text_embed' [B, d]; 'image_regions_local' [B, R, d], 'region_mask';
-'text_words_local' [B, W, d], 'word_mask'; 'prototypes' [K, d] (unit rows).
+'text_words_local' [B, W, d], 'word_mask'; 'prototypes' [K, d] (unit rows); when the towers
+return [CLS] attention, 'word_cls_attention' f32[B, W] (the text row summed over each word's
+pieces, MGCA's merged word weights) and 'region_cls_attention' f32[B, R] (ViT), no gradient.
 """
 from __future__ import annotations
 
@@ -35,22 +43,20 @@ import jax
 import jax.numpy as jnp
 
 from mmrl.config_errors import ConfigError
-from mmrl.heads.gloria_heads import word_features
+from mmrl.heads.gloria_heads import pool_words, word_features
 from mmrl.heads.projection import MLPProjection
 from mmrl.objectives.contrastive import l2_normalize
 from mmrl.objectives.gloria import NEG_INF, masked_mean, masked_softmax
 from mmrl.objectives.methods import METHODS, Method
 from mmrl.objectives.registry import OBJECTIVES, Metrics
 
-TOKEN_WEIGHTS = ("uniform",)
+TOKEN_WEIGHTS = ("uniform", "cls_attn")
 
 
 def _check_weights(name: str, value: str) -> None:
   if value not in TOKEN_WEIGHTS:
-    raise ConfigError(
-        f"tca {name}={value!r} is not available: the code's 'cls_attn_clipped' needs the "
-        f"towers' [CLS] attention, which mmrl's towers do not return yet; use one of "
-        f"{TOKEN_WEIGHTS}")
+    raise ConfigError(f"tca {name}={value!r} is not known; use one of {TOKEN_WEIGHTS} "
+                      "('cls_attn' = MGCA's clipped [CLS] attention)")
 
 
 def _uniform_weights(mask: jax.Array) -> jax.Array:
@@ -58,7 +64,26 @@ def _uniform_weights(mask: jax.Array) -> jax.Array:
   return m / jnp.maximum(jnp.sum(m, axis=-1, keepdims=True), 1.0)
 
 
-def _one_side(queries, q_mask, keys, k_mask, *, tau, normalize_ctx, mask_negatives):
+def clipped_token_weights(raw: jax.Array, mask: jax.Array, low: float = 0.1,
+                          high: float = 0.9) -> jax.Array:
+  """MGCA's token weights omega f32[B, N] from raw [CLS] attention (no gradient).
+
+  Per row: the `low` and `high` quantiles of the valid entries (linear interpolation, as
+  torch.quantile), valid entries clipped to [q_low, q_high], invalid ones 0, then normalised to
+  sum 1. A row without valid entries is all 0.
+  """
+  raw = jax.lax.stop_gradient(jnp.asarray(raw, jnp.float32))
+  mask = jnp.asarray(mask).astype(bool)
+  x = jnp.where(mask, raw, jnp.nan)
+  any_valid = jnp.any(mask, axis=-1, keepdims=True)
+  x_safe = jnp.where(any_valid, x, 0.0)  # all-NaN rows would warn / give NaN quantiles
+  lo = jnp.nanquantile(x_safe, low, axis=-1, keepdims=True)
+  hi = jnp.nanquantile(x_safe, high, axis=-1, keepdims=True)
+  w = jnp.where(mask, jnp.clip(raw, lo, hi), 0.0)
+  return w / jnp.maximum(jnp.sum(w, axis=-1, keepdims=True), 1e-12)
+
+
+def _one_side(queries, q_mask, keys, k_mask, *, tau, normalize_ctx, mask_negatives, omega):
   """One TCA side for all samples: (per-sample weighted loss [B], attention [B, Q, K]).
 
   queries f32[B, Q, d] (normalised), keys f32[B, K, d] (normalised); the attention of each query
@@ -75,7 +100,7 @@ def _one_side(queries, q_mask, keys, k_mask, *, tau, normalize_ctx, mask_negativ
   diag = jnp.diagonal(sim, axis1=1, axis2=2)
   ce_rows = jax.nn.logsumexp(jnp.where(neg_ok[:, None, :], sim, NEG_INF), axis=2) - diag
   ce_cols = jax.nn.logsumexp(jnp.where(neg_ok[:, :, None], sim, NEG_INF), axis=1) - diag
-  omega = jax.lax.stop_gradient(_uniform_weights(q_mask))
+  omega = jax.lax.stop_gradient(omega)
   per_sample = jnp.sum(omega * 0.5 * (ce_rows + ce_cols), axis=-1)
   return per_sample, att
 
@@ -99,7 +124,9 @@ def tca(outputs: dict[str, Any], batch: dict[str, Any], *, rng: jax.Array | None
         normalize_patch_ctx: bool = True, pad_word_negatives: bool = False,
         words_key: str = "text_words_local", word_mask_key: str = "word_mask",
         regions_key: str = "image_regions_local", region_mask_key: str = "region_mask",
-        return_aux: bool = False) -> tuple[jax.Array, Metrics]:
+        word_attention_key: str = "word_cls_attention",
+        region_attention_key: str = "region_cls_attention", clip_low: float = 0.1,
+        clip_high: float = 0.9, return_aux: bool = False) -> tuple[jax.Array, Metrics]:
   """MGCA's token-level alignment L_word (+ L_patch) (module docstring; METHODS.md §4.2).
 
   Args:
@@ -110,7 +137,10 @@ def tca(outputs: dict[str, Any], batch: dict[str, Any], *, rng: jax.Array | None
     rng: unused.
     tau: tau_l (0.1).
     bidirectional: add the patch side (MGCA default True).
-    word_weights, patch_weights: 'uniform' (see module docstring).
+    word_weights, patch_weights: 'uniform' | 'cls_attn' (module docstring).
+    word_attention_key, region_attention_key: the raw [CLS] attention rows [B, W] / [B, R]
+      read by 'cls_attn'.
+    clip_low, clip_high: the quantiles 'cls_attn' clips to (MGCA 0.1, 0.9).
     normalize_word_ctx, normalize_patch_ctx: L2-normalise the attended contexts (the code leaves
       the patch-side context unnormalised for ViT: normalize_patch_ctx=False reproduces it).
     pad_word_negatives: keep pad words as negatives of the word-side CE (the code does; their
@@ -119,12 +149,19 @@ def tca(outputs: dict[str, Any], batch: dict[str, Any], *, rng: jax.Array | None
       [B, R, W] to the metrics (not in training configs: the loop logs scalars).
 
   Returns:
-    (L_word + L_patch, metrics loss_word, loss_patch).
+    (L_word + L_patch, metrics loss_word, loss_patch, patch_weights_cls).
   """
   del rng
   _need(outputs, (words_key, word_mask_key, regions_key), "tca")
   _check_weights("word_weights", word_weights)
   _check_weights("patch_weights", patch_weights)
+  if not 0.0 <= clip_low <= clip_high <= 1.0:
+    raise ConfigError(f"tca clip_low={clip_low}, clip_high={clip_high} must satisfy "
+                      "0 <= clip_low <= clip_high <= 1 (MGCA 0.1, 0.9)")
+  if word_weights == "cls_attn" and word_attention_key not in outputs:
+    raise ConfigError(f"tca word_weights='cls_attn' needs the model output "
+                      f"{word_attention_key!r}: set config.model.text.cls_attention=True (method "
+                      f"'mgca' then emits it) or use word_weights='uniform'")
   words = l2_normalize(outputs[words_key])
   regions = l2_normalize(outputs[regions_key])
   word_mask = jnp.asarray(outputs[word_mask_key]).astype(bool)
@@ -134,15 +171,28 @@ def tca(outputs: dict[str, Any], batch: dict[str, Any], *, rng: jax.Array | None
     region_mask = jnp.ones(regions.shape[:2], bool)
   b = words.shape[0]
   ok = _valid(batch, b) & jnp.any(word_mask, axis=1) & jnp.any(region_mask, axis=1)
+  if word_weights == "cls_attn":
+    word_omega = clipped_token_weights(outputs[word_attention_key], word_mask, clip_low,
+                                       clip_high)
+  else:
+    word_omega = _uniform_weights(word_mask)
+  patch_from_cls = patch_weights == "cls_attn" and region_attention_key in outputs
+  if patch_from_cls:
+    patch_omega = clipped_token_weights(outputs[region_attention_key], region_mask, clip_low,
+                                        clip_high)
+  else:  # 'uniform', or no [CLS] row (ResNet): uniform over the valid regions.
+    patch_omega = _uniform_weights(region_mask)
   word_loss, word_att = _one_side(words, word_mask, regions, region_mask, tau=tau,
                                   normalize_ctx=normalize_word_ctx,
-                                  mask_negatives=not pad_word_negatives)
+                                  mask_negatives=not pad_word_negatives, omega=word_omega)
   loss_word = masked_mean(word_loss, ok)
   metrics = {"loss_word": loss_word}
   loss = loss_word
   if bidirectional:
+    metrics["patch_weights_cls"] = jnp.asarray(float(patch_from_cls), jnp.float32)
     patch_loss, patch_att = _one_side(regions, region_mask, words, word_mask, tau=tau,
-                                      normalize_ctx=normalize_patch_ctx, mask_negatives=True)
+                                      normalize_ctx=normalize_patch_ctx, mask_negatives=True,
+                                      omega=patch_omega)
     loss_patch = masked_mean(patch_loss, ok)
     metrics["loss_patch"] = loss_patch
     loss = loss + loss_patch
@@ -260,7 +310,18 @@ class MGCA(Method):
     }
     out = {k: v.astype(jnp.float32) if v.dtype != bool else v for k, v in out.items()}
     out["region_mask"] = jnp.ones(out["image_regions_local"].shape[:2], bool)
+    if text.cls_attention is not None:
+      b, l = text.cls_attention.shape
+      to_word = (jnp.asarray(batch["token_to_word"]) if "token_to_word" in batch
+                 else jnp.full((b, l), -1, jnp.int32))
+      ok = (jnp.asarray(batch["attention_mask"]) > 0 if "attention_mask" in batch
+            else text.token_mask)
+      attn, _ = pool_words(text.cls_attention[..., None], to_word, ok, max_words, "sum")
+      out["word_cls_attention"] = jax.lax.stop_gradient(attn[..., 0])
+    if image.cls_attention is not None:
+      out["region_cls_attention"] = jax.lax.stop_gradient(
+          image.cls_attention.astype(jnp.float32))
     return out
 
 
-__all__ = ["tca", "proto_swap", "log_sinkhorn", "Prototypes", "MGCA"]
+__all__ = ["tca", "proto_swap", "log_sinkhorn", "clipped_token_weights", "Prototypes", "MGCA"]
