@@ -57,14 +57,17 @@ CHANCE_METRICS = (r"^loc/.*/gt_area$", r"^retrieval/chance_R@(1|10)$")
 @dataclasses.dataclass(frozen=True)
 class Budget:
   """The common size and training budget of every run."""
-  steps: int = 300
+  steps: int = 200
   batch_size: int = 32
   image_size: int = 96
-  patients: int = 400
+  patients: int = 600
   lr: float = 2e-3
-  warmup_steps: int = 30
+  warmup_steps: int = 20
   eval_examples: int = 256
-  nih_max_examples: int = 0  # per NIH split; 0 = all
+  synthetic_image_size: int = 256   # DICOM pixel-array size of the synthetic data set
+  synthetic_short_side: int = 96    # stored size after conversion
+  nih_items: int = 0                # convert only the first N NIH images (0 = all 902)
+  nih_splits: tuple[str, ...] = ("validate", "test")
 
 
 def method_config(method: str, budget: Budget, *, seed: int, dataset_dir: str = "",
@@ -79,8 +82,8 @@ def method_config(method: str, budget: Budget, *, seed: int, dataset_dir: str = 
   c.seed = int(seed)
   c.data.dataset_dir = dataset_dir
   c.data.synthetic.num_patients = int(budget.patients)
-  c.data.synthetic.image_size = d.data.synthetic.image_size
-  c.data.synthetic.short_side = d.data.synthetic.short_side
+  c.data.synthetic.image_size = int(budget.synthetic_image_size)
+  c.data.synthetic.short_side = int(budget.synthetic_short_side)
   c.data.synthetic.cache_dir = data_cache
   c.data.image_size = int(budget.image_size)
   c.data.max_tokens = d.data.max_tokens
@@ -141,16 +144,16 @@ def prepare_synthetic(budget: Budget, root: pathlib.Path) -> str:
   return str(synthetic_dataset.prepare_synthetic_dataset(c.data.synthetic, root, progress=False))
 
 
-def prepare_nih(shared_dir: str, root: pathlib.Path, short_side: int) -> str:
+def prepare_nih(shared_dir: str, root: pathlib.Path, short_side: int, max_items: int = 0) -> str:
   """NIH ChestX-ray14 shards converted once under root ('' when shared_dir is '' or missing)."""
   if not shared_dir or not (pathlib.Path(shared_dir) / "nih_cxr14").is_dir():
     return ""
   from data_pipeline import convert as convert_lib  # pylint: disable=g-import-not-at-top
-  out = root / f"nih_cxr14_{short_side}"
+  out = root / f"nih_cxr14_{short_side}_{max_items or 'all'}"
   if not (out / "dataset_info.json").exists():
     dataset = convert_lib.load_layout("nih_cxr14", shared_dir)
     convert_lib.convert(dataset, out, convert_lib.ConvertOptions(
-        short_side=int(short_side), bit_depth=8, progress=False))
+        short_side=int(short_side), bit_depth=8, max_items=int(max_items), progress=False))
   return str(out)
 
 
@@ -234,7 +237,7 @@ def evaluate_state(config, state, mesh, shardings, *, nih_dir: str, budget: Budg
   loc = LocalisationEvaluator(
       config, mesh, shardings,
       label_names=pipeline.dataset_info(config.data.dataset_dir)["label_names"],
-      nih_dataset_dir=nih_dir, nih_max_examples=budget.nih_max_examples or None,
+      nih_dataset_dir=nih_dir, nih_splits=budget.nih_splits,
       num_heatmaps=1 if heatmap_dir is not None else 0)
 
   def batches():
@@ -498,7 +501,7 @@ def markdown(summary, methods: Sequence[str], meta: dict) -> str:
 
 def run_comparison(methods: Sequence[str], seeds: Sequence[int], budget: Budget, *,
                    output: str | pathlib.Path, results_dir: str | pathlib.Path,
-                   shared_data: str = "", command: str = "",
+                   shared_data: str = "", command: str = "", data_root: str = "",
                    progress: Callable[[str], None] = print) -> dict:
   """Runs everything (module docstring); returns {'summary', 'results', 'meta'}."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -510,9 +513,10 @@ def run_comparison(methods: Sequence[str], seeds: Sequence[int], budget: Budget,
   t_start = time.time()
   start = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
   load_start = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-  progress(f"data: synthetic ({budget.patients} patients) under {output / 'data'}")
-  dataset_dir = prepare_synthetic(budget, output / "data")
-  nih_dir = prepare_nih(shared_data, output / "data", budget.image_size)
+  root = pathlib.Path(data_root) if data_root else output / "data"
+  progress(f"data: synthetic ({budget.patients} patients) under {root}")
+  dataset_dir = prepare_synthetic(budget, root)
+  nih_dir = prepare_nih(shared_data, root, budget.image_size, budget.nih_items)
   results = []
   for seed in seeds:
     for method in list(methods) + [BASELINE]:
@@ -531,7 +535,8 @@ def run_comparison(methods: Sequence[str], seeds: Sequence[int], budget: Budget,
           "load_start": load_start,
           "load_end": ", ".join(f"{x:.2f}" for x in os.getloadavg()), "jax": jax.__version__,
           "budget": dataclasses.asdict(budget), "seeds": list(seeds), "methods": list(methods),
-          "nih": (f"converted from {shared_data} (splits validate+test)" if nih_dir else
+          "nih": (f"converted from {shared_data} (splits {'+'.join(budget.nih_splits)})"
+                  if nih_dir else
                   "not found (set --shared_data or MMRL_SHARED_DATA); NIH rows are missing")}
   meta["plots"] = [str(p.relative_to(results_dir)) for p in plots(summary, list(methods) +
                                                                    [BASELINE], results_dir)]

@@ -238,9 +238,10 @@ class LocalisationEvaluator:
   Args:
     config: the run's config (data sizes, tokenizer, method).
     mesh, state_shardings: as for the train step.
-    label_names: the synthetic data set's label vocabulary (dataset_info.json 'label_names').
+    label_names: the synthetic data set's label vocabulary (default: dataset_info.json
+      'label_names' of config.data.dataset_dir).
     nih_dataset_dir: converted NIH ChestX-ray14 shards (experiments.convert --layout=nih_cxr14),
-      or '' to skip.
+      or '' to skip; None = config.eval.localisation.nih_dataset_dir when that key exists.
     nih_splits: the NIH splits to score.
     nih_max_examples: read at most this many NIH records per split (None = all).
     num_heatmaps: sentence sheets per set.
@@ -248,7 +249,8 @@ class LocalisationEvaluator:
   """
 
   def __init__(self, config: Any, mesh: Any, state_shardings: Any, *,
-               label_names: Sequence[str], nih_dataset_dir: str = "",
+               label_names: Optional[Sequence[str]] = None,
+               nih_dataset_dir: Optional[str] = None,
                nih_splits: Sequence[str] = ("validate", "test"),
                nih_max_examples: Optional[int] = None, num_heatmaps: int = 2,
                templated_synthetic: bool = True):
@@ -257,6 +259,12 @@ class LocalisationEvaluator:
     self.config = config
     self.mesh = mesh
     self.align = alignment_maps.make_alignment_fn(config, mesh, state_shardings)
+    if label_names is None:
+      from data_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+      label_names = pipeline.dataset_info(config.data.dataset_dir)["label_names"]
+    if nih_dataset_dir is None:
+      loc_cfg = config.eval.get("localisation", None)
+      nih_dataset_dir = str(loc_cfg.get("nih_dataset_dir", "")) if hasattr(loc_cfg, "get") else ""
     self.label_names = tuple(label_names)
     self.patterns = finding_patterns(self.label_names)
     spec, lower = str(config.data.tokenizer), bool(config.data.get("lowercase", True))
