@@ -43,3 +43,22 @@ def test_compare_writes_table_json_plots_and_heatmaps_and_resumes(tmp_path, synt
                                     data_root=str(synthetic_cache), progress=lambda _: None)
   assert done.stat().st_mtime_ns == before
   assert again["summary"].keys() == out["summary"].keys()
+
+
+def _entry(mean, std, n=3):
+  return {"mean": mean, "std": std, "n": n}
+
+
+def test_analysis_calls_a_difference_only_beyond_the_seed_spread():
+  summary = {
+      "convirt": {"loc/synthetic/pointing": _entry(0.20, 0.02),
+                  "retrieval/i2t_R@1": _entry(0.10, 0.01)},
+      "lovt": {"loc/synthetic/pointing": _entry(0.40, 0.03),
+               "retrieval/i2t_R@1": _entry(0.05, 0.01)},
+      "gloria": {"loc/synthetic/pointing": _entry(0.21, 0.02),
+                 "retrieval/i2t_R@1": _entry(0.10, 0.02)},
+  }
+  text = "\n".join(comparison.analysis(summary))
+  assert "1 of 2 local methods localise clearly better than ConVIRT: lovt." in text
+  assert "clearly worse: lovt." in text
+  assert "gloria vs ConVIRT**: `loc/synthetic/pointing` +0.010 (within the seed spread" in text

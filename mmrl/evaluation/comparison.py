@@ -335,17 +335,21 @@ def _table(summary, methods, keys) -> list[str]:
 
 
 def _diff(summary, a, b, key) -> Optional[tuple[float, float]]:
-  """(mean_a - mean_b, max(std_a, std_b)) or None when either is missing."""
+  """(mean_a - mean_b, max(std_a, std_b)) or None when either is missing; the spread is inf
+  with fewer than 2 seeds on either side (no spread, so no difference is called clear)."""
   va, vb = summary.get(a, {}).get(key), summary.get(b, {}).get(key)
   if va is None or vb is None:
     return None
-  return va["mean"] - vb["mean"], max(va["std"], vb["std"])
+  spread = max(va["std"], vb["std"]) if min(va["n"], vb["n"]) >= 2 else math.inf
+  return va["mean"] - vb["mean"], spread
 
 
 def _verdict(d: Optional[tuple[float, float]], what: str) -> str:
   if d is None:
     return f"{what}: not measured"
   delta, spread = d
+  if math.isinf(spread):
+    return f"{what} {delta:+.3f} (one seed: no spread, not judged)"
   if abs(delta) <= spread or abs(delta) < 1e-9:
     return f"{what} {delta:+.3f} (within the seed spread {spread:.3f}: no clear difference)"
   return f"{what} {delta:+.3f} ({'better' if delta > 0 else 'worse'}; seed spread {spread:.3f})"
@@ -363,6 +367,10 @@ def analysis(summary) -> list[str]:
   glob_keys += _select(summary, (r"^linear_probe/.*mean_auc.*$",))[:1]
   if "convirt" not in summary:
     return ["ConVIRT was not run, so the question cannot be answered from this table."]
+  seeds = min((v["n"] for m in summary.values() for v in m.values()), default=0)
+  if seeds < 2:
+    lines.append("- Only one seed per method: differences are listed, none is judged clear "
+                 "(run with --seeds >= 2).")
   better = {k: [] for k in loc_keys}
   for m in [m for m in LOCAL_METHODS if m in summary]:
     parts = [_verdict(_diff(summary, m, "convirt", k), f"`{k}`") for k in loc_keys]
