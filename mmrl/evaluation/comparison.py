@@ -32,6 +32,7 @@ import os
 import pathlib
 import platform
 import re
+import resource
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -253,6 +254,13 @@ def evaluate_state(config, state, mesh, shardings, *, nih_dir: str, budget: Budg
   return metrics
 
 
+def _cpu_s() -> float:
+  """CPU seconds of this process so far (all threads, user + system): a cost that holds on a
+  shared machine, where wall-clock time does not."""
+  r = resource.getrusage(resource.RUSAGE_SELF)
+  return r.ru_utime + r.ru_stime
+
+
 def run_one(method: str, seed: int, budget: Budget, *, dataset_dir: str, nih_dir: str,
             workdir: pathlib.Path, heatmap_dir: Optional[pathlib.Path]) -> dict[str, Any]:
   """Pretrains (unless BASELINE) and evaluates one (method, seed); cached in result.json."""
@@ -267,11 +275,12 @@ def run_one(method: str, seed: int, budget: Budget, *, dataset_dir: str, nih_dir
   workdir.mkdir(parents=True, exist_ok=True)
   config = method_config("convirt" if method == BASELINE else method, budget, seed=seed,
                          dataset_dir=dataset_dir)
-  t0 = time.time()
+  t0, c0 = time.time(), _cpu_s()
   train_metrics: dict[str, Any] = {}
   if method != BASELINE:
     train_metrics = loop.train_and_evaluate(config, workdir)
-  train_s = time.time() - t0
+  train_s, train_cpu_s = time.time() - t0, _cpu_s() - c0
+  c1 = _cpu_s()
   mesh = mesh_lib.make_mesh(config.mesh)
   state, shardings = state_lib.create_train_state(config, jax.random.key(config.seed), mesh)
   step = 0
@@ -283,6 +292,8 @@ def run_one(method: str, seed: int, budget: Budget, *, dataset_dir: str, nih_dir
   metrics = evaluate_state(config, state, mesh, shardings, nih_dir=nih_dir, budget=budget,
                            heatmap_dir=heatmap_dir)
   metrics["time/train_s"] = train_s
+  metrics["time/train_cpu_s"] = train_cpu_s
+  metrics["time/eval_cpu_s"] = _cpu_s() - c1
   if "loss" in train_metrics:
     metrics["train/final_loss"] = float(train_metrics["loss"])
   result = {"method": method, "seed": seed, "step": int(step), "metrics": metrics}

@@ -225,6 +225,12 @@ class _Pairs:
     return localisation_metrics(np.stack(self.maps), np.stack(self.gt), prefix=prefix)
 
 
+def _local_rows(x) -> np.ndarray:
+  """The rows of a batch-sharded global array held by this process (shards deduplicated)."""
+  shards = {s.index[0].start or 0: np.asarray(s.data) for s in x.addressable_shards}
+  return np.concatenate([shards[k] for k in sorted(shards)])
+
+
 class LocalisationEvaluator:
   """Scores a state's sentence maps against boxes: synthetic report sentences, templated
   synthetic sentences and (when `nih_dataset_dir` is given) templated NIH ChestX-ray14 sentences.
@@ -285,9 +291,8 @@ class LocalisationEvaluator:
     from mmrl.parallel import distributed  # pylint: disable=g-import-not-at-top
     batch = {k: np.asarray(host_batch[k]) for k in ALIGNMENT_KEYS}
     out = self.align(state, distributed.global_batch_from_local(batch, self.mesh))
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      out = multihost_utils.process_allgather(out, tiled=True)
+    if jax.process_count() > 1:  # this process's rows, in the order of its host batch
+      return tuple(_local_rows(out[k]) for k in ("maps", "sentence_mask"))
     return np.asarray(out["maps"]), np.asarray(out["sentence_mask"])
 
   def _display(self, image: np.ndarray) -> np.ndarray:
