@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from mmrl.evaluation import comparison
 
 from conftest import shared_data_dir
 
 
+@pytest.mark.slow
 def test_compare_writes_table_json_plots_and_heatmaps_and_resumes(tmp_path, synthetic_cache):
   shared = shared_data_dir()
   budget = comparison.Budget(steps=2, batch_size=8, image_size=32, patients=24, warmup_steps=1,
