@@ -2,10 +2,10 @@
 each (global metrics and localisation) plus a random-initialisation baseline, and writes results/.
 
 COMMAND: python -m experiments.compare --output=runs/compare
-SHORT:   python -m experiments.compare --methods=convirt,lovt --seeds=0 --steps=20 \
+SHORT:   python -m experiments.compare --methods=convirt,lovt --seeds=1 --steps=20 \
            --output=/tmp/compare --results=/tmp/compare/results
-EXPECT:  about 30 min on an idle 2-core CPU for 8 methods x 3 seeds at the defaults (estimate
-         from timed short runs; docs/localisation.md); writes results/comparison.md,
+EXPECT:  about 30-35 min on an idle 2-core CPU for 8 methods x 3 seeds at the defaults (80 steps;
+         extrapolated from the CPU seconds of timed short runs, docs/localisation.md); writes results/comparison.md,
          results/comparison.json, results/comparison_*.png and results/heatmaps/.
 Runs already finished under --output are not repeated (delete a run's result.json to redo it).
 Everything is in mmrl.evaluation.comparison.

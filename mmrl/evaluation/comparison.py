@@ -58,12 +58,12 @@ CHANCE_METRICS = (r"^loc/.*/gt_area$", r"^retrieval/chance_R@(1|10)$")
 @dataclasses.dataclass(frozen=True)
 class Budget:
   """The common size and training budget of every run."""
-  steps: int = 200
+  steps: int = 80
   batch_size: int = 32
   image_size: int = 96
   patients: int = 600
   lr: float = 2e-3
-  warmup_steps: int = 20
+  warmup_steps: int = 10
   eval_examples: int = 256
   synthetic_image_size: int = 256   # DICOM pixel-array size of the synthetic data set
   synthetic_short_side: int = 96    # stored size after conversion
