@@ -403,6 +403,11 @@ def analysis(summary) -> list[str]:
       ctx.append(f"random init {rnd['mean']:.3f}")
     if chance is not None:
       ctx.append(f"chance (mean box area) {chance['mean']:.3f}")
+    below = [m for m in ("convirt",) + LOCAL_METHODS if m in summary and k in summary[m]
+             and chance is not None
+             and summary[m][k]["mean"] + summary[m][k]["std"] < chance["mean"]]
+    if below:
+      ctx.append(f"below chance: {', '.join(below)}")
     n_local = len([m for m in LOCAL_METHODS if m in summary])
     lines.append(f"- On `{k}` ({', '.join(ctx)}), {len(better[k])} of {n_local} local methods "
                  f"localise clearly better than ConVIRT"
