@@ -1,0 +1,545 @@
+"""The method comparison: same data, towers, budget and seeds for every method; then evaluation.
+
+`run_comparison(methods, seeds, budget, output, results_dir)`:
+  1. makes the synthetic data set once (`data.synthetic`, shared by every run through
+     `data.dataset_dir`) and, when ../shared/data is found, converts the NIH ChestX-ray14 subset
+     once (layout nih_cxr14, same image size);
+  2. for every method and seed builds `method_config` (the method's own tiny heads, then one
+     common size: resnet_small image tower, the first 2 layers of the pretrained MiniLM text tower,
+     frozen, mean-token pooling, embed_dim 64, projection_hidden 128, the same steps / batch / lr /
+     warm-up / seed for everyone), pretrains it with `mmrl.train.loop.train_and_evaluate` in
+     `<output>/runs/<method>/seed_<k>` and evaluates the final checkpoint;
+  3. evaluates a random-initialisation baseline per seed (ConVIRT's model, no training: random
+     image tower and heads, the same frozen pretrained text tower);
+  4. writes `<results_dir>/comparison.md` (mean +- std over seeds per metric per method, the
+     command, date, machine, jax version, and an analysis written from the numbers),
+     `comparison.json` (every metric of every run) and PNG plots, plus heat maps of seed 0.
+A run whose `result.json` exists is not trained or evaluated again (the comparison resumes).
+
+Global metrics come from `mmrl.evaluation.runner.EvalRunner` (retrieval, zero-shot, linear
+probe) when that module exists, else from this package's retrieval evaluator and zero-shot
+scoring; localisation from `mmrl.evaluation.localisation.LocalisationEvaluator`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import importlib
+import json
+import logging
+import math
+import os
+import pathlib
+import platform
+import re
+import time
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+ALL_METHODS = ("convirt", "gloria", "mgca", "lovt", "local_mi", "place", "mlip", "lrclr")
+LOCAL_METHODS = tuple(m for m in ALL_METHODS if m != "convirt")
+BASELINE = "random_init"
+_SMALL_ARG = {"convirt": "smoke"}  # every other method config takes 'tiny'
+
+# Headline metrics (regexes, in table order); every metric is in comparison.json.
+LOCALISATION_METRICS = (
+    r"^loc/synthetic/pointing$", r"^loc/synthetic/iou$", r"^loc/synthetic_templated/pointing$",
+    r"^loc/synthetic_templated/iou$", r"^loc/nih_templated/pointing$", r"^loc/nih_templated/iou$")
+GLOBAL_METRICS = (
+    r"^retrieval/i2t_R@1$", r"^retrieval/i2t_R@10$", r"^retrieval/t2i_R@1$",
+    r"^retrieval/t2i_R@10$", r"^zero_shot/mean_auc$", r"^linear_probe/.*mean_auc.*$")
+CHANCE_METRICS = (r"^loc/.*/gt_area$", r"^retrieval/chance_R@(1|10)$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+  """The common size and training budget of every run."""
+  steps: int = 300
+  batch_size: int = 32
+  image_size: int = 96
+  patients: int = 400
+  lr: float = 2e-3
+  warmup_steps: int = 30
+  eval_examples: int = 256
+  nih_max_examples: int = 0  # per NIH split; 0 = all
+
+
+def method_config(method: str, budget: Budget, *, seed: int, dataset_dir: str = "",
+                  data_cache: str = ""):
+  """`method`'s config at the comparison's common size (module docstring)."""
+  from experiments.configs.demo import get_config as demo_config  # pylint: disable=g-import-not-at-top
+  if method not in ALL_METHODS:
+    raise ValueError(f"method {method!r} is not known; use one of {', '.join(ALL_METHODS)}")
+  module = importlib.import_module(f"experiments.configs.{method}")
+  c = module.get_config(_SMALL_ARG.get(method, "tiny"))
+  d = demo_config()
+  c.seed = int(seed)
+  c.data.dataset_dir = dataset_dir
+  c.data.synthetic.num_patients = int(budget.patients)
+  c.data.synthetic.image_size = d.data.synthetic.image_size
+  c.data.synthetic.short_side = d.data.synthetic.short_side
+  c.data.synthetic.cache_dir = data_cache
+  c.data.image_size = int(budget.image_size)
+  c.data.max_tokens = d.data.max_tokens
+  c.data.max_sentences = d.data.max_sentences
+  c.data.augment = d.data.augment
+  c.data.num_workers = 0
+  c.model.dtype = "float32"
+  c.model.image.name = "resnet_small"
+  c.model.image.norm = "batch"
+  c.model.text.weights = d.model.text.weights
+  c.model.text.num_layers = d.model.text.num_layers
+  c.model.text.global_pool = "mean_tokens"
+  c.method.embed_dim = 64
+  c.method.projection_hidden = 128
+  words = int(c.data.max_tokens)  # every word of a report gets a slot
+  if "max_words" in c.method:
+    c.method.max_words = words
+  for sub in ("mlip", "lrclr"):
+    if sub in c.method and "max_words" in c.method[sub]:
+      c.method[sub].max_words = words
+  c.optim.lr = float(budget.lr)
+  c.optim.weight_decay = d.optim.weight_decay
+  c.optim.warmup_steps = min(int(budget.warmup_steps), max(int(budget.steps) - 1, 0))
+  c.optim.freeze.text = True
+  c.train.batch_size = int(budget.batch_size)
+  c.train.num_steps = int(budget.steps)
+  c.train.log_every = max(1, int(budget.steps) // 10)
+  c.train.eval_every = int(budget.steps)
+  c.train.checkpoint_every = int(budget.steps)
+  c.train.async_checkpoint = False
+  c.train.keep_last = 1
+  c.eval.batch_size = int(budget.batch_size)
+  c.eval.max_examples = int(budget.eval_examples)
+  _set_in_loop_eval(c, False)
+  return c
+
+
+def _set_in_loop_eval(c, enabled: bool) -> None:
+  """Switches the training loop's own evaluators (either config schema) on or off."""
+  for name in ("retrieval", "zero_shot", "linear_probe", "segmentation", "localisation"):
+    if name not in c.eval:
+      continue
+    if isinstance(c.eval[name], bool):
+      c.eval[name] = enabled if name == "retrieval" else c.eval[name]
+    elif "enabled" in c.eval[name]:
+      c.eval[name].enabled = enabled and name in ("retrieval", "zero_shot", "linear_probe")
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+
+
+def prepare_synthetic(budget: Budget, root: pathlib.Path) -> str:
+  """The shared synthetic shards folder (generated and converted once under root)."""
+  from data_pipeline import synthetic_dataset  # pylint: disable=g-import-not-at-top
+  c = method_config("convirt", budget, seed=0)
+  return str(synthetic_dataset.prepare_synthetic_dataset(c.data.synthetic, root, progress=False))
+
+
+def prepare_nih(shared_dir: str, root: pathlib.Path, short_side: int) -> str:
+  """NIH ChestX-ray14 shards converted once under root ('' when shared_dir is '' or missing)."""
+  if not shared_dir or not (pathlib.Path(shared_dir) / "nih_cxr14").is_dir():
+    return ""
+  from data_pipeline import convert as convert_lib  # pylint: disable=g-import-not-at-top
+  out = root / f"nih_cxr14_{short_side}"
+  if not (out / "dataset_info.json").exists():
+    dataset = convert_lib.load_layout("nih_cxr14", shared_dir)
+    convert_lib.convert(dataset, out, convert_lib.ConvertOptions(
+        short_side=int(short_side), bit_depth=8, progress=False))
+  return str(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# One run
+# ---------------------------------------------------------------------------------------------
+
+
+def _global_metrics(config, state, mesh, shardings) -> dict[str, float]:
+  """Retrieval, zero-shot and linear probe through the runner, or the fallbacks."""
+  try:
+    runner_lib = importlib.import_module("mmrl.evaluation.runner")
+  except ModuleNotFoundError as e:
+    if e.name != "mmrl.evaluation.runner":
+      raise
+    runner_lib = None
+  if runner_lib is not None:
+    import ml_collections  # pylint: disable=g-import-not-at-top
+    c = ml_collections.ConfigDict(config.to_dict())
+    _set_in_loop_eval(c, True)
+    names = [n for n in ("retrieval", "zero_shot", "linear_probe")
+             if n in c.eval and not isinstance(c.eval[n], bool)]
+    scalars, _ = runner_lib.EvalRunner(c, mesh, shardings)(state, names)
+    return scalars
+  return _fallback_global(config, state, mesh, shardings)
+
+
+def _fallback_global(config, state, mesh, shardings) -> dict[str, float]:
+  import jax  # pylint: disable=g-import-not-at-top
+  from data_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  from data_pipeline import tokenization  # pylint: disable=g-import-not-at-top
+  from mmrl.evaluation import zero_shot  # pylint: disable=g-import-not-at-top
+  from mmrl.evaluation.retrieval import retrieval_metrics  # pylint: disable=g-import-not-at-top
+  from mmrl.parallel import distributed  # pylint: disable=g-import-not-at-top
+  from mmrl.train import step as step_lib  # pylint: disable=g-import-not-at-top
+  eval_step = step_lib.make_eval_step(config, mesh, shardings)
+  names = pipeline.dataset_info(config.data.dataset_dir)["label_names"]
+  images, texts, labels, masks = [], [], [], []
+  for b in pipeline.make_eval_batches(config.data, split=config.data.eval_split,
+                                      batch_size=int(config.eval.batch_size),
+                                      max_examples=int(config.eval.max_examples)):
+    out = jax.device_get(eval_step(state, distributed.global_batch_from_local(b, mesh)))
+    ok = np.asarray(b["valid"], bool)
+    images.append(np.asarray(out["image_embed"])[ok])
+    texts.append(np.asarray(out["text_embed"])[ok])
+    labels.append(np.asarray(b["labels"])[ok])
+    masks.append(np.asarray(b["label_mask"], bool)[ok])
+  img, lab, lmask = np.concatenate(images), np.concatenate(labels), np.concatenate(masks)
+  metrics = retrieval_metrics(img, np.concatenate(texts), labels=(lab == 1) & lmask)
+  tok = tokenization.ReportTokenizer(str(config.data.tokenizer))
+  size = int(config.data.image_size)
+  text_embed = jax.jit(lambda variables, batch: state.apply_fn(variables, batch,
+                                                                train=False)["text_embed"])
+
+  def apply_text(batch):
+    batch = {k: np.asarray(v) for k, v in batch.items()}
+    batch["image"] = np.zeros((len(batch["input_ids"]), size, size, 1), np.float32)
+    return np.asarray(jax.device_get(text_embed(state.variables(), batch)))
+
+  findings = [n for n in zero_shot.CHEXPERT_LABELS if n in names and n != "No Finding"]
+  pos, neg = zero_shot.embed_prompts(apply_text, tok, zero_shot.build_prompts(findings),
+                                     max_tokens=int(config.data.max_tokens),
+                                     max_sentences=int(config.data.max_sentences))
+  scores = zero_shot.zero_shot_scores(img, pos, neg)
+  cols = [names.index(f) for f in findings]
+  known = lmask[:, cols] & (lab[:, cols] != -1)  # uncertain labels are left out
+  metrics.update(zero_shot.zero_shot_auc(scores, lab[:, cols] == 1, label_mask=known,
+                                         findings=findings, prefix="zero_shot"))
+  return metrics
+
+
+def evaluate_state(config, state, mesh, shardings, *, nih_dir: str, budget: Budget,
+                   heatmap_dir: Optional[pathlib.Path]) -> dict[str, float]:
+  """Global + localisation metrics of one state (heat maps written when heatmap_dir is set)."""
+  from data_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  from mmrl.evaluation import heatmaps  # pylint: disable=g-import-not-at-top
+  from mmrl.evaluation.localisation import LocalisationEvaluator  # pylint: disable=g-import-not-at-top
+  t0 = time.time()
+  metrics = dict(_global_metrics(config, state, mesh, shardings))
+  t1 = time.time()
+  loc = LocalisationEvaluator(
+      config, mesh, shardings,
+      label_names=pipeline.dataset_info(config.data.dataset_dir)["label_names"],
+      nih_dataset_dir=nih_dir, nih_max_examples=budget.nih_max_examples or None,
+      num_heatmaps=1 if heatmap_dir is not None else 0)
+
+  def batches():
+    return pipeline.make_eval_batches(config.data, split=config.data.eval_split,
+                                      batch_size=int(config.eval.batch_size),
+                                      max_examples=int(config.eval.max_examples))
+  scalars, images = loc(state, batches)
+  metrics.update(scalars)
+  if heatmap_dir is not None and images:
+    heatmaps.write_heatmap_pngs(heatmap_dir, images)
+  metrics["time/global_eval_s"] = t1 - t0
+  metrics["time/localisation_eval_s"] = time.time() - t1
+  return metrics
+
+
+def run_one(method: str, seed: int, budget: Budget, *, dataset_dir: str, nih_dir: str,
+            workdir: pathlib.Path, heatmap_dir: Optional[pathlib.Path]) -> dict[str, Any]:
+  """Pretrains (unless BASELINE) and evaluates one (method, seed); cached in result.json."""
+  done = workdir / "result.json"
+  if done.exists():
+    return json.loads(done.read_text())
+  import jax  # pylint: disable=g-import-not-at-top
+  from mmrl.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from mmrl.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from mmrl.train import loop  # pylint: disable=g-import-not-at-top
+  from mmrl.train import state as state_lib  # pylint: disable=g-import-not-at-top
+  workdir.mkdir(parents=True, exist_ok=True)
+  config = method_config("convirt" if method == BASELINE else method, budget, seed=seed,
+                         dataset_dir=dataset_dir)
+  t0 = time.time()
+  train_metrics: dict[str, Any] = {}
+  if method != BASELINE:
+    train_metrics = loop.train_and_evaluate(config, workdir)
+  train_s = time.time() - t0
+  mesh = mesh_lib.make_mesh(config.mesh)
+  state, shardings = state_lib.create_train_state(config, jax.random.key(config.seed), mesh)
+  step = 0
+  if method != BASELINE:
+    ckpt = ckpt_lib.Checkpointer(workdir / "checkpoints", async_save=False)
+    restored = ckpt.restore(state, with_data_iter=False)
+    state, step = restored.state, restored.step
+    ckpt.close()
+  metrics = evaluate_state(config, state, mesh, shardings, nih_dir=nih_dir, budget=budget,
+                           heatmap_dir=heatmap_dir)
+  metrics["time/train_s"] = train_s
+  if "loss" in train_metrics:
+    metrics["train/final_loss"] = float(train_metrics["loss"])
+  result = {"method": method, "seed": seed, "step": int(step), "metrics": metrics}
+  done.write_text(json.dumps(result, indent=1, default=float))
+  return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Summary, table, analysis, plots
+# ---------------------------------------------------------------------------------------------
+
+
+def summarise(results: Sequence[dict]) -> dict[str, dict[str, dict[str, float]]]:
+  """method -> metric -> {mean, std (ddof 0 over seeds), n}, NaNs left out."""
+  by: dict[str, dict[str, list[float]]] = {}
+  for r in results:
+    for k, v in r["metrics"].items():
+      if isinstance(v, (int, float)):
+        by.setdefault(r["method"], {}).setdefault(k, []).append(float(v))
+  out = {}
+  for method, metrics in by.items():
+    out[method] = {}
+    for k, vals in metrics.items():
+      vals = [v for v in vals if not math.isnan(v)]
+      if vals:
+        out[method][k] = {"mean": float(np.mean(vals)), "std": float(np.std(vals)),
+                          "n": len(vals)}
+  return out
+
+
+def _select(summary, patterns) -> list[str]:
+  keys = sorted({k for m in summary.values() for k in m})
+  return [k for p in patterns for k in keys if re.search(p, k)]
+
+
+def _cell(summary, method, key, digits=3) -> str:
+  v = summary.get(method, {}).get(key)
+  if v is None:
+    return "–"
+  return f"{v['mean']:.{digits}f} ± {v['std']:.{digits}f}"
+
+
+def _table(summary, methods, keys) -> list[str]:
+  lines = ["| method | " + " | ".join(f"`{k}`" for k in keys) + " |",
+           "|---|" + "---|" * len(keys)]
+  for m in methods:
+    if m in summary:
+      lines.append(f"| {m} | " + " | ".join(_cell(summary, m, k) for k in keys) + " |")
+  return lines
+
+
+def _diff(summary, a, b, key) -> Optional[tuple[float, float]]:
+  """(mean_a - mean_b, max(std_a, std_b)) or None when either is missing."""
+  va, vb = summary.get(a, {}).get(key), summary.get(b, {}).get(key)
+  if va is None or vb is None:
+    return None
+  return va["mean"] - vb["mean"], max(va["std"], vb["std"])
+
+
+def _verdict(d: Optional[tuple[float, float]], what: str) -> str:
+  if d is None:
+    return f"{what}: not measured"
+  delta, spread = d
+  if abs(delta) <= spread or abs(delta) < 1e-9:
+    return f"{what} {delta:+.3f} (within the seed spread {spread:.3f}: no clear difference)"
+  return f"{what} {delta:+.3f} ({'better' if delta > 0 else 'worse'}; seed spread {spread:.3f})"
+
+
+def analysis(summary) -> list[str]:
+  """Plain sentences answering 'do local methods localise better than ConVIRT, and at what cost
+  in global metrics?', written from the numbers. A difference counts only when it is larger than
+  the larger of the two seed standard deviations."""
+  lines = []
+  loc_keys = [k for k in ("loc/synthetic/pointing", "loc/nih_templated/pointing")
+              if any(k in s for s in summary.values())]
+  glob_keys = [k for k in ("retrieval/i2t_R@1", "zero_shot/mean_auc")
+               if any(k in s for s in summary.values())]
+  glob_keys += _select(summary, (r"^linear_probe/.*mean_auc.*$",))[:1]
+  if "convirt" not in summary:
+    return ["ConVIRT was not run, so the question cannot be answered from this table."]
+  better = {k: [] for k in loc_keys}
+  for m in [m for m in LOCAL_METHODS if m in summary]:
+    parts = [_verdict(_diff(summary, m, "convirt", k), f"`{k}`") for k in loc_keys]
+    parts += [_verdict(_diff(summary, m, "convirt", k), f"`{k}`") for k in glob_keys]
+    lines.append(f"- **{m} vs ConVIRT**: " + "; ".join(parts) + ".")
+    for k in loc_keys:
+      d = _diff(summary, m, "convirt", k)
+      if d is not None and d[0] > d[1] and d[0] > 0:
+        better[k].append(m)
+  for k in loc_keys:
+    conv = summary["convirt"].get(k)
+    chance_key = k.replace("/pointing", "/gt_area")
+    chance = summary["convirt"].get(chance_key)
+    rnd = summary.get(BASELINE, {}).get(k)
+    ctx = []
+    if conv is not None:
+      ctx.append(f"ConVIRT {conv['mean']:.3f}")
+    if rnd is not None:
+      ctx.append(f"random init {rnd['mean']:.3f}")
+    if chance is not None:
+      ctx.append(f"chance (mean box area) {chance['mean']:.3f}")
+    n_local = len([m for m in LOCAL_METHODS if m in summary])
+    lines.append(f"- On `{k}` ({', '.join(ctx)}), {len(better[k])} of {n_local} local methods "
+                 f"localise clearly better than ConVIRT"
+                 + (f": {', '.join(better[k])}." if better[k] else "."))
+  for k in glob_keys:
+    deltas = [(m, _diff(summary, m, "convirt", k)) for m in LOCAL_METHODS if m in summary]
+    deltas = [(m, d) for m, d in deltas if d is not None]
+    if deltas:
+      worse = [m for m, (d, s) in deltas if d < -s]
+      lines.append(f"- Global cost on `{k}`: mean change of the local methods vs ConVIRT "
+                   f"{np.mean([d for _, (d, _) in deltas]):+.3f}; clearly worse: "
+                   f"{', '.join(worse) if worse else 'none'}.")
+  return lines
+
+
+def plots(summary, methods: Sequence[str], out_dir: pathlib.Path) -> list[pathlib.Path]:
+  """Bar charts (localisation, global; mean with std error bars) and a localisation-vs-global
+  scatter; returns the PNG paths."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  methods = [m for m in methods if m in summary]
+  paths = []
+  for name, patterns in (("localisation", LOCALISATION_METRICS), ("global", GLOBAL_METRICS)):
+    keys = _select(summary, patterns)
+    if not keys:
+      continue
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(methods) * max(1, len(keys)) / 2), 4))
+    width = 0.8 / len(keys)
+    x = np.arange(len(methods))
+    for i, k in enumerate(keys):
+      mean = [summary[m].get(k, {}).get("mean", np.nan) for m in methods]
+      std = [summary[m].get(k, {}).get("std", 0.0) for m in methods]
+      ax.bar(x + i * width, mean, width, yerr=std, capsize=2, label=k)
+    ax.set_xticks(x + 0.4 - width / 2, methods, rotation=30)
+    ax.set_ylabel("mean ± std over seeds")
+    ax.set_title(f"{name} metrics")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out_dir / f"comparison_{name}.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    paths.append(path)
+  loc_key = next(iter(_select(summary, (r"^loc/synthetic/pointing$",))), None)
+  glob_key = next(iter(_select(summary, (r"^retrieval/i2t_R@1$", r"^zero_shot/mean_auc$"))), None)
+  if loc_key and glob_key:
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for m in methods:
+      a, b = summary[m].get(glob_key), summary[m].get(loc_key)
+      if a and b:
+        ax.errorbar(a["mean"], b["mean"], xerr=a["std"], yerr=b["std"], fmt="o", capsize=2)
+        ax.annotate(m, (a["mean"], b["mean"]), fontsize=8)
+    ax.set_xlabel(glob_key)
+    ax.set_ylabel(loc_key)
+    ax.set_title("localisation vs global")
+    fig.tight_layout()
+    path = out_dir / "comparison_tradeoff.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    paths.append(path)
+  return paths
+
+
+def cpu_model() -> str:
+  try:
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("model name"):
+        return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or "unknown"
+
+
+def markdown(summary, methods: Sequence[str], meta: dict) -> str:
+  """The comparison.md text."""
+  from mmrl.evaluation.alignment_maps import map_source  # pylint: disable=g-import-not-at-top
+  rows = [m for m in list(methods) + [BASELINE] if m in summary]
+  lines = [
+      "# Method comparison: localisation vs global metrics", "",
+      f"- **Command:** `{meta['command']}`",
+      f"- **Date:** {meta['start']} → {meta['end']} (UTC); wall {meta['wall_s'] / 60:.1f} min",
+      f"- **Machine:** {meta['nproc']} CPU cores, {meta['cpu']}; load average at start "
+      f"{meta['load_start']}, at end {meta['load_end']}; jax {meta['jax']}, "
+      f"Python {platform.python_version()}",
+      f"- **Budget (every method):** {meta['budget']}; seeds {meta['seeds']}",
+      "- **Common model:** resnet_small image tower, first 2 layers of the pretrained MiniLM "
+      "text tower (frozen, mean-token pooling), each method's own heads at embed_dim 64; "
+      "synthetic data made once and shared by every run; `random_init` = ConVIRT's model "
+      "without training.",
+      f"- **NIH ChestX-ray14:** {meta['nih']}",
+      "- **Templated sentences:** the `synthetic_templated` and `nih_templated` localisation "
+      "rows score sentences WE WROTE from each box's label and position (e.g. \"There is a "
+      "nodule in the right upper zone.\"), not radiologist text; NIH ChestX-ray14 has no "
+      "reports. `synthetic` scores the synthetic reports' own sentences that name a boxed "
+      "finding (docs/localisation.md).",
+      "- Numbers are mean ± std over seeds (std with ddof 0). `gt_area` is the chance level of "
+      "the pointing game.", "",
+      "## Localisation", ""]
+  lines += _table(summary, rows, _select(summary, LOCALISATION_METRICS))
+  lines += ["", "## Global metrics", ""]
+  lines += _table(summary, rows, _select(summary, GLOBAL_METRICS))
+  lines += ["", "## Chance levels", ""]
+  lines += _table(summary, rows[:1], _select(summary, CHANCE_METRICS))
+  lines += ["", "## Do the local methods localise better than ConVIRT, and at what cost?", "",
+            "Written from the numbers above (a difference counts when it exceeds the larger "
+            "seed std):", ""]
+  lines += analysis(summary)
+  lines += ["", "## Where each method's maps come from", ""]
+  lines += [f"- {m}: {map_source(m)}" for m in methods]
+  lines += ["", "## Cost", ""]
+  lines += _table(summary, rows, _select(summary, (r"^time/.*$", r"^train/final_loss$")))
+  lines += ["", "Plots: " + ", ".join(f"`{p}`" for p in meta.get("plots", [])), ""]
+  return "\n".join(lines)
+
+
+def run_comparison(methods: Sequence[str], seeds: Sequence[int], budget: Budget, *,
+                   output: str | pathlib.Path, results_dir: str | pathlib.Path,
+                   shared_data: str = "", command: str = "",
+                   progress: Callable[[str], None] = print) -> dict:
+  """Runs everything (module docstring); returns {'summary', 'results', 'meta'}."""
+  import jax  # pylint: disable=g-import-not-at-top
+  unknown = [m for m in methods if m not in ALL_METHODS]
+  if unknown:
+    raise ValueError(f"--methods: unknown {unknown}; known: {', '.join(ALL_METHODS)}")
+  output, results_dir = pathlib.Path(output).absolute(), pathlib.Path(results_dir).absolute()
+  results_dir.mkdir(parents=True, exist_ok=True)
+  t_start = time.time()
+  start = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+  load_start = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+  progress(f"data: synthetic ({budget.patients} patients) under {output / 'data'}")
+  dataset_dir = prepare_synthetic(budget, output / "data")
+  nih_dir = prepare_nih(shared_data, output / "data", budget.image_size)
+  results = []
+  for seed in seeds:
+    for method in list(methods) + [BASELINE]:
+      t0 = time.time()
+      heat = results_dir / "heatmaps" / method if seed == seeds[0] else None
+      r = run_one(method, int(seed), budget, dataset_dir=dataset_dir, nih_dir=nih_dir,
+                  workdir=output / "runs" / method / f"seed_{seed}", heatmap_dir=heat)
+      results.append(r)
+      progress(f"{method} seed {seed}: {time.time() - t0:.0f}s; " + ", ".join(
+          f"{k} {v:.3f}" for k, v in r["metrics"].items()
+          if k in ("loc/synthetic/pointing", "loc/nih_templated/pointing", "retrieval/i2t_R@1")))
+  summary = summarise(results)
+  meta = {"command": command, "start": start,
+          "end": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+          "wall_s": time.time() - t_start, "nproc": os.cpu_count(), "cpu": cpu_model(),
+          "load_start": load_start,
+          "load_end": ", ".join(f"{x:.2f}" for x in os.getloadavg()), "jax": jax.__version__,
+          "budget": dataclasses.asdict(budget), "seeds": list(seeds), "methods": list(methods),
+          "nih": (f"converted from {shared_data} (splits validate+test)" if nih_dir else
+                  "not found (set --shared_data or MMRL_SHARED_DATA); NIH rows are missing")}
+  meta["plots"] = [str(p.relative_to(results_dir)) for p in plots(summary, list(methods) +
+                                                                   [BASELINE], results_dir)]
+  (results_dir / "comparison.json").write_text(json.dumps(
+      {"meta": meta, "summary": summary, "runs": results}, indent=1, default=float))
+  (results_dir / "comparison.md").write_text(markdown(summary, methods, meta))
+  return {"summary": summary, "results": results, "meta": meta}
+
+
+__all__ = ["ALL_METHODS", "BASELINE", "Budget", "method_config", "run_comparison", "summarise",
+           "analysis", "markdown", "plots", "evaluate_state", "run_one"]
