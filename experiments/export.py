@@ -10,6 +10,7 @@ Thin: parses flags and calls mmrl.export.export_run.
 """
 from __future__ import annotations
 
+import logging
 import sys
 
 from absl import app
@@ -31,6 +32,8 @@ _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest
 
 def main(argv):
   del argv
+  # Orbax logs every file it reads (and a harmless metadata warning for raw restores).
+  logging.getLogger("absl").setLevel(logging.ERROR)
   from mmrl import export  # pylint: disable=g-import-not-at-top
   try:
     info = export.export_run(_CHECKPOINT.value, _OUTPUT.value, config=_CONFIG.value,

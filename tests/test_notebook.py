@@ -22,6 +22,7 @@ def _with_parameters(nb, nbformat, **params):
   return nb
 
 
+@pytest.mark.slow
 def test_quickstart_notebook_runs_at_test_size(tmp_path, synthetic_cache):
   nbformat = pytest.importorskip("nbformat", reason="nbformat not installed (pip install '.[test]')")
   nbclient = pytest.importorskip("nbclient", reason="nbclient not installed (pip install '.[test]')")
