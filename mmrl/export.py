@@ -19,6 +19,7 @@ bilinear resize, normalise), so `encoder(images)` equals the in-training eval st
 from __future__ import annotations
 
 import json
+import logging
 import pathlib
 import shutil
 from typing import Any, Mapping, Optional, Sequence
@@ -96,7 +97,13 @@ def read_checkpoint(run_dir: str | pathlib.Path, step: Optional[int] = None
       step = max(steps)
     elif step not in steps:
       raise FileNotFoundError(f"{directory} has no checkpoint of step {step}; it has {steps}")
-    raw = ckpt.restore_raw_state(step)
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)  # a raw restore warns that it reads no item metadata
+    try:
+      raw = ckpt.restore_raw_state(step)
+    finally:
+      absl_logger.setLevel(level)
   finally:
     ckpt.close()
   return step, {"params": dict(raw.get("params") or {}),
