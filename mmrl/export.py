@@ -187,10 +187,12 @@ def _check_projection(config: Any, state: Mapping[str, Any], spec: Mapping[str, 
   batch["image"] = np.random.default_rng(0).normal(size=batch["image"].shape).astype(np.float32)
   model = build_model(cfg)
   variables = _variables(state["params"], state["batch_stats"])
-  outputs = model.apply(variables, batch, train=False, rngs={"dropout": jax.random.key(0)})
-  if "image_embed" not in outputs:
+  apply = jax.jit(lambda v, b: model.apply(v, b, train=False, rngs={"dropout": jax.random.key(0)}
+                                           ).get("image_embed"))
+  image_embed = apply(variables, batch)
+  if image_embed is None:
     return f"method {cfg.method.name!r} has no 'image_embed' output"
-  reference = np.asarray(l2_normalize(outputs["image_embed"]))
+  reference = np.asarray(l2_normalize(image_embed))
   forward = _image_forward(cfg.model.image.name, cfg.model.image.get("norm", "batch"), "float32",
                            spec)
   name = spec["name"]

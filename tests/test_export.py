@@ -168,3 +168,22 @@ def test_text_encoder_loads_in_transformers_with_the_towers_hidden_states(export
   np.testing.assert_allclose(pooled, np.asarray(ours.global_embedding), atol=1e-5)
   assert json.loads((out / "encoder_config.json").read_text())["text"]["global_pool"] == (
       "max_tokens")
+
+
+@pytest.mark.parametrize("method, head", [("mgca", "image_projection"), ("lovt", None)])
+def test_projection_is_exported_only_where_it_is_the_methods_image_embedding(method, head):
+  import importlib  # pylint: disable=import-outside-toplevel
+  from mmrl.models.two_tower import build_model  # pylint: disable=import-outside-toplevel
+  config = importlib.import_module(f"experiments.configs.{method}").get_config("tiny")
+  model = build_model(config)
+  init = jax.jit(lambda batch: model.init({"params": jax.random.key(0),
+                                           "dropout": jax.random.key(1)}, batch, train=False))
+  variables = init(state_lib.dummy_batch(config))
+  state = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+  spec = export._projection_spec("image_projection", state["params"], state["batch_stats"])  # pylint: disable=protected-access
+  note = export._check_projection(config, state, spec)  # pylint: disable=protected-access
+  if head is None:
+    assert "is not image_projection(image tower global)" in note
+  else:
+    assert note is None, note
+    assert (spec["output_norm"], spec["output_norm_affine"]) == ("batch", False)  # MGCA's head
