@@ -10,7 +10,7 @@ Owns everything between "a converter listed the inputs" and "the shards are on d
   writes whole shards), skips shards that are already finished, and writes
   `<out>/<split>-SSSSS-of-NNNNN.tfrecord` (+ `.index`, `.done`), `<out>/errors.jsonl` and
   `<out>/dataset_info.json`. A failed item is logged and counted; it never stops the conversion.
-* `load_layout`: layout name (mimic | manifest | nih_cxr14 | covid_cxr) -> Dataset.
+* `load_layout`: layout name (mimic | manifest | nih_cxr14 | covid_cxr | chexpert) -> Dataset.
 Format documentation: docs/data_format.md.
 """
 from __future__ import annotations
@@ -571,8 +571,14 @@ def _covid(input_path: str, **kw) -> Dataset:
   return shared_data.covid_cxr(input_path, **kw)
 
 
+def _chexpert(input_path: str, **kw) -> Dataset:
+  from data_pipeline.converters import chexpert  # pylint: disable=import-outside-toplevel
+  return chexpert.list_chexpert(input_path, **kw)
+
+
 LAYOUTS: dict[str, Callable[..., Dataset]] = {
-    "mimic": _mimic, "manifest": _manifest, "nih_cxr14": _nih, "covid_cxr": _covid}
+    "mimic": _mimic, "manifest": _manifest, "nih_cxr14": _nih, "covid_cxr": _covid,
+    "chexpert": _chexpert}
 
 
 def load_layout(layout: str, input_path: str | os.PathLike, **kwargs) -> Dataset:

@@ -5,6 +5,8 @@ COMMAND: python -m experiments.convert --layout=mimic --input=/data/mimic-cxr \
          python -m experiments.convert --layout=manifest --input=my_manifest.csv --output=out/
          python -m experiments.convert --layout=nih_cxr14 --input=../shared/data --output=out/nih
          python -m experiments.convert --layout=covid_cxr --input=../shared/data --output=out/covid
+         python -m experiments.convert --layout=chexpert --input=/data/CheXpert-v1.0-small \
+           --output=/data/chexpert_tfr --views=PA,AP
 SMOKE:   add --max_items=50
 Thin: parses flags, calls data_pipeline.convert, prints a summary. Re-running resumes (finished
 shards are kept); failed inputs are listed in <output>/errors.jsonl.
@@ -22,7 +24,9 @@ from absl import flags
 from data_pipeline import convert
 
 _LAYOUT = flags.DEFINE_enum("layout", None, list(convert.LAYOUTS), "Input layout.")
-_INPUT = flags.DEFINE_string("input", None, "MIMIC-CXR root, manifest file, or shared data folder.")
+_INPUT = flags.DEFINE_string(
+    "input", None, "MIMIC-CXR root, CheXpert folder, manifest file, or shared data folder "
+    "(docs/data_preparation.md).")
 _OUTPUT = flags.DEFINE_string("output", None, "Output folder for shards and dataset_info.json.")
 _SHORT_SIDE = flags.DEFINE_integer("short_side", 512, "Resize so the short side is at most this.")
 _BIT_DEPTH = flags.DEFINE_enum("bit_depth", "8", ["8", "16"], "PNG bit depth.")
@@ -32,7 +36,7 @@ _VIEWS = flags.DEFINE_list("views", [], "Keep only these views, e.g. PA,AP (empt
 _MAX_ITEMS = flags.DEFINE_integer("max_items", 0, "Convert only the first N items (0 = all).")
 _REQUIRE_REPORT = flags.DEFINE_bool(
     "require_report", None, "Items without a usable report are errors (default: true; false for "
-    "nih_cxr14, which has no reports).")
+    "nih_cxr14 and for chexpert without CheXpert-Plus reports, which have no reports).")
 
 
 def main(argv):

@@ -49,17 +49,36 @@ class LoggingWriter(MetricWriter):
 
 
 class JsonlWriter(MetricWriter):
-  """Appends {"step": s, "time": t, **scalars} lines to `path` (reopened per write: crash-safe)."""
+  """One JSON object per logged step in `path`: {"step": s, "time": t, **scalars}.
+
+  Made to be read with one pandas call, `pandas.read_json(path, lines=True)`: consecutive writes
+  for the same step (the training metrics and the evaluation metrics of step s) are merged into
+  one row, by rewriting the file's last line, and non-finite values are written as `null` (NaN
+  in pandas), so every metric column is numeric. The file is reopened per write (crash-safe: a
+  killed run leaves complete lines). A resumed run re-logs the steps after its checkpoint, so the
+  file may then hold the same step twice; the later row is the one the resumed state produced
+  (`df.drop_duplicates("step", keep="last")`).
+  """
 
   def __init__(self, path: str | os.PathLike):
     self.path = pathlib.Path(path)
     self.path.parent.mkdir(parents=True, exist_ok=True)
+    self._last_step: Optional[int] = None  # the step of this writer's last line
+    self._last_row: dict = {}
+    self._last_offset = 0  # where that line starts in the file
 
   def write_scalars(self, step, scalars):
-    row = {"step": int(step), "time": time.time()}
-    row.update({k: _to_json_float(v) for k, v in scalars.items()})
-    with self.path.open("a") as f:
-      f.write(json.dumps(row) + "\n")
+    step = int(step)
+    values = {k: _to_json_float(v) for k, v in scalars.items()}
+    with self.path.open("ab+") as f:
+      if step == self._last_step and f.tell() > self._last_offset:
+        row = {**self._last_row, **values, "time": time.time()}
+        f.truncate(self._last_offset)
+      else:
+        row = {"step": step, "time": time.time(), **values}
+        self._last_offset = f.tell()
+      f.write((json.dumps(row, allow_nan=False) + "\n").encode())
+    self._last_step, self._last_row = step, row
 
 
 class TensorBoardWriter(MetricWriter):
@@ -194,11 +213,12 @@ def _is_number(v) -> bool:
 
 
 def _to_json_float(v):
+  """A float for JSON (None for NaN/inf, which pandas reads as NaN); non-numbers unchanged."""
   try:
     f = float(v)
   except (TypeError, ValueError):
     return v
-  return f if math.isfinite(f) else str(f)
+  return f if math.isfinite(f) else None
 
 
 def _fmt(v) -> str:
