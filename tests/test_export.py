@@ -41,7 +41,7 @@ def exported(tmp_path_factory, synthetic_cache):
   c.optim.warmup_steps = 1
   c.train.checkpoint_every = 2
   c.train.log_every = 1
-  c.eval.retrieval = False
+  c.eval.retrieval.enabled = False
   run = root / "run"
   loop.train_and_evaluate(c, run)
   out = root / "exported"
