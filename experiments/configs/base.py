@@ -109,6 +109,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.async_checkpoint = True
   c.train.init_from = ""           # checkpoint dir: load towers only
   c.train.stop_on_nonfinite = True
+  # JAX persistent compilation cache folder ('' = off), set by experiments/pretrain.py before
+  # anything compiles: a re-run (resume, another seed) loads the compiled step instead of compiling.
+  c.train.compilation_cache_dir = ""
 
   # ---- evaluation during training (mmrl.evaluation) ----
   c.eval = ml_collections.ConfigDict()
