@@ -125,6 +125,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.ema.decay = 0.995          # m (MLIP/ALBEF 0.995, PLACE 0.996)
   c.train.ema.schedule = "constant"  # constant | cosine (BYOL/DINO: m rises to 1 at num_steps)
   c.train.ema.collections = ("params",)  # ('params',) or ('params', 'batch_stats')
+  # JAX persistent compilation cache folder ('' = off), set by experiments/pretrain.py before
+  # anything compiles: a re-run (resume, another seed) loads the compiled step instead of compiling.
+  c.train.compilation_cache_dir = ""
 
   # ---- evaluation (mmrl.evaluation; docs/evaluation.md) ----
   # Each evaluator: enabled (run during training), every (steps; 0 = train.eval_every; all enabled
