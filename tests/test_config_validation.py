@@ -1,7 +1,10 @@
 """Bad configs fail before anything is built or compiled, naming the key and the fix."""
 import importlib
 import json
+import os
 import pathlib
+import subprocess
+import sys
 
 import ml_collections
 import pytest
@@ -147,3 +150,14 @@ def data_cache_config(synthetic_cache):
   c = convirt.get_config("smoke")
   c.data.synthetic.cache_dir = str(synthetic_cache)
   return c
+
+
+def test_the_pretrain_command_exits_2_naming_the_key_before_building_anything(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.pretrain", "--config=experiments/configs/convirt.py:smoke",
+       f"--workdir={tmp_path / 'run'}", f"--config.data.tokenizer={tmp_path / 'no.json'}"],
+      cwd=CONFIGS.parents[1], env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert "ConfigError: config.data.tokenizer=" in proc.stderr
+  assert not (tmp_path / "run").exists()
