@@ -20,6 +20,7 @@ import dataclasses
 import io
 import os
 import re
+import struct
 import warnings
 from typing import Any
 
@@ -95,6 +96,24 @@ def decode_dicom(source: str | os.PathLike | bytes, *, item_id: str | None = Non
   """
   if item_id is None:
     item_id = "<bytes>" if isinstance(source, (bytes, bytearray, memoryview)) else str(source)
+  try:
+    return _decode(source, item_id, frame)
+  except errors.InputError:
+    raise
+  except _PYDICOM_ERRORS as e:
+    # A corrupt element that pydicom parses lazily (on first access), past _read_dataset's checks.
+    raise errors.DicomDecodeError(
+        item_id, f"DICOM file is corrupt: {type(e).__name__}: {e}") from e
+
+
+# What pydicom raises on corrupt input (BytesLengthException, a bare Exception, and struct.error
+# come from a value whose length does not fit its VR, found by the fuzz tests).
+_PYDICOM_ERRORS = (EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError, OSError,
+                   NotImplementedError, OverflowError, UnicodeError, RuntimeError, struct.error,
+                   MemoryError, pydicom.errors.BytesLengthException)
+
+
+def _decode(source: str | os.PathLike | bytes, item_id: str, frame: int) -> DecodedDicom:
   ds = _read_dataset(source, item_id)
   tsyntax = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
   if not tsyntax:
@@ -169,8 +188,7 @@ def _read_dataset(source: str | os.PathLike | bytes, item_id: str) -> pydicom.Da
   except pydicom.errors.InvalidDicomError as e:
     raise errors.DicomDecodeError(item_id, f"not a DICOM Part 10 file (no 'DICM' prefix at byte "
                                   f"128 or no file meta header): {e}") from e
-  except (EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError, OSError,
-          NotImplementedError, OverflowError, UnicodeError) as e:
+  except _PYDICOM_ERRORS as e:
     raise errors.DicomDecodeError(
         item_id, f"DICOM file is corrupt or truncated: {type(e).__name__}: {e}") from e
   # pydicom reads a truncated file without raising: an undefined-length element (encapsulated

@@ -1,11 +1,18 @@
-"""Orbax checkpoints: state + data-iterator position + config; keep policy; restore on another mesh."""
+"""Orbax checkpoints: state + data-iterator position + config; keep policy; restore on another mesh;
+fallback past a corrupted latest step; a clear error when the disk is full."""
+import errno
+import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from mmrl.train.checkpoint import CheckpointWriteError
 from mmrl.train.checkpoint import Checkpointer
+from mmrl.train.checkpoint import DataIteratorStateHandler
 
 
 def _state(mesh, spec):
@@ -61,3 +68,83 @@ def test_an_unfinished_save_is_ignored_by_resume(tmp_path):
   assert ck.latest_step() == 2
   assert ck.restore(_state(mesh, P())).data_iter == {"pos": 2}
   ck.close()
+
+
+def _two_steps(directory, mesh):
+  ck = Checkpointer(directory, async_save=False)
+  for step in (1, 2):
+    ck.save(step, {"params": {"w": jnp.full((8, 8), float(step))}, "step": jnp.int32(step)},
+            data_iter={"pos": step}, config={})
+  ck.close()
+
+
+def _array_file(step_dir):
+  """The file that holds the state's array data (OCDBT data file of the merged store)."""
+  files = [p for p in (step_dir / "state" / "d").iterdir() if p.is_file()]
+  assert files, f"no data file under {step_dir / 'state' / 'd'}"
+  return max(files, key=lambda p: p.stat().st_size)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_a_corrupted_latest_checkpoint_falls_back_to_the_previous_one_with_a_warning(
+    tmp_path, caplog, damage):
+  mesh = jax.make_mesh((8, 1), ("data", "fsdp"))
+  _two_steps(tmp_path / "checkpoints", mesh)
+  target = _array_file(tmp_path / "checkpoints" / "2")
+  if damage == "truncate":
+    target.write_bytes(target.read_bytes()[:target.stat().st_size // 2])
+  else:
+    target.unlink()
+  ck = Checkpointer(tmp_path / "checkpoints", async_save=False)
+  with caplog.at_level(logging.WARNING, logger="mmrl.train.checkpoint"):
+    r = ck.restore({"params": {"w": jnp.zeros((8, 8))}, "step": jnp.int32(0)})
+  assert r.step == 1 and r.data_iter == {"pos": 1}
+  np.testing.assert_array_equal(np.asarray(r.state["params"]["w"]), np.full((8, 8), 1.0))
+  warning = "\n".join(rec.getMessage() for rec in caplog.records)
+  assert str(tmp_path / "checkpoints" / "2") in warning and "cannot be restored" in warning
+  # The broken step is moved aside, so the run can save step 2 again.
+  assert ck.all_steps() == [1]
+  assert (tmp_path / "corrupt_checkpoints" / "checkpoints_2").is_dir()
+  ck.close()
+
+
+def test_an_empty_file_is_named_as_truncated(tmp_path, caplog):
+  mesh = jax.make_mesh((8, 1), ("data", "fsdp"))
+  _two_steps(tmp_path / "checkpoints", mesh)
+  (tmp_path / "checkpoints" / "2" / "data_iter" / "process_0-of-1.json").write_bytes(b"")
+  ck = Checkpointer(tmp_path / "checkpoints", async_save=False)
+  with caplog.at_level(logging.WARNING, logger="mmrl.train.checkpoint"):
+    assert ck.restore({"params": {"w": jnp.zeros((8, 8))}, "step": jnp.int32(0)}).step == 1
+  assert "process_0-of-1.json is empty (truncated)" in caplog.text
+  ck.close()
+
+
+@pytest.mark.parametrize("async_save", [False, True])
+def test_disk_full_while_saving_is_a_clear_error_and_earlier_checkpoints_stay(
+    tmp_path, monkeypatch, async_save):
+  mesh = jax.make_mesh((8, 1), ("data", "fsdp"))
+  ck = Checkpointer(tmp_path, async_save=async_save)
+  ck.save(1, _state(mesh, P()), data_iter={"pos": 1}, config={})
+  ck.wait_until_finished()
+
+  def disk_full(self, directory, args):
+    raise OSError(errno.ENOSPC, "No space left on device", str(directory))
+  monkeypatch.setattr(DataIteratorStateHandler, "save", disk_full)
+  with pytest.raises(CheckpointWriteError, match=rf"could not write checkpoint .* under "
+                                                 rf"{tmp_path}.*No space left on device.*steps "
+                                                 rf"\[1\]\) are intact"):
+    ck.save(2, _state(mesh, P()), data_iter={"pos": 2}, config={})
+    ck.close()
+  monkeypatch.undo()
+  ck = Checkpointer(tmp_path, async_save=False)
+  assert ck.all_steps() == [1]
+  assert ck.restore(_state(mesh, P())).data_iter == {"pos": 1}
+  ck.close()
+
+
+def test_a_checkpoint_folder_that_cannot_be_created_is_a_clear_error(tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  with pytest.raises((CheckpointWriteError, OSError), match="a_file"):
+    ck = Checkpointer(blocker / "checkpoints", async_save=False)
+    ck.save(1, {"w": jnp.zeros(2)}, data_iter=None, config={})

@@ -115,7 +115,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.keep_every = 0           # also keep every K-th step's checkpoint (0 = none)
   c.train.async_checkpoint = True
   c.train.init_from = ""           # checkpoint dir: load towers only
-  c.train.stop_on_nonfinite = True
+  # A NaN/inf loss or gradient never reaches the state (the step keeps the old one). 'stop' ends
+  # the run naming the step and the batch's study ids; 'skip' counts it (metric
+  # nonfinite_skipped) and goes on, stopping after max_nonfinite_skips skipped steps.
+  c.train.on_nonfinite = "stop"    # stop | skip
+  c.train.max_nonfinite_skips = 10
+  c.train.stop_on_nonfinite = True  # legacy: False means on_nonfinite='skip'
   # EMA (momentum) teacher (mmrl.train.ema). Off: TrainState.ema = {} and nothing is computed.
   # On: after each finite step teacher <- decay * teacher + (1 - decay) * online; methods whose
   # objectives read the teacher (MLIP soft_clip_nce / PLACE corr_predict with target='teacher')

@@ -77,7 +77,9 @@ def extract_features(state: Any, step: Callable, batches: Iterable[Mapping[str, 
   parts: dict[str, list[np.ndarray]] = {}
   for batch in batches:
     valid = np.asarray(batch["valid"], bool)
-    out = step(state, distributed.global_batch_from_local(model_batch(batch), mesh, sharding))
+    # Every process reads the whole evaluation batch and feeds its own rows; to_host gathers.
+    rows = distributed.process_rows(model_batch(batch))
+    out = step(state, distributed.global_batch_from_local(rows, mesh, sharding))
     if not keep_local:
       out.pop("image_local")
     for key, value in out.items():

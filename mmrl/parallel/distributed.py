@@ -51,3 +51,23 @@ def global_batch_from_local(local_batch: Mapping[str, Any], mesh: Mesh,
   sharding = batch_sharding(mesh) if sharding is None else sharding
   return {k: jax.make_array_from_process_local_data(sharding, v)
           for k, v in local_batch.items()}
+
+
+def process_rows(batch: Mapping[str, Any]) -> dict[str, Any]:
+  """This process's contiguous share of a batch that every process holds whole (evaluation).
+
+  With P processes and B rows, process i keeps rows [i*B/P, (i+1)*B/P), so the global array that
+  `global_batch_from_local` assembles is the original batch in its original order.
+  """
+  count, index = jax.process_count(), jax.process_index()
+  if count == 1:
+    return dict(batch)
+  out = {}
+  for key, value in batch.items():
+    rows = value.shape[0]
+    if rows % count:
+      raise ConfigError(f"an evaluation batch of {rows} rows does not split over {count} "
+                        f"processes; choose config.eval.batch_size as a multiple of {count}")
+    share = rows // count
+    out[key] = value[index * share:(index + 1) * share]
+  return out
