@@ -15,7 +15,7 @@ def _config(cache, **train):
   c = convirt.get_config("smoke")
   c.data.synthetic.cache_dir = str(cache)
   c.data.synthetic.workers = 1
-  c.eval.retrieval = False
+  c.eval.retrieval.enabled = False
   c.train.update(num_steps=4, log_every=1, checkpoint_every=2, **train)
   return c
 

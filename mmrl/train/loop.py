@@ -331,4 +331,9 @@ def _load_towers(state, init_from: str):
             ours[key], theirs[key])
         log.info("init_from %s: loaded %s/%s", path, collection, key)
     new = new.replace(**{collection: updated})
+  if new.ema:  # the EMA teacher starts from the loaded towers too, not from random ones
+    new = new.replace(ema={name: (jax.tree.map(lambda a, e: jax.device_put(a, e.sharding),
+                                               getattr(new, name), value)
+                                  if name in ("params", "batch_stats") else value)
+                           for name, value in new.ema.items()})
   return new
