@@ -36,6 +36,7 @@ from data_pipeline import tfrecord
 from data_pipeline import tokenization
 from data_pipeline.record_spec import CHEXPERT_LABELS, Box, StudyRecord
 from experiments.configs import base
+from mmrl.machine_info import cpu_model
 
 _DATASET_DIR = flags.DEFINE_string("dataset_dir", "", "converted data set; '' = synthetic")
 _SPLIT = flags.DEFINE_string("split", "train", "split to read")
@@ -104,14 +105,6 @@ def write_synthetic_dataset(root: pathlib.Path, num_records: int, side: int,
   return root
 
 
-def cpu_model() -> str:
-  try:
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("model name"):
-        return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown"
 
 
 def per_core_costs(data_cfg, dataset_dir: str, samples: int) -> dict[str, float]:

@@ -39,6 +39,8 @@ import traceback
 from absl import app
 from absl import flags
 
+from mmrl.machine_info import cpu_model
+
 ALL_METHODS = ("convirt", "gloria", "mgca", "lovt", "local_mi", "place", "mlip", "lrclr")
 _TINY_ARG = {"convirt": "smoke"}  # every other method config takes 'tiny'
 
@@ -57,15 +59,6 @@ _PATIENTS = flags.DEFINE_integer("patients", 200, "demo size: synthetic patients
 _KEEP = flags.DEFINE_string("keep_workdirs", "", "if set, train into <this>/<method> and keep it")
 
 
-def cpu_model() -> str:
-  """The CPU model name from /proc/cpuinfo (Linux), else platform.processor()."""
-  try:
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("model name"):
-        return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown"
 
 
 def load_average() -> str:

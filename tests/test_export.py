@@ -137,7 +137,7 @@ def test_hf_names_are_the_exact_inverse_of_the_import_map():
   state = hf_export.to_hf_state_dict(params)
   assert "encoder.layer.1.attention.self.query.weight" in state
   back = hf_weights.convert_state_dict(state)
-  flat = hf_weights._flatten(params)  # pylint: disable=protected-access
+  flat = hf_weights.flatten_params(params)
   assert set(back) == set(flat)
   for path, value in flat.items():
     np.testing.assert_array_equal(back[path], np.asarray(value))

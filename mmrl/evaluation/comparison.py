@@ -38,6 +38,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from mmrl.machine_info import cpu_model
+
 log = logging.getLogger(__name__)
 
 ALL_METHODS = ("convirt", "gloria", "mgca", "lovt", "local_mi", "place", "mlip", "lrclr")
@@ -471,14 +473,6 @@ def plots(summary, methods: Sequence[str], out_dir: pathlib.Path) -> list[pathli
   return paths
 
 
-def cpu_model() -> str:
-  try:
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("model name"):
-        return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown"
 
 
 def markdown(summary, methods: Sequence[str], meta: dict) -> str:

@@ -25,6 +25,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from mmrl.models.bert import BertConfig
+from mmrl.models.hf_weights import flatten_params
 
 _EMBED = {"word_embeddings": "word_embeddings", "position_embeddings": "position_embeddings",
           "token_type_embeddings": "token_type_embeddings"}
@@ -41,15 +42,6 @@ _LAYER = {
 _LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "embedding": "weight"}
 
 
-def _flatten(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
-  flat = {}
-  for k, v in tree.items():
-    if isinstance(v, Mapping):
-      flat.update(_flatten(v, prefix + (k,)))
-    else:
-      flat[prefix + (k,)] = v
-  return flat
-
 
 def to_hf_state_dict(tower_params: Mapping[str, Any]) -> dict[str, np.ndarray]:
   """The text tower's params (its own subtree) as a float32 `BertModel` state dict.
@@ -59,7 +51,7 @@ def to_hf_state_dict(tower_params: Mapping[str, Any]) -> dict[str, np.ndarray]:
   """
   out: dict[str, np.ndarray] = {}
   unknown = []
-  for path, value in _flatten(tower_params).items():
+  for path, value in flatten_params(tower_params).items():
     value = np.asarray(value, np.float32)
     module, leaf = path[:-1], path[-1]
     name = None

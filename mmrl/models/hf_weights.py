@@ -140,11 +140,11 @@ def convert_state_dict(state: Mapping[str, np.ndarray]) -> dict[tuple[str, ...],
   return out
 
 
-def _flatten(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+def flatten_params(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
   flat = {}
   for k, v in tree.items():
     if isinstance(v, Mapping):
-      flat.update(_flatten(v, prefix + (k,)))
+      flat.update(flatten_params(v, prefix + (k,)))
     else:
       flat[prefix + (k,)] = v
   return flat
@@ -174,7 +174,7 @@ def _find_tower(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> list[t
 def fill_params(tower_params: Mapping[str, Any], converted: Mapping[tuple[str, ...], np.ndarray],
                 *, source: str) -> dict[str, Any]:
   """tower_params with every leaf replaced by the converted checkpoint's; errors list gaps."""
-  ours = _flatten(tower_params)
+  ours = flatten_params(tower_params)
   missing = [p for p in ours if p not in converted]
   mismatched = [f"{'/'.join(p)}: ours {tuple(np.shape(v))} vs checkpoint {converted[p].shape}"
                 for p, v in ours.items() if p in converted
