@@ -40,3 +40,12 @@ def test_retrieval_sheet_frames_the_true_pair_green():
   assert sheet.dtype == np.uint8 and sheet.shape == (2 * 12 + 4, 3 * 12 + 8, 3)
   # query 0's first hit is its pair (green frame), query 1's first hit is not (red frame)
   assert tuple(sheet[4, 20 + 4]) == sheets.GREEN and tuple(sheet[16, 20 + 4]) == sheets.RED
+
+
+def test_a_method_without_global_embeddings_is_skipped_not_an_error():
+  # local_mi scores pairs with a critic: its features have no image_embed / text_embed.
+  rng = np.random.default_rng(2)
+  f = {"image_global": rng.normal(size=(4, 5)), "labels": np.zeros((4, 3), np.float32),
+       "label_mask": np.ones((4, 3), bool)}
+  out, images = retrieval.FeatureRetrievalEvaluator(base_config())(None, lambda split, n, **kw: f)
+  assert out == {} and images == {}

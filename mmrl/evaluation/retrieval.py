@@ -7,6 +7,7 @@ the query (a constant score never looks good), so chance R@K = K / N.
 """
 from __future__ import annotations
 
+import logging
 from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
@@ -85,6 +86,11 @@ class FeatureRetrievalEvaluator:
     del state
     f = features_fn(self.cfg.split or self.data.eval_split, self.cfg.max_examples,
                     images=int(self.cfg.sheet_queries) > 0)
+    if "image_embed" not in f or "text_embed" not in f:
+      # e.g. local_mi: it scores image-report pairs with a critic, not with embeddings.
+      logging.getLogger(__name__).warning(
+          "retrieval skipped: the method has no global image/text embeddings")
+      return {}, {}
     if len(f["image_embed"]) < 2:
       raise ValueError("retrieval needs at least 2 evaluation pairs; check data.eval_split")
     positives = (f["labels"] == 1) & f["label_mask"].astype(bool)

@@ -232,12 +232,16 @@ class ZeroShotEvaluator:
 
   def __call__(self, state, features_fn, embed_text_fn) -> tuple[dict[str, float], dict]:
     del state
+    feats = features_fn(self.cfg.split or self.data.eval_split, self.cfg.max_examples)
+    if "image_embed" not in feats:  # e.g. local_mi: pairs are scored by a critic
+      logging.getLogger(__name__).warning(
+          "zero-shot skipped: the method has no global image embedding")
+      return {}, {}
     texts, groups = [], []
     for pos, neg in self.sets:
       texts += pos + neg
       groups += [len(pos), len(neg)]
     emb = mean_prompt_embedding(np.asarray(embed_text_fn(texts), np.float64), groups)
-    feats = features_fn(self.cfg.split or self.data.eval_split, self.cfg.max_examples)
     scores = zero_shot_scores(feats["image_embed"], emb[0::2], emb[1::2], tau=self.tau)
     labels = np.asarray(feats["labels"])[:, self.columns]
     known = np.asarray(feats["label_mask"], bool)[:, self.columns] & (labels != -1)
