@@ -52,7 +52,7 @@ from mmrl.config_errors import ConfigError
 from mmrl.models import towers
 from mmrl.objectives.contrastive import l2_normalize
 from mmrl.objectives.gloria import gloria_attention_maps
-from mmrl.objectives.methods import get_method, parse_objectives
+from mmrl.objectives.methods import get_method, objective_options
 from mmrl.parallel.mesh import batch_sharding
 
 NEG_INF = -1e9
@@ -124,12 +124,6 @@ def cosine_maps(sentences: jax.Array, regions: jax.Array) -> jax.Array:
 # ---------------------------------------------------------------------------------------------
 
 
-def _options(method_cfg: Any, name: str) -> dict[str, Any] | None:
-  for obj_name, _, options in parse_objectives(method_cfg):
-    if obj_name == name:
-      return options
-  return None
-
 
 def _sub(tree: Any, key: str, what: str) -> Any:
   if not tree or key not in tree:
@@ -157,7 +151,8 @@ def _word_maps_to_sentences(word_maps, word_mask, batch, num_sentences, word_off
 
 
 def _tca_maps(outputs, batch, method_cfg, num_sentences, *, regions=None):
-  opts = _options(method_cfg, "tca") or _options(method_cfg, "lrclr_region") or {}
+  opts = (objective_options(method_cfg, "tca") or objective_options(method_cfg, "lrclr_region")
+          or {})
   words_key = str(opts.get("words_key", "text_words_local"))
   word_mask = outputs[str(opts.get("word_mask_key", "word_mask"))]
   if regions is None:
@@ -177,7 +172,7 @@ def method_maps(config: Any, state: Any, outputs: Mapping[str, Any],
   if name == "lovt":
     return outputs["lovt/attention_s2r"].astype(jnp.float32)
   if name == "gloria":
-    opts = _options(method_cfg, "gloria_local") or {}
+    opts = objective_options(method_cfg, "gloria_local") or {}
     alpha = gloria_attention_maps(outputs["text_words"], outputs["word_mask"],
                                   outputs["image_regions"], outputs["region_mask"],
                                   tau1=float(opts.get("tau1", 4.0)),
@@ -200,7 +195,7 @@ def method_maps(config: Any, state: Any, outputs: Mapping[str, Any],
                                 norm=str(method_cfg.get("projection_norm", "none")), dtype=dtype)
     return _tca_maps(outputs, batch, method_cfg, s, regions=regions.astype(jnp.float32))
   if name == "place":
-    opts = _options(method_cfg, "set_align") or {}
+    opts = objective_options(method_cfg, "set_align") or {}
     if "query_attention" not in outputs:
       raise ConfigError("alignment maps for 'place' need its set_align heads (query_attention); "
                         "list set_align in config.method.objectives")

@@ -137,6 +137,14 @@ def parse_objectives(method_cfg: Any) -> list[tuple[str, float, dict[str, Any]]]
   return out
 
 
+def objective_options(method_cfg: Any, name: str) -> dict[str, Any] | None:
+  """The options of the first `config.method.objectives` entry named `name`, or None."""
+  for obj_name, _, options in parse_objectives(method_cfg):
+    if obj_name == name:
+      return options
+  return None
+
+
 def get_method(method_cfg: Any) -> Method:
   """The `Method` named by `config.method.name`, holding `config.method`."""
   from mmrl.objectives import registry  # pylint: disable=g-import-not-at-top

@@ -57,7 +57,7 @@ from mmrl.heads.mlip_heads import (ImageTextMatching, KnowledgeAttention, encode
                                    sample_negatives, swap_sentences)
 from mmrl.heads.projection import LogTemperature, MLPProjection
 from mmrl.objectives.contrastive import NEG_INF, l2_normalize, resolve_tau, valid_mean
-from mmrl.objectives.methods import METHODS, Method, teacher_outputs
+from mmrl.objectives.methods import METHODS, Method, objective_options, teacher_outputs
 from mmrl.objectives.registry import OBJECTIVES, Metrics
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -184,15 +184,8 @@ def itm(outputs: dict[str, Any], batch: dict[str, Any], *, rng: jax.Array | None
   return loss, jax.lax.stop_gradient(metrics)
 
 
-def _options(method: Method, name: str) -> dict[str, Any] | None:
-  for obj_name, _, options in method.objectives():
-    if obj_name == name:
-      return options
-  return None
-
-
 def _listed(method: Method, name: str) -> bool:
-  return _options(method, name) is not None
+  return objective_options(method.cfg, name) is not None
 
 
 @METHODS.register("mlip")
@@ -252,7 +245,7 @@ class MLIP(Method):
       out.update(image_regions_local=regions, region_mask=jnp.ones(regions.shape[:2], bool),
                  text_words_local=words, word_mask=word_mask, text_words_knowledge=enhanced,
                  word_knowledge_attention=att)
-    itm_opts = _options(self, "itm")
+    itm_opts = objective_options(self.cfg, "itm")
     if itm_opts is not None:
       out.update(self._itm(out, image, text, batch, itm_opts, train=train, dtype=dtype,
                            model=model))

@@ -41,7 +41,7 @@ from mmrl.config_errors import ConfigError
 from mmrl.heads.projection import LogTemperature, MLPProjection
 from mmrl.heads.query_decoder import CorrelationPredictor, QueryDecoder
 from mmrl.objectives.contrastive import NEG_INF, l2_normalize, resolve_tau, symmetric_nce, valid_mean
-from mmrl.objectives.methods import METHODS, Method, teacher_outputs
+from mmrl.objectives.methods import METHODS, Method, objective_options, teacher_outputs
 from mmrl.objectives.registry import OBJECTIVES, Metrics
 
 AGGREGATES = ("max_mean",)
@@ -235,12 +235,6 @@ def corr_predict(outputs: dict[str, Any], batch: dict[str, Any], *,
   return loss, jax.lax.stop_gradient(metrics)
 
 
-def _objective_options(method: Method, name: str) -> dict[str, Any] | None:
-  for obj_name, _, options in method.objectives():
-    if obj_name == name:
-      return options
-  return None
-
 
 @METHODS.register("place")
 class PLACE(Method):
@@ -278,7 +272,7 @@ class PLACE(Method):
         "image_embed": proj("image_projection")(image.global_embedding, train=train),
         "text_embed": proj("text_projection")(text.global_embedding, train=train),
     }
-    if _objective_options(self, "set_align") is not None:
+    if objective_options(self.cfg, "set_align") is not None:
       queries, attention = QueryDecoder(
           num_queries=int(p.num_queries), num_layers=int(p.decoder_layers),
           num_heads=int(p.decoder_heads), mlp_dim=int(p.decoder_mlp_dim), dtype=dtype,
@@ -290,7 +284,7 @@ class PLACE(Method):
       if "sentence_mask" in batch:
         mask = mask & jnp.asarray(batch["sentence_mask"]).astype(bool)
       out["sentence_mask"] = mask
-    corr = _objective_options(self, "corr_predict")
+    corr = objective_options(self.cfg, "corr_predict")
     if corr is not None:
       pred, hidden = CorrelationPredictor(
           num_layers=int(p.predictor_layers), num_heads=int(p.predictor_heads),
