@@ -53,7 +53,7 @@ LOCALISATION_METRICS = (
     r"^loc/synthetic_templated/iou$", r"^loc/nih_templated/pointing$", r"^loc/nih_templated/iou$")
 GLOBAL_METRICS = (
     r"^retrieval/i2t_R@1$", r"^retrieval/i2t_R@10$", r"^retrieval/t2i_R@1$",
-    r"^retrieval/t2i_R@10$", r"^zero_shot/mean_auc$", r"^linear_probe/.*mean_auc.*$")
+    r"^retrieval/t2i_R@10$", r"^zero_shot/mean_auc$", r"^linear_probe/.*macro_auroc$")
 CHANCE_METRICS = (r"^loc/.*/gt_area$", r"^retrieval/chance_R@(1|10)$")
 
 
@@ -377,7 +377,7 @@ def analysis(summary) -> list[str]:
               if any(k in s for s in summary.values())]
   glob_keys = [k for k in ("retrieval/i2t_R@1", "zero_shot/mean_auc")
                if any(k in s for s in summary.values())]
-  glob_keys += _select(summary, (r"^linear_probe/.*mean_auc.*$",))[:1]
+  glob_keys += _select(summary, (r"^linear_probe/.*macro_auroc$",))[:1]
   if "convirt" not in summary:
     return ["ConVIRT was not run, so the question cannot be answered from this table."]
   seeds = min((v["n"] for m in summary.values() for v in m.values()), default=0)
