@@ -26,7 +26,7 @@ FRONTAL_VIEWS = ("PA", "AP")
 def synthetic_params(synth_cfg) -> dict:
   return {"num_patients": int(synth_cfg.num_patients), "seed": int(synth_cfg.seed),
           "image_size": int(synth_cfg.image_size), "short_side": int(synth_cfg.short_side),
-          "views": list(FRONTAL_VIEWS), "version": 1}
+          "views": list(FRONTAL_VIEWS), "version": 2}  # 2: conformant DICOMs
 
 
 def prepare_synthetic_dataset(synth_cfg, root: str | os.PathLike, *, progress: bool = True

@@ -2,7 +2,28 @@
 
 This module owns the files on disk: real DICOM (pydicom; CR or DX For Presentation; Explicit VR
 Little Endian or RLE Lossless; MONOCHROME2 or MONOCHROME1; 12-16 bits stored; with and without a
-modality rescale), one report per study, the four MIMIC CSVs and the ground-truth annotations:
+modality rescale), one report per study, the four MIMIC CSVs and the ground-truth annotations.
+
+DICOM conformance: every file passes dicom3tools' `dciodvfy -new` with no error
+(tests/test_synthetic_dicom_conformance.py). The decoder's odd-but-valid cases live only in IODs
+that allow them:
+  - MONOCHROME1: CR and DX (DX then says PresentationLUTShape INVERSE, MONOCHROME2 IDENTITY);
+  - a modality rescale other than slope 1 / intercept 0: CR only (Modality LUT module); DX files
+    always carry RescaleSlope 1 / RescaleIntercept 0 / RescaleType US, as the DX Image module says;
+  - VOI LUT Sequence (a sigmoid of the window, beside the window tags): 12-bit CR or DX files
+    without a rescale (VOI LUT module: U in CR, C = present in DX For Presentation);
+  - window tags: every file; RLE Lossless: any file.
+dciodvfy's remaining warnings, each kept on purpose:
+  - ProcedureCodeSequence CodingSchemeDesignator "99MMRL" is an "unrecognized defined term": the
+    procedure code is our own, and PS3.3 8.2 reserves designators starting with "99" for local
+    coding schemes; dciodvfy only knows registered ones.
+  - ViewPosition "LATERAL" is an "unrecognized defined term" (DICOM's are LL / RL): MIMIC-CXR's own
+    files and metadata CSV say LATERAL, and the converters and the metadata CSV must see what
+    MIMIC-CXR has.
+Type-2 attributes we do not model (ReferringPhysicianName, PatientBirthDate, DX PositionerType and
+DetectorType, AcquisitionContextSequence) are written empty, as the standard allows.
+
+Layout:
 
   out_dir/
     files/pNN/pNNNNNNNN/sNNNNNNNN/<dicom_id>.dcm     NN = first two digits of the subject id
@@ -52,13 +73,24 @@ METADATA_COLUMNS = (
 CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 DX_PRESENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"
 _IMPLEMENTATION_UID = "2.25.154312414388648967366387105488961419891"  # a fixed UUID
-_VIEW_CODES = {"PA": ("R-10214", "postero-anterior"), "AP": ("R-10206", "antero-posterior"),
-               "LATERAL": ("R-10236", "lateral")}
+# SNOMED CT codes of DICOM CID 4010 (DX View), CID 19 (Patient Orientation; "erect" is NCIt there)
+# and CID 4009 (DX Anatomy Imaged); the SRT codes older files carry are retired.
+_VIEW_CODES = {"PA": ("272479007", "postero-anterior", "SCT"),
+               "AP": ("399348003", "antero-posterior", "SCT"),
+               "LATERAL": ("399173006", "left lateral", "SCT")}
+_ERECT = ("C86043", "erect", "NCIt")
+_RECUMBENT = ("102538003", "recumbent", "SCT")
+_CHEST = ("816094009", "Chest", "SCT")
+# Local codes use a "99" coding scheme designator (PS3.3 8.2: private coding schemes).
+_PROCEDURE_SCHEME = "99MMRL"
 _ORIENTATION = {"PA": ["L", "F"], "AP": ["L", "F"], "LATERAL": ["P", "F"]}
 _RESCALES = ((1.0, -1024.0), (2.0, 0.0), (1.0, 0.0))
 _BITS = ((12, 0.5), (14, 0.2), (15, 0.1), (16, 0.2))
 MONOCHROME1_FRACTION = 0.2
 RLE_FRACTION = 0.15
+DX_FRACTION = 0.3
+CR_RESCALE_FRACTION = 0.4  # of CR files; DX files always carry slope 1 / intercept 0
+VOI_LUT_FRACTION = 0.4  # of 12-bit files without a rescale
 
 
 def dicom_relpath(subject_id: int, study_id: int, dicom_id: str) -> str:
@@ -104,11 +136,30 @@ def encode_pixels(display: np.ndarray, *, bits_stored: int, photometric: str,
   return value, round(center, 1), round(width, 1)
 
 
-def _code_item(value: str, meaning: str, scheme: str = "SRT") -> Dataset:
+def _code_item(value: str, meaning: str, scheme: str) -> Dataset:
   item = Dataset()
   item.CodeValue = value
   item.CodingSchemeDesignator = scheme
   item.CodeMeaning = meaning
+  return item
+
+
+def voi_lut_item(window: tuple[float, float], bits_stored: int) -> Dataset:
+  """A VOI LUT Sequence item: a sigmoid of the window over every stored value (16-bit output).
+
+  The LUT starts at stored value 0 and has one entry per stored value, so it is only meant for
+  files without a modality rescale (slope 1, intercept 0) and with few bits (12: 4096 entries).
+  """
+  if not 8 <= bits_stored <= 14:
+    raise ValueError(f"bits_stored={bits_stored}: a full VOI LUT would need 2**{bits_stored} "
+                     "entries; use 8..14 bits")
+  center, width = window
+  x = np.arange(1 << bits_stored, dtype=np.float64)
+  y = 1.0 / (1.0 + np.exp(-4.0 * (x - center) / max(width, 1.0)))
+  item = Dataset()
+  item.add_new("LUTDescriptor", "US", [1 << bits_stored, 0, 16])
+  item.LUTExplanation = "SIGMOID OF THE WINDOW"
+  item.add_new("LUTData", "OW", np.rint(y * 65535).astype("<u2").tobytes())
   return item
 
 
@@ -123,7 +174,7 @@ def build_dataset(stored: np.ndarray, *, seed: int, subject_id: int, study_id: i
                   pixel_spacing_mm: float, window: tuple[float, float],
                   rescale: Optional[tuple[float, float]], modality: str, rle: bool,
                   study_date: str, study_time: str, procedure: str, sex: str,
-                  instance_number: int) -> Dataset:
+                  instance_number: int, voi_lut: bool = False) -> Dataset:
   """A complete DICOM dataset (with file meta) holding `stored` pixel values.
 
   Args:
@@ -137,7 +188,8 @@ def build_dataset(stored: np.ndarray, *, seed: int, subject_id: int, study_id: i
     bits_stored: BitsStored (HighBit = BitsStored - 1).
     pixel_spacing_mm: PixelSpacing and ImagerPixelSpacing.
     window: (WindowCenter, WindowWidth).
-    rescale: (RescaleSlope, RescaleIntercept) or None to omit them.
+    rescale: (RescaleSlope, RescaleIntercept) or None to omit them (CR only: DX requires them
+      and allows only (1, 0), which is written when None).
     modality: "CR" (CR Image Storage) or "DX" (Digital X-Ray Image Storage For Presentation).
     rle: encode the pixel data with RLE Lossless (else Explicit VR Little Endian).
     study_date: YYYYMMDD.
@@ -145,9 +197,19 @@ def build_dataset(stored: np.ndarray, *, seed: int, subject_id: int, study_id: i
     procedure: PerformedProcedureStepDescription / procedure code meaning.
     sex: "M" | "F".
     instance_number: InstanceNumber within the study.
+    voi_lut: also write a VOI LUT Sequence (`voi_lut_item`, a sigmoid of `window`); readers
+      prefer it to the window, which stays in the file. Needs no rescale (or slope 1 /
+      intercept 0) and bits_stored <= 14.
   """
   if modality not in ("CR", "DX"):
     raise ValueError(f"modality={modality!r}; use 'CR' or 'DX'")
+  if modality == "DX" and rescale not in (None, (1.0, 0.0)):
+    raise ValueError(f"rescale={rescale} on a DX file: the DX Image module allows only "
+                     "RescaleSlope 1 / RescaleIntercept 0; pass None (or use modality 'CR')")
+  if voi_lut and rescale not in (None, (1.0, 0.0)):
+    raise ValueError(f"voi_lut=True with rescale={rescale}: the synthetic VOI LUT is indexed "
+                     "by stored values; use no rescale")
+  dx = modality == "DX"
   sop_class = CR_IMAGE_STORAGE if modality == "CR" else DX_PRESENTATION_STORAGE
   sop_uid = _uid(seed, dicom_id, "sop")
   meta = FileMetaDataset()
@@ -170,22 +232,28 @@ def build_dataset(stored: np.ndarray, *, seed: int, subject_id: int, study_id: i
   ds.ContentTime = study_time
   ds.AccessionNumber = f"{(study_id * 7919 + seed) % 10**9:09d}"
   ds.Modality = modality
-  if modality == "DX":
+  if dx:
     ds.PresentationIntentType = "FOR PRESENTATION"
   ds.Manufacturer = "mmrl synthetic phantom"
+  ds.ReferringPhysicianName = ""  # type 2: known to be unknown
   ds.StudyDescription = procedure
   ds.SeriesDescription = view
-  ds.ProcedureCodeSequence = DicomSequence([_code_item("CXR", procedure, "MMRL")])
+  ds.ProcedureCodeSequence = DicomSequence([_code_item("CXR", procedure, _PROCEDURE_SCHEME)])
   ds.PatientName = f"SYNTHETIC^{subject_id}"
   ds.PatientID = str(subject_id)
   ds.PatientBirthDate = ""
   ds.PatientSex = sex
   ds.BodyPartExamined = "CHEST"
   ds.ViewPosition = view
-  code, meaning = _VIEW_CODES[view]
-  ds.ViewCodeSequence = DicomSequence([_code_item(code, meaning)])
-  orient = ("F-10470", "Recumbent") if view == "AP" else ("F-10440", "Erect")
-  ds.PatientOrientationCodeSequence = DicomSequence([_code_item(*orient)])
+  if dx:  # DX Positioning / DX Anatomy Imaged; the CR IOD has no place for these codes.
+    ds.AnatomicRegionSequence = DicomSequence([_code_item(*_CHEST)])
+    ds.ImageLaterality = "U"  # the chest is an unpaired body part
+    ds.ViewCodeSequence = DicomSequence([_code_item(*_VIEW_CODES[view])])
+    ds.PatientOrientationCodeSequence = DicomSequence(
+        [_code_item(*(_RECUMBENT if view == "AP" else _ERECT))])
+    ds.PositionerType = ""  # type 2: not modelled
+    ds.DetectorType = ""  # type 2: not modelled
+    ds.AcquisitionContextSequence = DicomSequence([])  # type 2: no context recorded
   ds.StudyInstanceUID = _uid(seed, study_id, "study")
   ds.SeriesInstanceUID = _uid(seed, dicom_id, "series")
   ds.StudyID = str(study_id)
@@ -193,6 +261,7 @@ def build_dataset(stored: np.ndarray, *, seed: int, subject_id: int, study_id: i
   ds.InstanceNumber = 1
   ds.PatientOrientation = _ORIENTATION[view]
   ds.BurnedInAnnotation = "NO"
+  ds.LossyImageCompression = "00"  # pixels never went through a lossy codec
   spacing = f"{pixel_spacing_mm:.4f}"
   ds.ImagerPixelSpacing = [spacing, spacing]
   ds.PixelSpacing = [spacing, spacing]
@@ -203,8 +272,16 @@ def build_dataset(stored: np.ndarray, *, seed: int, subject_id: int, study_id: i
   ds.BitsStored = bits_stored
   ds.HighBit = bits_stored - 1
   ds.PixelRepresentation = 0
+  if dx:
+    # Log exposure; for MONOCHROME2 high stored values are dense (less beam): sign -1.
+    ds.PixelIntensityRelationship = "LOG"
+    ds.PixelIntensityRelationshipSign = -1 if photometric == "MONOCHROME2" else 1
+    ds.PresentationLUTShape = "IDENTITY" if photometric == "MONOCHROME2" else "INVERSE"
+    rescale = (1.0, 0.0)
   ds.WindowCenter = f"{window[0]:.1f}"
   ds.WindowWidth = f"{window[1]:.1f}"
+  if voi_lut:
+    ds.VOILUTSequence = DicomSequence([voi_lut_item(window, bits_stored)])
   if rescale is not None:
     ds.RescaleSlope = f"{rescale[0]:g}"
     ds.RescaleIntercept = f"{rescale[1]:g}"
@@ -295,16 +372,21 @@ def _write_patient(job: tuple[str, dict, int, int, float]) -> dict[str, list]:
     for k, (view, dicom_id, ph) in enumerate(images):
       bits = int(rng.choice([b for b, _ in _BITS], p=[p for _, p in _BITS]))
       photometric = "MONOCHROME1" if rng.random() < MONOCHROME1_FRACTION else "MONOCHROME2"
-      rescale = _RESCALES[int(rng.integers(len(_RESCALES)))] if rng.random() < 0.3 else None
+      modality = "DX" if rng.random() < DX_FRACTION else "CR"
+      rescale = None  # DX allows only slope 1 / intercept 0 (written by build_dataset)
+      if modality == "CR" and rng.random() < CR_RESCALE_FRACTION:
+        rescale = _RESCALES[int(rng.integers(len(_RESCALES)))]
+      voi_lut = (rescale in (None, (1.0, 0.0)) and bits == 12
+                 and rng.random() < VOI_LUT_FRACTION)
       slope, intercept = rescale or (1.0, 0.0)
       stored, wc, ww = encode_pixels(ph.image, bits_stored=bits, photometric=photometric,
                                      slope=slope, intercept=intercept)
       ds = build_dataset(
           stored, seed=seed, subject_id=subject, study_id=study, dicom_id=dicom_id, view=view,
           photometric=photometric, bits_stored=bits, pixel_spacing_mm=ph.pixel_spacing_mm,
-          window=(wc, ww), rescale=rescale, modality="DX" if rng.random() < 0.3 else "CR",
+          window=(wc, ww), rescale=rescale, modality=modality,
           rle=rng.random() < RLE_FRACTION, study_date=date, study_time=time_,
-          procedure=procedure, sex=plan["sex"], instance_number=k + 1)
+          procedure=procedure, sex=plan["sex"], instance_number=k + 1, voi_lut=voi_lut)
       path = out / dicom_relpath(subject, study, dicom_id)
       path.parent.mkdir(parents=True, exist_ok=True)
       path.write_bytes(dicom_bytes(ds))
