@@ -1,4 +1,4 @@
-"""The conversion driver: items -> StudyRecords -> sharded TFRecord files + index + dataset_info.
+"""The conversion driver: items -> StudyRecords -> sharded TFRecord files + index + metadata.
 
 Owns everything between "a converter listed the inputs" and "the shards are on disk":
 * `Item` / `SourceBox` / `Dataset`: what a converter (data_pipeline/converters/*) produces: cheap,
@@ -8,8 +8,10 @@ Owns everything between "a converter listed the inputs" and "the shards are on d
 * `convert`: splits by patient (the input's split, else a deterministic hash of the patient id,
   80/10/10), assigns items to shards deterministically, converts shards in parallel (each worker
   writes whole shards), skips shards that are already finished, and writes
-  `<out>/<split>-SSSSS-of-NNNNN.tfrecord` (+ `.index`, `.done`), `<out>/errors.jsonl` and
-  `<out>/dataset_info.json`. A failed item is logged and counted; it never stops the conversion.
+  `<out>/<split>-SSSSS-of-NNNNN.tfrecord` (+ `.index`, `.done`), `<out>/errors.jsonl`, TFDS's
+  `<out>/dataset_info.json` + `features.json` (data_pipeline/tfds_metadata.py: the folder is a
+  TFDS dataset directory) and, last, mmrl's `<out>/mmrl_dataset_info.json`
+  (record_spec.INFO_FILE). A failed item is logged and counted; it never stops the conversion.
 * `load_layout`: layout name (mimic | manifest | nih_cxr14 | covid_cxr | chexpert) -> Dataset.
 Format documentation: docs/data_format.md.
 """
@@ -35,6 +37,7 @@ from PIL import Image
 from data_pipeline import errors
 from data_pipeline import record_spec
 from data_pipeline import records
+from data_pipeline import tfds_metadata
 from data_pipeline import tfrecord
 from data_pipeline.record_spec import Box, StudyRecord
 
@@ -475,7 +478,7 @@ def _indexed_shard(arg: tuple[int, _ShardTask]) -> tuple[int, dict]:
 
 def convert(dataset: Dataset, output_dir: str | os.PathLike,
             options: ConvertOptions = ConvertOptions()) -> dict:
-  """Converts a Dataset to shards under output_dir; returns the dataset_info dict.
+  """Converts a Dataset to shards under output_dir; returns mmrl's dataset info dict.
 
   Re-running with the same inputs and options skips finished shards (a shard is finished when
   its .index and .done exist and the .done fingerprint matches the shard's items and options).
@@ -544,7 +547,8 @@ def convert(dataset: Dataset, output_dir: str | os.PathLike,
                     "views": list(options.views), "max_items": options.max_items,
                     "require_report": require_report},
   }
-  _write_json_atomic(out / "dataset_info.json", info)
+  tfds_metadata.write_tfds_metadata(out, info)
+  _write_json_atomic(out / record_spec.INFO_FILE, info)  # last: marks the folder complete
   return info
 
 

@@ -34,7 +34,7 @@ class TFRecordIndexSource(grain.sources.RandomAccessDataSource):
     for p in self._paths:
       if not pathlib.Path(p).exists():
         raise FileNotFoundError(f"shard {p} does not exist; re-run the converter or fix the "
-                                "shard list in dataset_info.json")
+                                "shard list in mmrl_dataset_info.json")
     indexes = [tfrecord.read_index(p) for p in self._paths]
     counts = np.array([len(ix) for ix in indexes], np.int64)
     self._starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)

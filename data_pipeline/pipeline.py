@@ -2,8 +2,9 @@
 
 Owns `make_train_iterator` (shuffled, repeated, sharded per process, augmented, resumable),
 `make_eval_batches` (fixed order, last batch padded with valid=False rows; optionally with the
-records' segmentation masks) and `dataset_info`
-(loads and validates a data set's dataset_info.json). Batches follow data_pipeline/batch_spec.py.
+records' segmentation masks) and `dataset_info` (loads and validates a data set's
+mmrl_dataset_info.json; reads the dataset_info.json of folders converted before that name).
+Batches follow data_pipeline/batch_spec.py.
 
 Train graph (per process):
   MapDataset.range(num_records) -> shuffle(seed; reshuffled each epoch) -> repeat()
@@ -33,30 +34,56 @@ import numpy as np
 
 from data_pipeline import batch_spec
 from data_pipeline import grain_source
+from data_pipeline import record_spec
 from data_pipeline import transforms
 
 _SKIPPED = "_num_skipped"
 _STATE_VERSION = 1
-_INFO_FILE = "dataset_info.json"
+_INFO_FILE = record_spec.INFO_FILE
 
 
 # ---------------------------------------------------------------------------------------------
-# dataset_info.json
+# mmrl_dataset_info.json
+
+def info_path(dataset_dir: str | os.PathLike) -> pathlib.Path:
+  """The file holding mmrl's metadata of a converted folder.
+
+  `<dataset_dir>/mmrl_dataset_info.json`; for a folder converted before that name existed, its
+  `dataset_info.json` when that is mmrl's (has "spec_version"), not TFDS's. A path that does not
+  exist when the folder has neither.
+  """
+  d = pathlib.Path(dataset_dir)
+  path = d / record_spec.INFO_FILE
+  legacy = d / record_spec.LEGACY_INFO_FILE
+  if not path.exists() and legacy.exists():
+    try:
+      if "spec_version" in json.loads(legacy.read_text()):
+        return legacy
+    except (OSError, ValueError):
+      pass
+  return path
+
 
 def dataset_info(dataset_dir: str | os.PathLike) -> dict:
-  """Loads and validates `<dataset_dir>/dataset_info.json`.
+  """Loads and validates mmrl's metadata of a converted folder (`info_path`).
 
   Required: spec_version, name, label_names (list), splits: {split: {num_records, shards:
   [{path (relative to dataset_dir), num_records}]}}.
 
   Raises:
-    FileNotFoundError: no dataset_info.json in the folder.
+    FileNotFoundError: no mmrl metadata in the folder (names what is there instead).
     ValueError: invalid JSON or a missing/mistyped key (names the file and the key).
   """
-  path = pathlib.Path(dataset_dir) / _INFO_FILE
+  path = info_path(dataset_dir)
   if not path.exists():
+    legacy = pathlib.Path(dataset_dir) / record_spec.LEGACY_INFO_FILE
+    if legacy.exists():
+      raise FileNotFoundError(
+          f"{path} does not exist and {legacy} is not mmrl's metadata (no 'spec_version'; "
+          "TensorFlow Datasets' own file?): an interrupted or foreign conversion; re-run "
+          "experiments/convert.py into this folder")
     raise FileNotFoundError(f"{path} does not exist; set config.data.dataset_dir to a folder "
-                            "written by experiments/convert.py (it holds dataset_info.json)")
+                            f"written by experiments/convert.py (it holds {_INFO_FILE})")
   try:
     info = json.loads(path.read_text())
   except json.JSONDecodeError as e:
@@ -89,7 +116,7 @@ def split_source(dataset_dir: str | os.PathLike, split: str, info: Optional[dict
   """The TFRecordIndexSource of one split of a converted data set."""
   info = info or dataset_info(dataset_dir)
   if split not in info["splits"]:
-    raise ValueError(f"split {split!r} is not in {pathlib.Path(dataset_dir) / _INFO_FILE}; "
+    raise ValueError(f"split {split!r} is not in {info_path(dataset_dir)}; "
                      f"available: {sorted(info['splits'])} (config.data.train_split / "
                      "config.data.eval_split)")
   entries = info["splits"][split]["shards"]
@@ -99,7 +126,7 @@ def split_source(dataset_dir: str | os.PathLike, split: str, info: Optional[dict
     n = int(source.shard_num_records(i))
     if n != entry["num_records"]:
       raise ValueError(
-          f"{shards[i]}: its index holds {n} records but {pathlib.Path(dataset_dir) / _INFO_FILE} "
+          f"{shards[i]}: its index holds {n} records but {info_path(dataset_dir)} "
           f"says num_records={entry['num_records']}; rebuild the index with "
           "data_pipeline.tfrecord.build_index() or re-run the converter")
   if len(source) == 0:
@@ -111,7 +138,7 @@ def _dataset_dir(data_cfg) -> str:
   d = str(data_cfg.get("dataset_dir", ""))
   if not d:
     raise ValueError("config.data.dataset_dir is empty; set it to a converted data set folder "
-                     "(holding dataset_info.json), e.g. --config.data.dataset_dir=/data/mimic")
+                     f"(holding {_INFO_FILE}), e.g. --config.data.dataset_dir=/data/mimic")
   return d
 
 

@@ -16,6 +16,12 @@ import numpy as np
 
 SPEC_VERSION = 1
 
+# mmrl's metadata of a converted folder (docs/data_format.md). The folder's dataset_info.json and
+# features.json are TensorFlow Datasets' (data_pipeline/tfds_metadata.py); folders converted
+# before the TFDS files existed hold mmrl's metadata in dataset_info.json (LEGACY_INFO_FILE).
+INFO_FILE = "mmrl_dataset_info.json"
+LEGACY_INFO_FILE = "dataset_info.json"
+
 # key -> (dtype, kind, meaning). kind: "scalar" (exactly one value) or "list" (0..n values).
 # dtype: "bytes" | "int64" | "float".
 FEATURES: dict[str, tuple[str, str, str]] = {
@@ -40,7 +46,7 @@ FEATURES: dict[str, tuple[str, str, str]] = {
     "report/sentences": ("bytes", "list", "sentences of report/text, in order"),
     "report/sentence_section": ("bytes", "list", "section of each sentence: findings | "
                                 "impression | other"),
-    "labels/values": ("float", "list", "one value per label of dataset_info.json label_names: "
+    "labels/values": ("float", "list", "one value per label of mmrl_dataset_info.json label_names: "
                       "1 positive, 0 negative, -1 uncertain, NaN blank (not mentioned)"),
     "boxes/label": ("bytes", "list", "finding name of each box"),
     "boxes/xmin": ("float", "list", "box left, normalised to [0,1] of image/width"),

@@ -16,6 +16,7 @@ import pathlib
 import shutil
 
 from data_pipeline import convert as convert_lib
+from data_pipeline import record_spec
 from data_pipeline.synthetic.mimic_tree import write_mimic_tree
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ FRONTAL_VIEWS = ("PA", "AP")
 def synthetic_params(synth_cfg) -> dict:
   return {"num_patients": int(synth_cfg.num_patients), "seed": int(synth_cfg.seed),
           "image_size": int(synth_cfg.image_size), "short_side": int(synth_cfg.short_side),
-          "views": list(FRONTAL_VIEWS), "version": 2}  # 2: conformant DICOMs
+          "views": list(FRONTAL_VIEWS), "version": 3}  # 2: conformant DICOMs, 3: TFDS folder
 
 
 def prepare_synthetic_dataset(synth_cfg, root: str | os.PathLike, *, progress: bool = True
@@ -39,7 +40,7 @@ def prepare_synthetic_dataset(synth_cfg, root: str | os.PathLike, *, progress: b
   base = _folder(params, root)
   tree, shards = base / "mimic_tree", base / "shards"
   marker = base / "tree_complete.json"
-  if (shards / "dataset_info.json").exists() and marker.exists():
+  if (shards / record_spec.INFO_FILE).exists() and marker.exists():
     return shards
   if not marker.exists():
     if tree.exists():
@@ -62,9 +63,11 @@ def resolve_dataset_dir(data_cfg, workdir: str | os.PathLike, *, make: bool = Tr
   """The shards folder for `data_cfg`; makes the synthetic one when configured and `make`."""
   if data_cfg.dataset_dir:
     path = pathlib.Path(data_cfg.dataset_dir).expanduser()
-    if not (path / "dataset_info.json").exists():
+    names = (record_spec.INFO_FILE, record_spec.LEGACY_INFO_FILE)
+    if not any((path / n).exists() for n in names):
       raise FileNotFoundError(
-          f"data.dataset_dir={str(path)!r} has no dataset_info.json: point it at the output folder "
+          f"data.dataset_dir={str(path)!r} has no {record_spec.INFO_FILE}: point it at the "
+          "output folder "
           "of `python -m experiments.convert`, or set data.dataset_dir='' and "
           "data.synthetic.num_patients>0 to use the synthetic data set")
     return path

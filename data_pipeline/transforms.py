@@ -91,7 +91,7 @@ class RecordTransform:
   Args:
     data_cfg: config.data (image_size, max_tokens, max_sentences, max_boxes, mean, std, augment,
       tokenizer, lowercase).
-    label_names: the data set's label vocabulary (dataset_info.json label_names), K entries.
+    label_names: the data set's label vocabulary (mmrl_dataset_info.json label_names), K entries.
     train: random training view (needs an rng) or the deterministic evaluation view.
   """
 
@@ -178,7 +178,7 @@ class RecordTransform:
       values = np.asarray(rec.labels, np.float32).reshape(-1)
       if values.size != k:
         raise errors.CorruptRecordError(
-            item, f"{values.size} label values but dataset_info.json has {k} label_names")
+            item, f"{values.size} label values but mmrl_dataset_info.json has {k} label_names")
       label_mask = ~np.isnan(values)
       labels = np.where(label_mask, values, 0.0).astype(np.float32)
 

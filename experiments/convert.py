@@ -27,7 +27,8 @@ _LAYOUT = flags.DEFINE_enum("layout", None, list(convert.LAYOUTS), "Input layout
 _INPUT = flags.DEFINE_string(
     "input", None, "MIMIC-CXR root, CheXpert folder, manifest file, or shared data folder "
     "(docs/data_preparation.md).")
-_OUTPUT = flags.DEFINE_string("output", None, "Output folder for shards and dataset_info.json.")
+_OUTPUT = flags.DEFINE_string("output", None, "Output folder for shards and their metadata "
+                               "(mmrl_dataset_info.json; TFDS's dataset_info.json, features.json).")
 _SHORT_SIDE = flags.DEFINE_integer("short_side", 512, "Resize so the short side is at most this.")
 _BIT_DEPTH = flags.DEFINE_enum("bit_depth", "8", ["8", "16"], "PNG bit depth.")
 _NUM_SHARDS = flags.DEFINE_integer("num_shards", 0, "Shards per split (0 = ~1024 records each).")
@@ -65,7 +66,8 @@ def main(argv):
         f"warnings: {info['errors']['warnings']} (report fallbacks: {info['report_fallbacks']}); "
         f"filtered by view: {info['filtered_by_view']}; shards reused: {info['shards_reused']}")
   print(f"  shards + .index: {out}/<split>-SSSSS-of-NNNNN.tfrecord; info: "
-        f"{out / 'dataset_info.json'}; errors: {out / 'errors.jsonl'}")
+        f"{out / 'mmrl_dataset_info.json'} (TFDS: dataset_info.json, features.json); errors: "
+        f"{out / 'errors.jsonl'}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from data_pipeline import record_spec
+
 FORMAT = "mmrl-encoder"
 FORMAT_VERSION = 1
 IMAGE_FILE = "image_encoder.safetensors"
@@ -208,8 +210,11 @@ def _check_projection(config: Any, state: Mapping[str, Any], spec: Mapping[str, 
 
 
 def _dataset_converter(config: Any) -> dict:
-  """dataset_info.json's converter options of the run's data set ({} when not readable)."""
-  path = pathlib.Path(str(config.data.get("dataset_dir", ""))) / "dataset_info.json"
+  """The converter options in the run's data set's mmrl metadata ({} when not readable)."""
+  folder = pathlib.Path(str(config.data.get("dataset_dir", "")))
+  path = folder / record_spec.INFO_FILE
+  if not path.exists():  # a folder converted before mmrl_dataset_info.json existed
+    path = folder / record_spec.LEGACY_INFO_FILE
   try:
     return dict(json.loads(path.read_text()).get("converter", {}))
   except (OSError, ValueError):

@@ -61,7 +61,7 @@ def chexpert_root(tmp_path) -> pathlib.Path:
 
 
 def _read_all(out: pathlib.Path) -> dict[str, record_spec.StudyRecord]:
-  info = json.loads((out / "dataset_info.json").read_text())
+  info = json.loads((out / record_spec.INFO_FILE).read_text())
   recs = {}
   for split, s in info["splits"].items():
     for shard in s["shards"]:

@@ -155,7 +155,7 @@ def _opts(**kw) -> convert.ConvertOptions:
 
 
 def read_all(out: pathlib.Path) -> dict[str, record_spec.StudyRecord]:
-  info = json.loads((out / "dataset_info.json").read_text())
+  info = json.loads((out / record_spec.INFO_FILE).read_text())
   recs = {}
   for split, s in info["splits"].items():
     for shard in s["shards"]:
@@ -380,8 +380,8 @@ def test_two_workers_write_the_same_bytes_as_one(bad_mimic, tmp_path):
   convert.convert(ds, tmp_path / "w2", _opts(short_side=32, num_shards=3, workers=2))
   one, two = _shard_bytes(tmp_path / "w1"), _shard_bytes(tmp_path / "w2")
   assert len(one) == 6 + 2 + 1 and one == two
-  info1 = json.loads((tmp_path / "w1" / "dataset_info.json").read_text())
-  info2 = json.loads((tmp_path / "w2" / "dataset_info.json").read_text())
+  info1 = json.loads((tmp_path / "w1" / record_spec.INFO_FILE).read_text())
+  info2 = json.loads((tmp_path / "w2" / record_spec.INFO_FILE).read_text())
   for info in (info1, info2):
     info.pop("created")
   assert info1 == info2
@@ -389,7 +389,7 @@ def test_two_workers_write_the_same_bytes_as_one(bad_mimic, tmp_path):
 
 def test_dataset_info_lists_shards_counts_and_errors(bad_mimic):
   out, _, _ = bad_mimic
-  info = json.loads((out / "dataset_info.json").read_text())
+  info = json.loads((out / record_spec.INFO_FILE).read_text())
   assert info["spec_version"] == record_spec.SPEC_VERSION
   assert info["image"] == {"format": "png", "short_side": 32, "bit_depth": 8, "upsampled": False}
   assert set(info["splits"]) == set(record_spec.SPLITS)
