@@ -106,6 +106,7 @@ class ConvertOptions:
   max_items: int = 0            # keep the first N items (stable order); 0 = all
   require_report: Optional[bool] = None  # None = the layout's default
   progress: bool = True         # tqdm progress bar on stderr
+  array_record: bool = False    # also an ArrayRecord copy of each shard (TFDS random access)
 
   def validate(self) -> None:
     if self.bit_depth not in (8, 16):
@@ -428,10 +429,16 @@ def _remove_stale_shards(out_dir: pathlib.Path, tasks: list[_ShardTask]) -> None
   temporary files of an interrupted run."""
   keep = {t.name for t in tasks}
   pattern = re.compile(r"^(train|validate|test)-\d{5}-of-\d{5}\.tfrecord$")
-  leftover = re.compile(r"^(train|validate|test)-\d{5}-of-\d{5}\.tfrecord.*\.(partial|tmp)\d+$")
+  copy = re.compile(r"^(train|validate|test)-\d{5}-of-\d{5}\.array_record$")
+  leftover = re.compile(
+      r"^(train|validate|test)-\d{5}-of-\d{5}\.(tfrecord|array_record).*\.(partial|tmp)\d+$")
   for p in sorted(out_dir.iterdir()):
     if leftover.match(p.name):  # Temp file of an interrupted run.
       p.unlink()
+      continue
+    if copy.match(p.name):  # ArrayRecord copy (tfds_metadata): goes with its shard.
+      if p.name.removesuffix(".array_record") + ".tfrecord" not in keep:
+        p.unlink()
       continue
     base = p.name
     for suffix in (".index", ".done"):
@@ -545,9 +552,11 @@ def convert(dataset: Dataset, output_dir: str | os.PathLike,
       "converter": {**dataset.args, "short_side": options.short_side,
                     "bit_depth": options.bit_depth, "num_shards": options.num_shards,
                     "views": list(options.views), "max_items": options.max_items,
-                    "require_report": require_report},
+                    "require_report": require_report, "array_record": options.array_record},
   }
-  tfds_metadata.write_tfds_metadata(out, info)
+  if options.array_record:
+    tfds_metadata.write_array_record_copies(out, info)
+  tfds_metadata.write_tfds_metadata(out, info, array_record=options.array_record)
   _write_json_atomic(out / record_spec.INFO_FILE, info)  # last: marks the folder complete
   return info
 

@@ -13,8 +13,12 @@ and yields our records under our feature names (record_spec.FEATURES, e.g. "imag
                       float32, int64 -> int64), which is how our tf.train.Examples are laid out
 
 mmrl's own metadata lives in record_spec.INFO_FILE (mmrl_dataset_info.json) beside them.
-`tfds.data_source` (random access) needs ArrayRecord or Parquet shards, so it refuses these
-TFRecord folders; mmrl's random access is the per-shard .index (data_pipeline.grain_source).
+TFDS's random access (`tfds.data_source`, `builder.as_data_source`) needs ArrayRecord or Parquet
+shards and refuses TFRecord ones; with the converter's `array_record` option every shard also
+gets an ArrayRecord copy (`<split>-SSSSS-of-NNNNN.array_record`, the same record bytes in the same
+order, written by `write_array_record_copies`), listed as TFDS's alternative file format, and
+random access works there too. mmrl itself never needs the copies: its random access is the
+per-shard .index (data_pipeline.grain_source).
 The JSON is plain data, checked against real TensorFlow Datasets in tests/test_tfds_folder.py.
 """
 from __future__ import annotations
@@ -25,10 +29,12 @@ import pathlib
 import re
 
 from data_pipeline import record_spec
+from data_pipeline import tfrecord
 
 TFDS_INFO_FILE = "dataset_info.json"
 TFDS_FEATURES_FILE = "features.json"
 FILEPATH_TEMPLATE = "{SPLIT}-{SHARD_X_OF_Y}.{FILEFORMAT}"
+ARRAY_RECORD_SUFFIX = ".array_record"
 _TFDS_DTYPES = {"bytes": "string", "int64": "int64", "float": "float32"}
 _TENSOR_CLASS = "tensorflow_datasets.core.features.tensor_feature.Tensor"
 _DICT_CLASS = "tensorflow_datasets.core.features.features_dict.FeaturesDict"
@@ -51,8 +57,49 @@ def tfds_name(name: str) -> str:
   return snake if snake and not snake[0].isdigit() else f"ds_{snake}"
 
 
-def dataset_info_json(info: dict, out_dir: str | os.PathLike) -> dict:
+def array_record_path(shard_path: str | os.PathLike) -> pathlib.Path:
+  """The ArrayRecord copy of a `<split>-SSSSS-of-NNNNN.tfrecord` shard."""
+  p = pathlib.Path(shard_path)
+  return p.with_name(p.name.removesuffix(".tfrecord") + ARRAY_RECORD_SUFFIX)
+
+
+def write_array_record_copies(out_dir: str | os.PathLike, info: dict) -> int:
+  """Writes the ArrayRecord copy of every listed shard that lacks an up-to-date one.
+
+  A copy is up to date when it is newer than its shard (shards are only ever replaced whole).
+  Returns the number of copies written. Needs the `array_record` package (a dependency of
+  grain on Linux), not TensorFlow.
+  """
+  try:
+    from array_record.python.array_record_module import ArrayRecordWriter  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError(f"the array_record option needs the array_record package ({e}); "
+                      "pip install array-record, or convert without --array_record") from None
+  out = pathlib.Path(out_dir)
+  written = 0
+  for entry in info["splits"].values():
+    for shard in entry["shards"]:
+      src = out / shard["path"]
+      dst = array_record_path(src)
+      if dst.exists() and dst.stat().st_mtime_ns >= src.stat().st_mtime_ns:
+        continue
+      tmp = dst.with_name(dst.name + f".tmp{os.getpid()}")
+      writer = ArrayRecordWriter(str(tmp), "group_size:1")  # group 1: cheap single reads
+      try:
+        for data in tfrecord.iterate_records(src):
+          writer.write(data)
+      finally:
+        writer.close()
+      os.replace(tmp, dst)
+      written += 1
+  return written
+
+
+def dataset_info_json(info: dict, out_dir: str | os.PathLike, *,
+                      array_record: bool = False) -> dict:
   """TFDS's dataset_info.json for mmrl's `info` (the converter's dict) of the folder `out_dir`.
+
+  array_record: list ArrayRecord as an alternative file format (every shard has its copy).
 
   Raises:
     ValueError: a shard whose file name is not `<split>-SSSSS-of-NNNNN.tfrecord` in order (TFDS
@@ -75,11 +122,14 @@ def dataset_info_json(info: dict, out_dir: str | os.PathLike) -> dict:
       if not path.is_file():
         raise ValueError(f"{path} is listed for split {split!r} but does not exist; re-run "
                          "the converter")
+      if array_record and not array_record_path(path).is_file():
+        raise ValueError(f"{array_record_path(path)} does not exist: write the copies first "
+                         "(write_array_record_copies) or pass array_record=False")
       lengths.append(str(int(shard["num_records"])))
       num_bytes += path.stat().st_size
     splits.append({"filepathTemplate": FILEPATH_TEMPLATE, "name": split,
                    "numBytes": str(num_bytes), "shardLengths": lengths})
-  return {
+  result = {
       "name": tfds_name(str(info["name"])),
       "description": (f"mmrl converted data set {info['name']!r} (record spec version "
                       f"{info['spec_version']}): one tf.train.Example per image with its study's "
@@ -89,13 +139,18 @@ def dataset_info_json(info: dict, out_dir: str | os.PathLike) -> dict:
       "splits": splits,
       "version": f"{int(info['spec_version'])}.0.0",
   }
+  if array_record:
+    result["alternativeFileFormats"] = ["array_record"]
+  return result
 
 
-def write_tfds_metadata(out_dir: str | os.PathLike, info: dict) -> None:
+def write_tfds_metadata(out_dir: str | os.PathLike, info: dict, *,
+                        array_record: bool = False) -> None:
   """Writes dataset_info.json (TFDS schema) and features.json into `out_dir` (atomically)."""
   out = pathlib.Path(out_dir)
   for name, content in ((TFDS_FEATURES_FILE, features_json()),
-                        (TFDS_INFO_FILE, dataset_info_json(info, out))):
+                        (TFDS_INFO_FILE, dataset_info_json(info, out,
+                                                           array_record=array_record))):
     tmp = out / (name + ".tmp")
     tmp.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, out / name)

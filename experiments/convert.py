@@ -35,6 +35,10 @@ _NUM_SHARDS = flags.DEFINE_integer("num_shards", 0, "Shards per split (0 = ~1024
 _WORKERS = flags.DEFINE_integer("workers", 1, "Processes (each writes whole shards).")
 _VIEWS = flags.DEFINE_list("views", [], "Keep only these views, e.g. PA,AP (empty = all).")
 _MAX_ITEMS = flags.DEFINE_integer("max_items", 0, "Convert only the first N items (0 = all).")
+_ARRAY_RECORD = flags.DEFINE_bool(
+    "array_record", False, "Also write an ArrayRecord copy of each shard (twice the disk), so that "
+    "TensorFlow Datasets' random access (tfds.data_source) works on the folder; mmrl never needs "
+    "it.")
 _REQUIRE_REPORT = flags.DEFINE_bool(
     "require_report", None, "Items without a usable report are errors (default: true; false for "
     "nih_cxr14 and for chexpert without CheXpert-Plus reports, which have no reports).")
@@ -45,7 +49,8 @@ def main(argv):
   options = convert.ConvertOptions(
       short_side=_SHORT_SIDE.value, bit_depth=int(_BIT_DEPTH.value),
       num_shards=_NUM_SHARDS.value, workers=_WORKERS.value, views=tuple(_VIEWS.value),
-      max_items=_MAX_ITEMS.value, require_report=_REQUIRE_REPORT.value)
+      max_items=_MAX_ITEMS.value, require_report=_REQUIRE_REPORT.value,
+      array_record=_ARRAY_RECORD.value)
   start = time.perf_counter()
   try:
     options.validate()

@@ -13,18 +13,40 @@ from data_pipeline import grain_source
 from data_pipeline import pipeline
 from data_pipeline import record_spec
 from data_pipeline import tfds_metadata
+from data_pipeline import tfrecord
 from data_pipeline.converters import mimic
 from data_pipeline.synthetic import mimic_tree
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory) -> pathlib.Path:
-  root = tmp_path_factory.mktemp("tfds")
-  mimic_tree.write_mimic_tree(root / "tree", num_patients=10, seed=4, image_size=96,
-                              lateral_fraction=0.3)
-  convert.convert(mimic.list_mimic(root / "tree"), root / "out",
-                  convert.ConvertOptions(short_side=48, num_shards=2, progress=False))
-  return root / "out"
+def tree(tmp_path_factory) -> pathlib.Path:
+  root = tmp_path_factory.mktemp("tfds_tree")
+  mimic_tree.write_mimic_tree(root, num_patients=10, seed=4, image_size=96, lateral_fraction=0.3)
+  return root
+
+
+def _convert(tree: pathlib.Path, out: pathlib.Path, **kw) -> pathlib.Path:
+  convert.convert(mimic.list_mimic(tree), out,
+                  convert.ConvertOptions(short_side=48, num_shards=2, progress=False, **kw))
+  return out
+
+
+@pytest.fixture(scope="module")
+def folder(tree, tmp_path_factory) -> pathlib.Path:
+  """A plain conversion (TFRecord shards only)."""
+  return _convert(tree, tmp_path_factory.mktemp("tfds") / "out")
+
+
+@pytest.fixture(scope="module")
+def folder_ar(tree, tmp_path_factory) -> pathlib.Path:
+  """A conversion with the array_record option (ArrayRecord copies for TFDS random access)."""
+  return _convert(tree, tmp_path_factory.mktemp("tfds_ar") / "out", array_record=True)
+
+
+def _tfds():
+  return pytest.importorskip(
+      "tensorflow_datasets", reason="TensorFlow Datasets is optional (extra 'tfds'; CI installs "
+      "it with MMRL_WITH_TF=1): it checks that converted folders are TFDS dataset directories")
 
 
 def _ours(folder: pathlib.Path, split: str) -> list[dict[str, tuple[str, list]]]:
@@ -79,10 +101,34 @@ def test_shards_not_named_by_tfds_template_are_refused_with_the_name():
     tfds_metadata.dataset_info_json(info, "/nonexistent")
 
 
+def test_array_record_copies_hold_the_shards_records_in_order(folder_ar):
+  from array_record.python.array_record_module import ArrayRecordReader  # pylint: disable=g-import-not-at-top
+  info = pipeline.dataset_info(folder_ar)
+  assert info["converter"]["array_record"] is True
+  assert json.loads((folder_ar / "dataset_info.json").read_text())[
+      "alternativeFileFormats"] == ["array_record"]
+  for split in info["splits"].values():
+    for shard in split["shards"]:
+      reader = ArrayRecordReader(str(tfds_metadata.array_record_path(folder_ar / shard["path"])))
+      assert reader.read_all() == list(tfrecord.iterate_records(folder_ar / shard["path"]))
+      reader.close()
+  assert tfds_metadata.write_array_record_copies(folder_ar, info) == 0  # up to date: kept
+
+
+def _assert_same_records(theirs: list[dict], ours: list[dict]) -> None:
+  assert len(theirs) == len(ours)
+  for t, o in zip(theirs, ours):
+    assert set(t) == set(o) == set(record_spec.FEATURES)
+    for key, (kind, values) in o.items():
+      got = np.atleast_1d(t[key])
+      if kind == "float":
+        np.testing.assert_array_equal(got, np.asarray(values, np.float32), err_msg=key)
+      else:
+        assert list(got) == list(values), key
+
+
 def test_tfds_reads_the_folder_and_yields_our_records_under_our_feature_names(folder):
-  tfds = pytest.importorskip(
-      "tensorflow_datasets", reason="TensorFlow Datasets is optional (extra 'tfds'; CI installs "
-      "it with MMRL_WITH_TF=1): it checks that converted folders are TFDS dataset directories")
+  tfds = _tfds()
   builder = tfds.builder_from_directory(str(folder))
   ours_info = pipeline.dataset_info(folder)
   checked = 0
@@ -91,18 +137,26 @@ def test_tfds_reads_the_folder_and_yields_our_records_under_our_feature_names(fo
       continue
     assert builder.info.splits[split].num_examples == entry["num_records"]
     theirs = list(tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False)))
-    ours = _ours(folder, split)
-    assert len(theirs) == len(ours) == entry["num_records"]
-    for t, o in zip(theirs, ours):
-      assert set(t) == set(o) == set(record_spec.FEATURES)
-      for key, (kind, values) in o.items():
-        got = np.atleast_1d(t[key])
-        if kind == "float":
-          np.testing.assert_array_equal(got, np.asarray(values, np.float32), err_msg=key)
-        else:
-          assert list(got) == list(values), key
-      checked += 1
+    _assert_same_records(theirs, _ours(folder, split))
+    checked += len(theirs)
   assert checked == ours_info["num_records"]
-  # Random access in TFDS needs ArrayRecord / Parquet shards; ours are TFRecord, which TFDS says.
-  with pytest.raises((NotImplementedError, ValueError), match="(?i)random access|array_?record"):
+  # TFDS's random access needs ArrayRecord / Parquet shards; TFDS says so on TFRecord ones.
+  with pytest.raises(NotImplementedError, match="(?i)random access"):
     builder.as_data_source(split="train")
+
+
+def test_tfds_random_access_reads_the_array_record_copies(folder_ar):
+  tfds = _tfds()
+  ours_info = pipeline.dataset_info(folder_ar)
+  builder = tfds.builder_from_directory(str(folder_ar))
+  sources = builder.as_data_source()
+  for split, entry in ours_info["splits"].items():
+    if not entry["num_records"]:
+      continue
+    source = sources[split]
+    ours = _ours(folder_ar, split)
+    assert len(source) == entry["num_records"]
+    _assert_same_records([source[i] for i in reversed(range(len(source)))], ours[::-1])
+    fresh = tfds.builder_from_directory(str(folder_ar))  # as_data_source switched `builder`
+    streamed = list(tfds.as_numpy(fresh.as_dataset(split=split, shuffle_files=False)))
+    _assert_same_records(streamed, ours)  # as_dataset still reads the TFRecord shards
