@@ -119,6 +119,11 @@ class ReportTokenizer:
     """Word-piece strings of one text, without special tokens (for inspection and tests)."""
     return self._tok.encode(text, add_special_tokens=False).tokens
 
+  def decode(self, input_ids: Sequence[int]) -> str:
+    """The text of one encoded report (lowercased word-pieces joined; [CLS], [SEP] and padding
+    dropped): what the model read, e.g. for the query captions of a retrieval sheet."""
+    return self._tok.decode([int(i) for i in input_ids], skip_special_tokens=True)
+
   def encode(self, sentences: Sequence[str], max_tokens: int, max_sentences: int
              ) -> dict[str, np.ndarray]:
     """Encodes a report's sentences.

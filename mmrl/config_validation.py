@@ -3,8 +3,11 @@
 `validate_config(config)` compares the user's config with `experiments/configs/base.py`'s
 `base_config()` (the schema: every key with a default), so keys added there are accepted
 automatically. It raises `ConfigError` naming the key, the value and the fix for:
-- unknown keys (with a did-you-mean suggestion); `config.method` may hold method-specific extras,
-  and each entry of `config.method.objectives` its objective's options;
+- unknown keys (with a did-you-mean suggestion). `config.method` holds base.py's common keys plus
+  the options its method declares (`Method.options`, mmrl/objectives/methods.py), and each entry
+  of `config.method.objectives` the options its objective declares (its keyword arguments,
+  `mmrl.objectives.registry.declared_options`): a misspelt option is an error, never a silent
+  default;
 - a value whose type does not match the default's (int for a float is fine);
 - a value outside an enumerated set (dtype, tower names, pooling, policies, method, objectives);
 - sizes that cannot work (max_tokens not a multiple of 64, non-positive steps/batches, a batch
@@ -22,9 +25,6 @@ from typing import Any, Callable, Optional
 import ml_collections
 
 from mmrl.config_errors import ConfigError
-
-# Subtrees whose keys vary with the method: defaults there are type-checked, extras allowed.
-OPEN_KEYS = ("method",)
 
 _ENUMS: dict[str, tuple[str, ...]] = {
     "model.dtype": ("bfloat16", "float32", "float16"),
@@ -53,7 +53,16 @@ def validate_config(config: ml_collections.ConfigDict, *, check_paths: bool = Tr
   if base is None:
     from experiments.configs.base import base_config  # pylint: disable=g-import-not-at-top
     base = base_config()
-  _check_tree(_as_dict(config), _as_dict(base), "")
+  schema = _as_dict(base)
+  notes = {}
+  name = _get(config, "method.name")
+  if "method" in schema and isinstance(name, str):
+    method_cls = _method_class(name)
+    schema["method"] = {**_as_dict(schema["method"]), **dict(method_cls.options)}
+    notes["method."] = (f" (method {name!r} reads the common keys of experiments/configs/base.py "
+                        f"and its own options, {method_cls.__name__}.options in "
+                        f"{method_cls.__module__})")
+  _check_tree(_as_dict(config), schema, "", notes)
   _check_enums(config)
   _check_sizes(config)
   if check_paths:
@@ -70,32 +79,42 @@ def _is_dict(node: Any) -> bool:
   return isinstance(node, (dict, ml_collections.ConfigDict, ml_collections.FrozenConfigDict))
 
 
-def _check_tree(user: dict, schema: dict, prefix: str) -> None:
+def _method_class(name: str):
+  from mmrl.objectives import methods  # pylint: disable=g-import-not-at-top
+  from mmrl.objectives import registry  # pylint: disable=g-import-not-at-top
+  registry.import_builtin()
+  if name not in methods.METHODS:
+    raise ConfigError(_choice_message("method.name", name, methods.METHODS.names()))
+  return methods.METHODS.get(name)
+
+
+def _check_tree(user: dict, schema: dict, prefix: str, notes: dict[str, str]) -> None:
   for key, value in user.items():
     path = f"{prefix}{key}"
     if key not in schema:
-      if prefix.rstrip(".").split(".")[0] in OPEN_KEYS:
-        continue
       near = difflib.get_close_matches(key, list(schema), n=1, cutoff=0.6)
       hint = (f"did you mean config.{prefix}{near[0]}?" if near else
               f"known keys under config.{prefix.rstrip('.') or '<root>'}: "
               f"{', '.join(sorted(schema))}")
-      raise ConfigError(f"config.{path} is not a known config key; {hint} "
-                        "(every key and its default is in experiments/configs/base.py)")
+      note = next((n for p, n in notes.items() if prefix.startswith(p)),
+                  " (every key and its default is in experiments/configs/base.py)")
+      raise ConfigError(f"config.{path} is not a known config key; {hint}{note}")
     default = schema[key]
     if _is_dict(default):
       if not _is_dict(value):
         raise ConfigError(f"config.{path}={value!r} must be a group of keys (like the default "
                           f"{dict(_as_dict(default))}); set its fields, e.g. "
                           f"--config.{path}.{next(iter(_as_dict(default)), 'key')}=...")
-      _check_tree(_as_dict(value), _as_dict(default), path + ".")
+      _check_tree(_as_dict(value), _as_dict(default), path + ".", notes)
     elif key == "objectives" and prefix == "method.":
       _check_objectives(value)
     else:
-      _check_type(path, value, default)
+      check_type(path, value, default)
 
 
-def _check_type(path: str, value: Any, default: Any) -> None:
+def check_type(path: str, value: Any, default: Any) -> None:
+  """Raises ConfigError when `value` (at config.`path`) does not have the type of `default`
+  (an int is fine for a float, a list for a tuple; a None default accepts anything)."""
   if default is None:
     return
   want = type(default)

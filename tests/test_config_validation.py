@@ -68,13 +68,57 @@ def test_an_unknown_key_is_named_with_a_suggestion():
     config_validation.validate_config(c, check_paths=False)
 
 
-def test_method_specific_extras_are_allowed_but_typed_method_keys_are_checked():
+def test_an_option_another_method_declares_is_refused_and_method_keys_are_typed():
   c = _loose(convirt.get_config("smoke"))
-  c.method.pool_heads = 4  # a key only some methods read
-  config_validation.validate_config(c, check_paths=False)
+  c.method.pool_heads = 4  # LoVT's option; ConVIRT reads no such key
+  with pytest.raises(ConfigError, match=r"config\.method\.pool_heads is not a known config key"
+                                        r".*method 'convirt'.*ConVIRT\.options"):
+    config_validation.validate_config(c, check_paths=False)
+  c = _loose(convirt.get_config("smoke"))
   c.method.embed_dim = "wide"
   with pytest.raises(ConfigError, match=r"config\.method\.embed_dim='wide' .* must be int"):
     config_validation.validate_config(c, check_paths=False)
+
+
+@pytest.mark.parametrize("method,key,value,message", [
+    ("gloria", "method.max_word", 24,
+     r"config\.method\.max_word is not a known config key; did you mean "
+     r"config\.method\.max_words\?.*GLoRIA\.options"),
+    ("mlip", "method.mlip.itm_widht", 32,
+     r"config\.method\.mlip\.itm_widht .*did you mean config\.method\.mlip\.itm_width\?"),
+    ("lovt", "method.pool_heads", "8", r"config\.method\.pool_heads='8' .* must be int"),
+    ("convirt", "method.objectives.0.image_to_text_weigth", 0.5,
+     r"objectives\[0\] \(clip_nce\) has no option 'image_to_text_weigth'; did you mean "
+     r"'image_to_text_weight'\?.*mmrl\.objectives\.contrastive\.clip_nce"),
+    ("mgca", "method.objectives.1.tua", 0.1,
+     r"objectives\[1\] \(tca\) has no option 'tua'; did you mean 'tau'\?"),
+    ("place", "method.objectives.2.mask_ratio", "half",
+     r"config\.method\.objectives\[2\]\.mask_ratio='half' .* must be float"),
+])
+def test_a_misspelt_or_mistyped_method_option_names_the_key_and_a_suggestion(method, key, value,
+                                                                            message):
+  module = importlib.import_module(f"experiments.configs.{method}")
+  c = _loose(module.get_config("smoke" if method == "convirt" else "tiny"))
+  *parents, leaf = key.split(".")
+  node = c
+  for part in parents:
+    node = node[int(part)] if part.isdigit() else node[part]
+  node[leaf] = value
+  with pytest.raises(ConfigError, match=message):
+    config_validation.validate_config(c, check_paths=False)
+
+
+def test_every_objective_declares_a_default_for_each_option_and_heads_read_them():
+  from mmrl.objectives import methods, registry
+  for name in registry.objective_names():
+    assert "rng" not in registry.declared_options(name)
+  c = importlib.import_module("experiments.configs.gloria").get_config("tiny")
+  del c.method["word_pool"]  # left out: the declared default fills in
+  method = methods.get_method(c.method)
+  assert method.cfg.word_pool == methods.METHODS.get("gloria").options["word_pool"] == "sum"
+  assert method.cfg.max_words == 24  # the config's value wins
+  opts = methods.objective_options(c.method, "gloria_local")
+  assert opts["tau1"] == registry.declared_options("gloria_local")["tau1"]
 
 
 @pytest.mark.parametrize("key,value,message", [

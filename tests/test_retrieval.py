@@ -1,4 +1,6 @@
-"""Retrieval metrics against a brute-force reference."""
+"""Retrieval metrics against a brute-force reference, with one or several images per study."""
+import math
+
 import numpy as np
 import pytest
 
@@ -81,3 +83,75 @@ def test_evaluator_scores_label_precision_from_batch_labels():
   m = RetrievalEvaluator(lambda: [batch], lambda b: (emb, emb)).run()
   assert m["retrieval/i2t_label_P@1"] == 1.0
   assert m["retrieval/chance_label_P@1"] == pytest.approx(4 / 12)
+
+
+def _unit(x):
+  return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _reference_grouped(scores, groups, k):
+  """Per query: sort every item by score (best first), negatives ahead of positives on a tie;
+  a hit when the first positive sits in the first k places."""
+  hits, ranks = 0, []
+  for i in range(len(scores)):
+    order = sorted(range(len(groups)), key=lambda j: (-scores[i][j], groups[j] == groups[i]))
+    first = next(p for p, j in enumerate(order) if groups[j] == groups[i])
+    hits += first < k
+    ranks.append(first + 1)
+  return hits / len(scores), float(np.median(ranks))
+
+
+def test_two_images_of_one_study_both_retrieve_their_shared_report_at_rank_1():
+  # 4 pairs; images 0 and 1 come from one study, so they carry the same report (texts 0 == 1).
+  report = np.eye(3)[[0, 0, 1, 2]]
+  image = report.copy()  # perfect embeddings: every image equals its report
+  studies = np.array([7, 7, 8, 9])
+  m = retrieval_metrics(image, report, groups=studies)
+  assert m["retrieval/i2t_R@1"] == 1.0 and m["retrieval/t2i_R@1"] == 1.0
+  assert m["retrieval/num_studies"] == 3.0
+  # Without the study ids the tie with the other image's identical report counts as a miss.
+  assert retrieval_metrics(image, report)["retrieval/i2t_R@1"] == 0.5
+
+
+def test_grouped_recall_and_median_rank_match_a_sorting_reference():
+  rng = np.random.default_rng(4)
+  groups = np.repeat(np.arange(14), rng.integers(1, 4, size=14))
+  n = len(groups)
+  report = rng.normal(size=(14, 6))[groups]  # a study's images share its report
+  image = report + rng.normal(scale=1.2, size=(n, 6))
+  m = retrieval_metrics(image, report, groups=groups)
+  scores = _unit(image) @ _unit(report).T
+  for k in (1, 5, 10):
+    for name, s in (("i2t", scores), ("t2i", scores.T)):
+      recall, median = _reference_grouped(s.tolist(), groups.tolist(), k)
+      assert m[f"retrieval/{name}_R@{k}"] == pytest.approx(recall), (name, k)
+      assert m[f"retrieval/{name}_median_rank"] == pytest.approx(median)
+    m_sizes = [int(np.sum(groups == g)) for g in groups]
+    chance = np.mean([1 - math.comb(n - s_, k) / math.comb(n, k) for s_ in m_sizes])
+    assert m[f"retrieval/chance_R@{k}"] == pytest.approx(chance)
+
+
+def test_a_constant_score_is_still_a_miss_when_studies_have_several_images():
+  m = retrieval_metrics(np.ones((6, 3)), np.ones((6, 3)), groups=np.array([0, 0, 1, 1, 2, 2]))
+  assert m["retrieval/i2t_R@1"] == 0.0 and m["retrieval/t2i_R@1"] == 0.0
+
+
+def test_label_precision_at_1_skips_the_whole_study_of_the_query():
+  # Image 0's best other item is text 1, the same study's (identical) report: not a finding match.
+  report = np.array([[1.0, 0, 0], [1.0, 0, 0], [0.9, 0.1, 0], [0, 0, 1.0]])
+  labels = np.array([[1, 0], [1, 0], [0, 1], [1, 0]], bool)
+  m = retrieval_metrics(report, report, groups=np.array([3, 3, 4, 5]), labels=labels)
+  scores = _unit(report) @ _unit(report).T
+  groups = [3, 3, 4, 5]
+  expected = np.mean([all(labels[i] == labels[max((j for j in range(4) if groups[j] != groups[i]),
+                                                  key=lambda j: scores[i][j])])
+                      for i in range(4)])
+  assert m["retrieval/i2t_label_P@1"] == pytest.approx(expected)
+  assert m["retrieval/i2t_label_P@1"] < 1.0
+
+
+def test_evaluator_groups_positives_by_the_batches_study_ids():
+  emb = np.eye(3)[[0, 0, 1, 2]]
+  batch = {"valid": np.ones(4, bool), "study_id": np.array([5, 5, 6, 7], np.int32)}
+  m = RetrievalEvaluator(lambda: [batch], lambda b: (emb, emb)).run()
+  assert m["retrieval/i2t_R@1"] == 1.0 and m["retrieval/t2i_R@1"] == 1.0

@@ -4,7 +4,8 @@
 no dropout) returning per example: the image tower's pooled global feature, the projected
 image/text embeddings (L2-normalised), and the local grid [gh, gw, D]. `extract_features` runs it
 over evaluation batches (padded rows dropped with `valid`) and returns host numpy arrays, plus the
-batches' labels (and masks when the batches carry them). Deterministic: record order, no RNG.
+batches' labels and study ids (and masks when the batches carry them). Deterministic: record
+order, no RNG.
 `load_for_eval` restores a run's checkpoint onto a fresh mesh (no optimiser step, no data iterator).
 """
 from __future__ import annotations
@@ -26,8 +27,10 @@ from mmrl.train import state as state_lib
 
 log = logging.getLogger(__name__)
 
-# Host-side keys copied from the batches next to the features.
-_BATCH_OUTPUTS = ("labels", "label_mask") + batch_spec.MASK_KEYS
+# Host-side keys copied from the batches next to the features (study_id groups retrieval's
+# positives), and with keep_images also the inputs the sheets draw (images, query tokens).
+_BATCH_OUTPUTS = ("labels", "label_mask", "study_id") + batch_spec.MASK_KEYS
+_SHEET_OUTPUTS = ("image", "input_ids")
 
 
 def make_feature_step(mesh: Mesh, state_shardings: Any
@@ -70,8 +73,9 @@ def extract_features(state: Any, step: Callable, batches: Iterable[Mapping[str, 
   """Runs `step` (from `make_feature_step`) over `batches`; concatenated valid rows, numpy.
 
   Returns keys image_global, image_embed, text_embed, image_local [N,gh,gw,D] (unless
-  `keep_local` is False), labels, label_mask, masks/mask_labels/mask_present when the batches
-  have them, and the input images [N, H, W, 1] with `keep_images` (for sheets and fine-tuning).
+  `keep_local` is False), labels, label_mask, study_id, masks/mask_labels/mask_present when the
+  batches have them, and with `keep_images` the input images [N, H, W, 1] and input_ids [N, L]
+  (for sheets and fine-tuning).
   """
   sharding = mesh_lib.batch_sharding(mesh)
   parts: dict[str, list[np.ndarray]] = {}
@@ -84,7 +88,7 @@ def extract_features(state: Any, step: Callable, batches: Iterable[Mapping[str, 
       out.pop("image_local")
     for key, value in out.items():
       parts.setdefault(key, []).append(to_host(value)[valid])
-    for key in _BATCH_OUTPUTS + (("image",) if keep_images else ()):
+    for key in _BATCH_OUTPUTS + (_SHEET_OUTPUTS if keep_images else ()):
       if key in batch:
         parts.setdefault(key, []).append(np.asarray(batch[key])[valid])
   if not parts:

@@ -2,8 +2,16 @@
 
 `retrieval_metrics` is the math (numpy, no JAX); `RetrievalEvaluator` embeds an evaluation split
 with the model's frozen encoders and calls it; `FeatureRetrievalEvaluator` scores the features
-of `mmrl.evaluation.features` (the runner's path) and draws a text->image retrieval sheet. Pair i's positive is report i; ties count against
-the query (a constant score never looks good), so chance R@K = K / N.
+of `mmrl.evaluation.features` (the runner's path) and draws a text->image retrieval sheet.
+
+Positives are grouped by study (the usual protocol): a study's images all carry the study's one
+report, so for an image query every report of its study is a positive, and for a report query
+every image of its study. A query's rank is the number of *negatives* (items of other studies)
+scoring at least as high as its best-scoring positive; R@K is the share of queries with rank < K.
+Ties with a negative count against the query (a constant score never looks good); ties among a
+study's own items do not (they are the same report). Without study ids every pair is its own
+study, and chance R@K = K / N. Study ids are the batches' `study_id` (a 31-bit hash of the
+study id: two studies collide with probability about N^2 / 2^32, then they count as one).
 """
 from __future__ import annotations
 
@@ -14,56 +22,96 @@ import numpy as np
 
 
 def retrieval_metrics(image_embed: np.ndarray, text_embed: np.ndarray, *,
-                      labels: Optional[np.ndarray] = None, ks: Sequence[int] = (1, 5, 10),
+                      groups: Optional[np.ndarray] = None, labels: Optional[np.ndarray] = None,
+                      ks: Sequence[int] = (1, 5, 10),
                       prefix: str = "retrieval") -> dict[str, float]:
   """Recall@K both ways for N aligned pairs (rows are L2-normalised here, cosine scores).
 
-  With `labels` (bool [N, K]: the positive findings of each pair) it also reports class-aware
-  retrieval, `<dir>_label_P@1`: how often the top-ranked *other* item has exactly the query's set
-  of positive findings (the query's own pair excluded), and its chance level under random ranking.
+  Args:
+    image_embed, text_embed: [N, D]; row i of each is pair i.
+    groups: int [N], the study of each pair (module docstring); None = every pair its own.
+    labels: bool [N, K], the positive findings of each pair: also reports class-aware retrieval,
+      `<dir>_label_P@1`, how often the top-ranked item of *another study* has exactly the
+      query's set of positive findings, and its chance level under random ranking.
+    ks: the K of R@K.
+    prefix: metric name prefix.
+
+  Returns:
+    '<prefix>/{i2t,t2i}_R@K', '<prefix>/{i2t,t2i}_median_rank' (1-based rank of the first
+    positive), '<prefix>/chance_R@K' (expected R@K of a random ranking, given the study sizes),
+    '<prefix>/num_pairs', '<prefix>/num_studies' (and the label metrics).
   """
   img = _normalise(np.asarray(image_embed, np.float64))
   txt = _normalise(np.asarray(text_embed, np.float64))
   if img.shape != txt.shape or img.ndim != 2:
     raise ValueError(f"need equal [N, D] embeddings, got {img.shape} and {txt.shape}")
   n = img.shape[0]
+  same = same_study(groups, n)
   scores = img @ txt.T
-  out = {f"{prefix}/num_pairs": float(n)}
-  for name, s in (("i2t", scores), ("t2i", scores.T)):
-    ranks = _ranks_of_diagonal(s)
+  out = {f"{prefix}/num_pairs": float(n),
+         f"{prefix}/num_studies": float(len(np.unique(np.asarray(groups).reshape(-1))))
+         if groups is not None else float(n)}
+  for name, s in (("i2t", scores), ("t2i", scores.T)):  # `same` is symmetric
+    ranks = first_positive_ranks(s, same)
     for k in ks:
       out[f"{prefix}/{name}_R@{k}"] = float(np.mean(ranks < k))
     out[f"{prefix}/{name}_median_rank"] = float(np.median(ranks) + 1)
+  positives = same.sum(axis=1)
   for k in ks:
-    out[f"{prefix}/chance_R@{k}"] = min(1.0, k / n)
+    out[f"{prefix}/chance_R@{k}"] = float(np.mean(_chance_hit(n, positives, k)))
   if labels is not None:
-    out.update(_label_precision_at_1(scores, np.asarray(labels, bool), prefix))
+    out.update(_label_precision_at_1(scores, np.asarray(labels, bool), same, prefix))
   return out
 
 
-def _label_precision_at_1(scores: np.ndarray, labels: np.ndarray, prefix: str) -> dict[str, float]:
+def same_study(groups: Optional[np.ndarray], n: int) -> np.ndarray:
+  """bool [N, N]: True where items i and j belong to one study (the diagonal without groups)."""
+  if groups is None:
+    return np.eye(n, dtype=bool)
+  g = np.asarray(groups).reshape(-1)
+  if g.shape[0] != n:
+    raise ValueError(f"groups has {g.shape[0]} entries for {n} pairs")
+  return g[:, None] == g[None, :]
+
+
+def first_positive_ranks(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
+  """int [Q]: 0-based rank of each row's best-scoring positive among the row's negatives
+  (negatives tying it rank ahead of it). Every row needs at least one positive."""
+  best = np.max(np.where(positive, scores, -np.inf), axis=1, keepdims=True)
+  return np.sum((scores >= best) & ~positive, axis=1)
+
+
+def _chance_hit(n: int, positives: np.ndarray, k: int) -> np.ndarray:
+  """P(some positive in the top k of a uniformly random order of n items, m of them positive)
+  = 1 - C(n - m, k) / C(n, k), per query."""
+  k = min(k, n)
+  miss = np.ones(len(positives), np.float64)
+  for t in range(k):
+    miss *= np.clip((n - positives - t) / (n - t), 0.0, None)
+  return 1.0 - miss
+
+
+def _label_precision_at_1(scores: np.ndarray, labels: np.ndarray, same: np.ndarray,
+                          prefix: str) -> dict[str, float]:
   n = scores.shape[0]
   if labels.shape[0] != n:
     raise ValueError(f"labels has {labels.shape[0]} rows for {n} pairs")
-  same = np.all(labels[:, None, :] == labels[None, :, :], axis=-1)
-  others = ~np.eye(n, dtype=bool)
+  same_labels = np.all(labels[:, None, :] == labels[None, :, :], axis=-1)
+  others = ~same  # items of other studies: a same-study item has the query's very report
+  rows = others.any(axis=1)
+  if not rows.any():
+    return {}
   out = {}
   for name, s in (("i2t", scores), ("t2i", scores.T)):
     top = np.argmax(np.where(others, s, -np.inf), axis=1)
-    out[f"{prefix}/{name}_label_P@1"] = float(np.mean(same[np.arange(n), top]))
-  out[f"{prefix}/chance_label_P@1"] = float(np.sum(same & others) / max(1, n * (n - 1)))
+    out[f"{prefix}/{name}_label_P@1"] = float(np.mean(same_labels[np.arange(n), top][rows]))
+  out[f"{prefix}/chance_label_P@1"] = float(np.mean(
+      (np.sum(same_labels & others, axis=1) / np.maximum(others.sum(axis=1), 1))[rows]))
   return out
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
   return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
-def _ranks_of_diagonal(scores: np.ndarray) -> np.ndarray:
-  """0-based rank of each row's diagonal entry; other entries that tie it rank ahead of it."""
-  pos = np.diagonal(scores)[:, None]
-  off_diag = ~np.eye(scores.shape[0], dtype=bool)
-  return np.sum((scores >= pos) & off_diag, axis=1)
 
 
 def top_k_images(image_embed: np.ndarray, text_embed: np.ndarray, k: int) -> np.ndarray:
@@ -76,7 +124,8 @@ def top_k_images(image_embed: np.ndarray, text_embed: np.ndarray, k: int) -> np.
 class FeatureRetrievalEvaluator:
   """`config.eval.retrieval` (split, max_examples, sheet_queries, sheet_k).
   `__call__(state, features_fn) -> (scalars, images)`; images['retrieval/text_to_image'] shows,
-  per query report, its own image then the top-k retrieved ones (green = its pair)."""
+  per query report (its text, decoded from the tokens the model read), the report's own image
+  and the top-k retrieved ones, framed green when of the query's study and red otherwise."""
 
   def __init__(self, config):
     self.cfg = config.eval.retrieval
@@ -93,23 +142,36 @@ class FeatureRetrievalEvaluator:
       return {}, {}
     if len(f["image_embed"]) < 2:
       raise ValueError("retrieval needs at least 2 evaluation pairs; check data.eval_split")
+    groups = f.get("study_id")
+    if groups is None:
+      logging.getLogger(__name__).warning(
+          "retrieval: the features carry no study_id; every pair counts as its own study")
     positives = (f["labels"] == 1) & f["label_mask"].astype(bool)
-    out = retrieval_metrics(f["image_embed"], f["text_embed"], labels=positives)
+    out = retrieval_metrics(f["image_embed"], f["text_embed"], groups=groups, labels=positives)
     images = {}
     q = min(int(self.cfg.sheet_queries), len(f["image_embed"]))
     if q > 0 and "image" in f:
       from mmrl.evaluation import sheets  # pylint: disable=g-import-not-at-top
       k = min(int(self.cfg.sheet_k), len(f["image_embed"]))
       top = top_k_images(f["image_embed"], f["text_embed"][:q], k)
-      images["retrieval/text_to_image"] = sheets.retrieval_sheet(f["image"], top)
+      images["retrieval/text_to_image"] = sheets.retrieval_sheet(
+          f["image"], top, queries=self._query_texts(f, q), groups=groups)
     return out, images
+
+  def _query_texts(self, f, q: int) -> Optional[list[str]]:
+    if "input_ids" not in f:
+      return None
+    from data_pipeline import tokenization  # pylint: disable=g-import-not-at-top
+    tok = tokenization.ReportTokenizer(str(self.data.tokenizer))
+    return [tok.decode(ids) for ids in np.asarray(f["input_ids"])[:q]]
 
 
 class RetrievalEvaluator:
   """Embeds `batches` (dicts with a boolean `valid`) with `embed_fn` and scores retrieval.
 
-  `embed_fn(batch) -> (image_embed [B, D], text_embed [B, D])` as host numpy arrays. When batches
-  carry `labels`/`label_mask` (batch_spec), class-aware P@1 is scored on the positive findings.
+  `embed_fn(batch) -> (image_embed [B, D], text_embed [B, D])` as host numpy arrays. Batches'
+  `study_id` groups the positives (module docstring); when batches carry `labels`/`label_mask`
+  (batch_spec), class-aware P@1 is scored on the positive findings.
   """
 
   def __init__(self, batches_fn: Callable[[], Iterable[Mapping[str, np.ndarray]]],
@@ -118,7 +180,7 @@ class RetrievalEvaluator:
     self.embed_fn = embed_fn
 
   def run(self) -> dict[str, float]:
-    images, texts, positives = [], [], []
+    images, texts, positives, studies = [], [], [], []
     for batch in self.batches_fn():
       img, txt = self.embed_fn(batch)
       valid = np.asarray(batch["valid"], bool)
@@ -127,7 +189,11 @@ class RetrievalEvaluator:
       if "labels" in batch and "label_mask" in batch:
         pos = (np.asarray(batch["labels"]) == 1) & np.asarray(batch["label_mask"], bool)
         positives.append(pos[valid])
+      if "study_id" in batch:
+        studies.append(np.asarray(batch["study_id"])[valid])
     if not images or sum(len(i) for i in images) < 2:
       raise ValueError("retrieval needs at least 2 evaluation pairs; check data.eval_split")
     labels = np.concatenate(positives) if len(positives) == len(images) else None
-    return retrieval_metrics(np.concatenate(images), np.concatenate(texts), labels=labels)
+    groups = np.concatenate(studies) if len(studies) == len(images) else None
+    return retrieval_metrics(np.concatenate(images), np.concatenate(texts), groups=groups,
+                             labels=labels)

@@ -152,7 +152,10 @@ class SegmentationEvaluator:
     if "image" in test and c.num_sheet_examples > 0:
       n = min(int(c.num_sheet_examples), int(test_keep.sum()))
       images["segmentation/examples"] = sheets.segmentation_sheet(
-          test["image"][test_keep][:n], test_t[test_keep][:n], prob[:n] >= 0.5)
+          test["image"][test_keep][:n], test_t[test_keep][:n], prob[:n] >= 0.5,
+          dice=scores[:n], title=f"Segmentation of '{c.target}' with a frozen encoder + "
+          f"{c.head} head: {n} test images, one per row (mean Dice over all "
+          f"{int(test_keep.sum())}: {float(np.mean(scores)):.3f}).")
     return out, images
 
 

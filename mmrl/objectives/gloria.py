@@ -208,15 +208,21 @@ class GLoRIA(Method):
   shared width (the paper's 768 with Bio_ClinicalBERT).
   """
 
+  options = {
+      "max_words": 96,             # W, static word slots per report (GLoRIA: 96)
+      "word_include_cls": True,    # [CLS] is word 0 (the authors' code keeps it)
+      "word_pool": "sum",          # sum | mean of a word's word-piece features
+  }
+
   def apply_heads(self, image, text, batch, *, train, dtype):
     c = self.cfg
     d = int(text.tokens.shape[-1])
-    max_words = int(c.get("max_words", 96))
+    max_words = int(c.max_words)
     if max_words < 1:
       raise ConfigError(f"config.method.max_words={max_words} must be >= 1 (GLoRIA: 96)")
     words, word_mask = word_features(text, batch, max_words=max_words,
-                                     include_cls=bool(c.get("word_include_cls", True)),
-                                     mode=str(c.get("word_pool", "sum")))
+                                     include_cls=bool(c.word_include_cls),
+                                     mode=str(c.word_pool))
     regions = LinearProjection(d, use_bias=False, dtype=dtype,
                                name="image_local_projection")(image.local, train=train)
     image_embed = LinearProjection(d, dtype=dtype, name="image_global_projection")(

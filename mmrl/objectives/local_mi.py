@@ -275,20 +275,28 @@ class LocalMI(Method):
   f32[B,B,R].
   """
 
+  options = {
+      "critic": "concat_mlp",       # concat_mlp | separable | bilinear
+      "critic_hidden": (1024, 512), # concat_mlp widths (separable: g/h hidden widths)
+      "critic_dim": 256,            # separable only
+      "critic_chunk": 0,            # concat_mlp: texts per chunk of the B x B pairs (0 = all)
+      "text_feature": "sentence",   # sentence | global
+  }
+
   def _pairs(self) -> str:
     for name, _, options in self.objectives():
       if name == "mi_bound":
-        return str(options.get("pairs", "local_max"))
+        return str(options["pairs"])
     raise ConfigError("config.method.name='local_mi' needs an objective "
                       "dict(name='mi_bound', ...) in config.method.objectives")
 
   def apply_heads(self, image, text, batch, *, train, dtype):
     del batch, train
     c = self.cfg
-    kind = str(c.get("critic", "concat_mlp"))
+    kind = str(c.critic)
     if kind not in CRITICS:
       raise ConfigError(f"config.method.critic={kind!r} is not known; use one of {CRITICS}")
-    text_feature = str(c.get("text_feature", "sentence"))
+    text_feature = str(c.text_feature)
     if text_feature not in TEXT_FEATURES:
       raise ConfigError(f"config.method.text_feature={text_feature!r} is not known; use one of "
                         f"{TEXT_FEATURES}")
@@ -302,9 +310,8 @@ class LocalMI(Method):
                                                    text.global_embedding)
     else:
       y = text.global_embedding
-    critic = make_critic(kind, hidden=tuple(c.get("critic_hidden", (1024, 512))),
-                         dim=int(c.get("critic_dim", 256)), dtype=dtype, name="critic",
-                         chunk_size=int(c.get("critic_chunk", 0)))
+    critic = make_critic(kind, hidden=tuple(c.critic_hidden), dim=int(c.critic_dim),
+                         dtype=dtype, name="critic", chunk_size=int(c.critic_chunk))
     return {"mi_scores": critic(x, y)}
 
 

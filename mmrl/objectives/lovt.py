@@ -244,14 +244,21 @@ class LoVT(Method):
   features, masks, weights and attention maps listed in the module docstring.
   """
 
+  options = {
+      "image_pool": "avgpool_mha",  # avgpool_mha | avg: how regions pool into the global
+      "text_pool": "sentence_mha",  # sentence_mha | tower: how sentences pool into the global
+      "pool_heads": 8,              # heads of the attention pools
+      "attention_norm": "batch",    # batch | layer | none, in the symmetric cross-attention
+  }
+
   def apply_heads(self, image: ImageFeatures, text: TextFeatures, batch: Mapping[str, Any], *,
                   train: bool, dtype: Any) -> dict[str, Any]:
     c = self.cfg
     d, hidden = int(c.embed_dim), int(c.projection_hidden)
-    norm = str(c.get("projection_norm", "batch"))
-    image_pool = str(c.get("image_pool", "avgpool_mha"))
-    text_pool = str(c.get("text_pool", "sentence_mha"))
-    heads = int(c.get("pool_heads", 8))
+    norm = str(c.projection_norm)
+    image_pool = str(c.image_pool)
+    text_pool = str(c.text_pool)
+    heads = int(c.pool_heads)
     if image_pool not in IMAGE_POOLS:
       raise ConfigError(f"config.method.image_pool={image_pool!r} is not known; use one of "
                         f"{IMAGE_POOLS}")
@@ -287,7 +294,7 @@ class LoVT(Method):
         regions, region_mask, train=train)
     z_b = MaskedMLPProjection(hidden, d, norm=norm, dtype=dtype, name="text_local_projection")(
         sentences, sentence_mask, train=train)
-    att = SymmetricCrossAttention(d, norm=str(c.get("attention_norm", "batch")), dtype=dtype,
+    att = SymmetricCrossAttention(d, norm=str(c.attention_norm), dtype=dtype,
                                   name="cross_attention")(z_a, z_b, region_mask, sentence_mask,
                                                           train=train)
     p = PREFIX

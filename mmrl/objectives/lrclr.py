@@ -232,18 +232,31 @@ class LRCLR(Method):
   when an `lrclr_itm` objective is configured.
   """
 
+  options = {"lrclr": {                     # config.method.lrclr.*
+      "width": 256,                         # fusion / selection width
+      "top_k": 16,                          # regions selected per image
+      "scoring": "mlp",                     # region scoring (heads/region_selection.SCORINGS)
+      "score_hidden": 0,                    # scoring MLP width (0 = width)
+      "estimator": "straight_through",      # top-k gradient estimator
+      "st_temperature": 1.0,                # straight-through softmax temperature
+      "fusion_layers": 2,                   # region <-> token fusion layers
+      "fusion_heads": 8,                    # fusion attention heads
+      "fusion_mlp_dim": 1024,               # fusion MLP width
+      "pool_heads": 1,                      # heads of the attention pools
+      "max_words": 111,                     # W, static word slots per report
+      "image_embed_from": "selected",       # selected | fused (module docstring)
+      "itm_temperature": 0.07,              # ITM hard-negative sampling temperature
+  }}
+
   def apply_heads(self, image, text, batch, *, train, dtype):
     c = self.cfg
-    if "lrclr" not in c:
-      raise ConfigError("config.method.lrclr is missing; LRCLR needs config.method.lrclr."
-                        "{width, top_k, scoring, ...} (see experiments/configs/lrclr.py)")
     p = c.lrclr
-    source = str(p.get("image_embed_from", "selected"))
+    source = str(p.image_embed_from)
     if source not in EMBED_SOURCES:
       raise ConfigError(f"config.method.lrclr.image_embed_from={source!r} is not known; use one "
                         f"of {EMBED_SOURCES}")
     width = int(p.width)
-    norm = str(c.get("projection_norm", "none"))
+    norm = str(c.projection_norm)
 
     def proj(name):
       return MLPProjection(hidden=int(c.projection_hidden), out=int(c.embed_dim), norm=norm,
@@ -253,16 +266,16 @@ class LRCLR(Method):
     tokens = nn.Dense(width, dtype=dtype, name="token_input")(text.tokens)
     token_mask = jnp.asarray(text.token_mask).astype(bool)
     region_mask = jnp.ones(regions.shape[:2], bool)
-    sel = RegionSelector(top_k=int(p.top_k), scoring=str(p.get("scoring", "mlp")),
-                         hidden=int(p.get("score_hidden", width)),
-                         estimator=str(p.get("estimator", "straight_through")),
-                         temperature=float(p.get("st_temperature", 1.0)), dtype=dtype,
+    sel = RegionSelector(top_k=int(p.top_k), scoring=str(p.scoring),
+                         hidden=int(p.score_hidden) or width,
+                         estimator=str(p.estimator),
+                         temperature=float(p.st_temperature), dtype=dtype,
                          name="region_selector")(regions, region_mask, tokens, token_mask)
     fusion = Fusion(num_layers=int(p.fusion_layers), num_heads=int(p.fusion_heads),
                     mlp_dim=int(p.fusion_mlp_dim), dtype=dtype, name="fusion")
-    pool = AttentionPool(int(p.get("pool_heads", 1)), dtype=dtype, name="attention_pool")
+    pool = AttentionPool(int(p.pool_heads), dtype=dtype, name="attention_pool")
     image_proj = proj("image_projection")
-    words, word_mask = word_features(text, batch, max_words=int(p.get("max_words", 111)),
+    words, word_mask = word_features(text, batch, max_words=int(p.max_words),
                                      include_cls=False, mode="sum")
     text_embed = proj("text_projection")(text.global_embedding, train=train)
     selected, selected_mask = sel["selected"], sel["selected_mask"]
@@ -286,7 +299,7 @@ class LRCLR(Method):
         study = jnp.asarray(batch["study_id"])
         ok = ok & (study[:, None] != study[None, :])
       neg_text, text_ok, neg_image, image_ok = _NegativeSampler(
-          float(p.get("itm_temperature", 0.07)), name="itm_negatives")(rank_embed, text_embed,
+          float(p.itm_temperature), name="itm_negatives")(rank_embed, text_embed,
                                                                          ok)
       # One fusion call over [matched; negative report; negative image] pairs.
       r_all = jnp.concatenate([selected, selected, selected[neg_image]], axis=0)
@@ -295,7 +308,7 @@ class LRCLR(Method):
       tm_all = jnp.concatenate([token_mask, token_mask[neg_text], token_mask], axis=0)
       fused_all, fused_tokens_all, attention_all = fusion(r_all, rm_all, t_all, tm_all)
       fused, attention = fused_all[:b], attention_all[:b]
-      itm_regions, _ = AttentionPool(int(p.get("pool_heads", 1)), dtype=dtype,
+      itm_regions, _ = AttentionPool(int(p.pool_heads), dtype=dtype,
                                      name="itm_pool")(fused_all, rm_all)
       tmf = tm_all[..., None].astype(jnp.float32)
       itm_tokens = (jnp.sum(fused_tokens_all * tmf, axis=1)

@@ -21,6 +21,16 @@ runs `TwoTowerModel(..., teacher=True)` with the EMA variables (config.train.ema
 stop_gradient (only the towers in `teacher_towers`, then `teacher_heads`) and hands the result to
 the objectives as `outputs['teacher']` (a dict). Methods that do not use it pay nothing.
 
+Options, declared in one place each (config validation checks configs against them, with a
+did-you-mean, and the code reads the defaults from there, never from scattered `.get` defaults):
+- a method's own keys `config.method.<key>` (beyond base.py's name, embed_dim,
+  projection_hidden, projection_norm, objectives): the class attribute `Method.options`,
+  {key: default} (a dict value is a group `config.method.<group>.<key>`); `self.cfg` is
+  config.method with these defaults filled in. Adding one = one line in that dict.
+- an objective's options: its signature (`registry.declared_options`); `objective_options` and
+  `Method.objectives()` return them with the defaults filled in. Adding one = one keyword
+  parameter with its default.
+
 New method = a `Method` subclass registered here (a large one may live in its own module, imported
 at the bottom of this file) + its objectives registered in `mmrl/objectives/<family>.py` (listed in
 `registry.BUILTIN_MODULES`) + `experiments/configs/<method>.py` setting `config.method`.
@@ -28,6 +38,7 @@ at the bottom of this file) + its objectives registered in `mmrl/objectives/<fam
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import json
 from typing import Any, ClassVar, Mapping
@@ -39,7 +50,8 @@ import ml_collections
 from mmrl.config_errors import ConfigError
 from mmrl.heads.projection import LogTemperature, MLPProjection
 from mmrl.models.features import ImageFeatures, TextFeatures
-from mmrl.objectives.registry import Metrics, get_objective, objective_names
+from mmrl.objectives.registry import (Metrics, accepts_any_option, declared_options,
+                                      get_objective, objective_names)
 from mmrl.registry import Registry
 
 _RESERVED = ("name", "weight")
@@ -51,15 +63,30 @@ def _to_json(cfg: Any) -> str:
   return json.dumps(cfg, sort_keys=True)
 
 
+def _with_defaults(user: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+  """`user` (a dict tree) over `defaults`: missing keys and group members get their default."""
+  out = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in defaults.items()}
+  for key, value in user.items():
+    if isinstance(out.get(key), dict) and isinstance(value, Mapping):
+      out[key] = _with_defaults(value, out[key])
+    else:
+      out[key] = value
+  return out
+
+
 @dataclasses.dataclass(frozen=True)
 class Method:
   """Base class: holds `config.method` as JSON (hashable: the model is a jit-static field);
-  `self.cfg` is the ConfigDict view."""
+  `self.cfg` is the ConfigDict view with the declared `options` defaults filled in."""
   cfg_json: str
+
+  # config.method.<key> options of this method beyond base.py's common keys: {key: default};
+  # the default's type is the option's type, a dict is a group (module docstring).
+  options: ClassVar[Mapping[str, Any]] = {}
 
   @functools.cached_property
   def cfg(self) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(json.loads(self.cfg_json))
+    return ml_collections.ConfigDict(_with_defaults(json.loads(self.cfg_json), self.options))
 
   def objectives(self) -> list[tuple[str, float, dict[str, Any]]]:
     """(name, weight, options) for each entry of `config.method.objectives`."""
@@ -79,8 +106,7 @@ class Method:
 
   def uses_teacher(self) -> bool:
     """Whether the objectives read `outputs['teacher']`: some objective has target='teacher'."""
-    return any(options.get("target", "online") == "teacher"
-               for _, _, options in self.objectives())
+    return any(options.get("target") == "teacher" for _, _, options in self.objectives())
 
   def teacher_heads(self, image: ImageFeatures | None, text: TextFeatures | None,
                     batch: Mapping[str, Any], *, train: bool, dtype: Any,
@@ -91,8 +117,8 @@ class Method:
   def learnable_tau(self) -> float | None:
     """The initial tau when some objective has learnable_tau=True, else None."""
     for _, _, options in self.objectives():
-      if options.get("learnable_tau", False):
-        return float(options.get("tau", 0.07))
+      if options.get("learnable_tau"):
+        return float(options["tau"])
     return None
 
 
@@ -115,7 +141,13 @@ def teacher_outputs(outputs: Mapping[str, Any], teacher_key: str, keys: tuple[st
 
 
 def parse_objectives(method_cfg: Any) -> list[tuple[str, float, dict[str, Any]]]:
-  """Validates `config.method.objectives` into (name, weight, options) triples."""
+  """Validates `config.method.objectives` into (name, weight, options) triples; options are the
+  objective's declared options (its signature) with the entry's values over the defaults.
+
+  Raises:
+    ConfigError: no objectives, an entry without a known 'name', or an option the objective
+      does not declare (with a did-you-mean) or of the wrong type.
+  """
   entries = method_cfg.objectives
   if not entries:
     raise ConfigError("config.method.objectives is empty; list at least one objective, e.g. "
@@ -132,17 +164,54 @@ def parse_objectives(method_cfg: Any) -> list[tuple[str, float, dict[str, Any]]]
     except KeyError as e:
       raise ConfigError(f"config.method.objectives[{i}].name={name!r}: {e.args[0]}") from None
     weight = float(entry.get("weight", 1.0))
-    options = {k: v for k, v in entry.items() if k not in _RESERVED}
-    out.append((name, weight, options))
+    given = {k: v for k, v in entry.items() if k not in _RESERVED}
+    declared = declared_options(name)
+    _check_objective_options(i, name, given, declared)
+    out.append((name, weight, {**declared, **given}))
   return out
 
 
+def _check_objective_options(i: int, name: str, given: Mapping[str, Any],
+                             declared: Mapping[str, Any]) -> None:
+  from mmrl.config_validation import check_type  # pylint: disable=g-import-not-at-top
+  fn = get_objective(name)
+  where = f"{fn.__module__}.{fn.__name__}"
+  for key, value in given.items():
+    if key in declared:
+      check_type(f"method.objectives[{i}].{key}", value, declared[key])
+    elif not accepts_any_option(name):
+      near = difflib.get_close_matches(key, list(declared) + list(_RESERVED), n=1, cutoff=0.6)
+      hint = f"did you mean {near[0]!r}? " if near else ""
+      raise ConfigError(
+          f"config.method.objectives[{i}] ({name}) has no option {key!r}; {hint}{name}'s "
+          f"options (the keyword arguments of {where}): "
+          f"{', '.join(sorted(declared)) or '(none)'}, plus 'weight'")
+
+
 def objective_options(method_cfg: Any, name: str) -> dict[str, Any] | None:
-  """The options of the first `config.method.objectives` entry named `name`, or None."""
+  """The options (declared defaults filled in) of the first `config.method.objectives` entry
+  named `name`, or None when no entry is."""
   for obj_name, _, options in parse_objectives(method_cfg):
     if obj_name == name:
       return options
   return None
+
+
+def method_options(name: str) -> Mapping[str, Any]:
+  """{key: default} of method `name`'s own config.method keys (`Method.options`)."""
+  from mmrl.objectives import registry  # pylint: disable=g-import-not-at-top
+  registry.import_builtin()
+  try:
+    return METHODS.get(name).options
+  except KeyError as e:
+    raise ConfigError(f"config.method.name={name!r}: {e.args[0]}") from None
+
+
+def method_config(method_cfg: Any) -> ml_collections.ConfigDict:
+  """`config.method` with its method's declared option defaults filled in (for code that reads
+  a method's options without building the method, e.g. the alignment maps)."""
+  user = method_cfg.to_dict() if hasattr(method_cfg, "to_dict") else dict(method_cfg)
+  return ml_collections.ConfigDict(_with_defaults(user, method_options(str(method_cfg.name))))
 
 
 def get_method(method_cfg: Any) -> Method:

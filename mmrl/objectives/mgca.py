@@ -287,13 +287,19 @@ class MGCA(Method):
   word_pool}.
   """
 
+  options = {
+      "num_prototypes": 500,       # K cross-modal prototypes (MGCA: 500)
+      "max_words": 111,            # W, static word slots per report (MGCA: 111)
+      "word_pool": "sum",          # sum | mean of a word's word-piece features
+  }
+
   def apply_heads(self, image, text, batch, *, train, dtype):
     c = self.cfg
-    max_words = int(c.get("max_words", 111))
+    max_words = int(c.max_words)
     if max_words < 1:
       raise ConfigError(f"config.method.max_words={max_words} must be >= 1 (MGCA: 111)")
     words, word_mask = word_features(text, batch, max_words=max_words, include_cls=False,
-                                     mode=str(c.get("word_pool", "sum")))
+                                     mode=str(c.word_pool))
 
     def proj(name):
       return MLPProjection(hidden=int(c.projection_hidden), out=int(c.embed_dim),
@@ -305,7 +311,7 @@ class MGCA(Method):
         "image_regions_local": proj("image_local_projection")(image.local, train=train),
         "text_words_local": proj("text_local_projection")(words, train=train),
         "word_mask": word_mask,
-        "prototypes": Prototypes(int(c.get("num_prototypes", 500)), int(c.embed_dim),
+        "prototypes": Prototypes(int(c.num_prototypes), int(c.embed_dim),
                                  name="prototypes")(),
     }
     out = {k: v.astype(jnp.float32) if v.dtype != bool else v for k, v in out.items()}

@@ -198,15 +198,27 @@ class MLIP(Method):
   prototypes when 'tca' or 'proto_swap' is, so ablations are config edits.
   """
 
+  options = {
+      "knowledge_path": "",          # '' = data_pipeline/knowledge/chest_xray_findings.json
+      "knowledge_tokenizer": "",     # tokenizer of the knowledge texts ('' = the default)
+      "knowledge_max_tokens": 64,    # token slots per knowledge text
+      "mlip": {                      # config.method.mlip.*
+          "max_words": 111,          # W, static word slots per report (as MGCA)
+          "word_pool": "sum",        # sum | mean of a word's word-piece features
+          "knowledge_heads": 1,      # heads of the word -> knowledge attention
+          "itm_width": 256,          # ITM fusion width
+          "itm_layers": 2,           # ITM fusion layers
+          "itm_heads": 4,            # ITM attention heads
+          "itm_mlp_dim": 0,          # ITM MLP width (0 = 4 x itm_width)
+      },
+  }
+
   uses_model = True  # the knowledge embeddings run the model's own text tower
 
   def apply_heads(self, image, text, batch, *, train, dtype, model):
     c = self.cfg
-    if "mlip" not in c:
-      raise ConfigError("config.method.mlip is missing; MLIP needs config.method.mlip.{max_words,"
-                        " word_pool, knowledge_heads} (see experiments/configs/mlip.py)")
     p = c.mlip
-    norm = str(c.get("projection_norm", "none"))
+    norm = str(c.projection_norm)
 
     def proj(name):
       return MLPProjection(hidden=int(c.projection_hidden), out=int(c.embed_dim), norm=norm,
@@ -219,11 +231,10 @@ class MLIP(Method):
     }
     use_tca = _listed(self, "tca")
     if use_tca or _listed(self, "proto_swap"):
-      max_tokens = int(c.get("knowledge_max_tokens", 64))
+      max_tokens = int(c.knowledge_max_tokens)
       try:
-        tokens = knowledge_lib.knowledge_tokens(str(c.get("knowledge_path", "")),
-                                                str(c.get("knowledge_tokenizer", "")),
-                                                max_tokens)
+        tokens = knowledge_lib.knowledge_tokens(str(c.knowledge_path),
+                                                str(c.knowledge_tokenizer), max_tokens)
       except knowledge_lib.KnowledgeError as e:
         raise ConfigError(f"config.method.knowledge_path: {e}") from None
       k_feats = encode_knowledge(model.text_tower, tokens)
@@ -233,14 +244,14 @@ class MLIP(Method):
                                     name="knowledge_projection")(k_feats, train=train))
       out["knowledge_prototypes"] = l2_normalize(knowledge)
     if use_tca:
-      max_words = int(p.get("max_words", 111))
+      max_words = int(p.max_words)
       if max_words < 1:
         raise ConfigError(f"config.method.mlip.max_words={max_words} must be >= 1 (MGCA: 111)")
       words, word_mask = word_features(text, batch, max_words=max_words, include_cls=False,
-                                       mode=str(p.get("word_pool", "sum")))
+                                       mode=str(p.word_pool))
       words = f32(proj("text_local_projection")(words, train=train))
       regions = f32(proj("image_local_projection")(image.local, train=train))
-      enhanced, att = KnowledgeAttention(num_heads=int(p.get("knowledge_heads", 1)), dtype=dtype,
+      enhanced, att = KnowledgeAttention(num_heads=int(p.knowledge_heads), dtype=dtype,
                                          name="knowledge_attention")(words, knowledge)
       out.update(image_regions_local=regions, region_mask=jnp.ones(regions.shape[:2], bool),
                  text_words_local=words, word_mask=word_mask, text_words_knowledge=enhanced,
@@ -262,7 +273,7 @@ class MLIP(Method):
     valid = _valid(batch, b)
     sim = jnp.einsum("id,jd->ij", l2_normalize(out["image_embed"]),
                      l2_normalize(out["text_embed"]), precision=_HIGHEST)
-    tau = float(opts.get("negatives_tau", 0.07))
+    tau = float(opts["negatives_tau"])
     keys = list(jax.random.split(model.make_rng("dropout"), 4)) if train else [None] * 4
     neg_text, ok_text = sample_negatives(sim, valid, keys[0], tau=tau)
     neg_image, ok_image = sample_negatives(sim.T, valid, keys[1], tau=tau)
@@ -272,7 +283,7 @@ class MLIP(Method):
     pair_ok = [valid, ok_text, ok_image]
     tokens = text.tokens
     token_mask = jnp.asarray(batch["attention_mask"]) > 0
-    if bool(opts.get("text_swap", True)):
+    if bool(opts["text_swap"]):
       donor, ok_donor = sample_negatives(jnp.zeros_like(sim), valid, keys[2], tau=1.0)
       swapped, ok_swap = swap_sentences(batch["input_ids"], batch["attention_mask"],
                                         batch["token_to_sentence"], donor,
@@ -283,10 +294,10 @@ class MLIP(Method):
       image_index.append(ar)
       text_index.append(ar + b)
       pair_ok.append(ok_donor & ok_swap)
-    width = int(p.get("itm_width", 256))
-    logits = ImageTextMatching(width=width, num_layers=int(p.get("itm_layers", 2)),
-                               num_heads=int(p.get("itm_heads", 4)),
-                               mlp_dim=int(p.get("itm_mlp_dim", 4 * width)), dtype=dtype,
+    width = int(p.itm_width)
+    logits = ImageTextMatching(width=width, num_layers=int(p.itm_layers),
+                               num_heads=int(p.itm_heads),
+                               mlp_dim=int(p.itm_mlp_dim) or 4 * width, dtype=dtype,
                                name="itm")(image.local, tokens, token_mask,
                                            jnp.stack(image_index, -1), jnp.stack(text_index, -1))
     labels = jnp.zeros(logits.shape, jnp.float32).at[:, 0].set(1.0)
@@ -297,7 +308,7 @@ class MLIP(Method):
     del batch, model
     c = self.cfg
     proj = lambda name: MLPProjection(hidden=int(c.projection_hidden), out=int(c.embed_dim),
-                                      norm=str(c.get("projection_norm", "none")), dtype=dtype,
+                                      norm=str(c.projection_norm), dtype=dtype,
                                       name=name)
     f32 = lambda x: x.astype(jnp.float32)
     return {"image_embed": f32(proj("image_projection")(image.global_embedding, train=train)),

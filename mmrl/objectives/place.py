@@ -247,6 +247,16 @@ class PLACE(Method):
   reads), so ablations are config edits. Outputs: see the module docstring.
   """
 
+  options = {"place": {            # config.method.place.*; defaults: the paper's ViT-B/16 setup
+      "num_queries": 16,           # K pathology-observation queries (VPOE)
+      "decoder_layers": 2,         # VPOE query-decoder layers
+      "decoder_heads": 12,         # VPOE attention heads
+      "decoder_mlp_dim": 3072,     # VPOE MLP width
+      "predictor_layers": 2,       # CCE correlation-predictor layers
+      "predictor_heads": 12,       # CCE predictor attention heads
+      "predictor_mlp_dim": 3072,   # CCE predictor MLP width
+  }}
+
   teacher_towers = ("image",)  # the CCE target needs only the EMA image encoder
 
   def teacher_heads(self, image, text, batch, *, train, dtype):
@@ -256,13 +266,8 @@ class PLACE(Method):
 
   def apply_heads(self, image, text, batch, *, train, dtype):
     c = self.cfg
-    if "place" not in c:
-      raise ConfigError("config.method.place is missing; PLACE needs config.method.place."
-                        "{num_queries, decoder_layers, decoder_heads, decoder_mlp_dim, "
-                        "predictor_layers, predictor_heads, predictor_mlp_dim} (see "
-                        "experiments/configs/place.py)")
     p = c.place
-    norm = str(c.get("projection_norm", "none"))
+    norm = str(c.projection_norm)
 
     def proj(name):
       return MLPProjection(hidden=int(c.projection_hidden), out=int(c.embed_dim), norm=norm,
@@ -288,7 +293,7 @@ class PLACE(Method):
     if corr is not None:
       pred, hidden = CorrelationPredictor(
           num_layers=int(p.predictor_layers), num_heads=int(p.predictor_heads),
-          mlp_dim=int(p.predictor_mlp_dim), mask_ratio=float(corr.get("mask_ratio", 0.5)),
+          mlp_dim=int(p.predictor_mlp_dim), mask_ratio=float(corr["mask_ratio"]),
           dtype=dtype, name="correlation_predictor")(image.local, text.tokens, text.token_mask,
                                                      train=train)
       out["corr_pred"] = pred
