@@ -54,8 +54,11 @@ def convert(path: str | pathlib.Path, *, text_num_heads: int | None = None) -> c
 
   if IMAGE + "model.patch_embed.proj.weight" in state:
     image_name = vision.convert_vit(state, IMAGE + "model.", ledger, params, source=str(path))
+    grid = params[("image_tower", "pos_embedding")].shape[1]
+    patch = params[("image_tower", "patch_embedding", "kernel")].shape[0]
     image = {"model.image.name": image_name, "model.image.cls_attention": True,
-             "model.image.local_stage": 0, "model.image.resize_to": 0}
+             "model.image.local_stage": 0, "model.image.resize_to": 0,
+             "data.image_size": int(grid * patch)}  # the checkpoint's position grid
   else:
     image_name = vision.convert_resnet(state, IMAGE + "model.", ledger, params, stats,
                                        source=str(path))
@@ -92,10 +95,11 @@ def convert(path: str | pathlib.Path, *, text_num_heads: int | None = None) -> c
   notes.append(f"text num_heads={sizes['num_heads']} (hidden / 64 unless --text_num_heads; not "
                "stored in the tensors)")
   overrides = {
-      "model.dtype": "float32", **image, **common.bert_overrides(sizes),
+      "model.dtype": "float32", **common.bert_overrides(sizes), **image,
       "model.text.global_pool": "cls", "model.text.cls_attention": True,
       "method.embed_dim": embed, "method.projection_hidden": hidden,
       "method.projection_norm": "batch", "method.num_prototypes": int(protos.shape[0]),
-      "data.mean": 0.5, "data.std": 0.5, "data.image_size": 224,
+      "data.mean": 0.5, "data.std": 0.5,
   }
+  overrides.setdefault("data.image_size", 224)
   return common.Converted("mgca", str(path), overrides, params, stats, ledger, notes)

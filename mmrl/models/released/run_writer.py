@@ -78,6 +78,28 @@ def fill(ours: Mapping[str, Any], converted: Flat, *, what: str, source: str) ->
   return unflatten({p: np.asarray(converted[p], np.float32) for p in flat})
 
 
+def train_state(config: Any, params: Flat, batch_stats: Flat, *, source: str) -> Any:
+  """A step-0 TrainState for `config` holding the imported weights and a fresh optimiser state,
+  built on the host from the model's traced shapes (nothing is compiled); its tree is the one
+  `mmrl.train.state.create_train_state` makes, so restores onto that state's shapes work."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from mmrl.train import state as state_lib  # pylint: disable=import-outside-toplevel
+  model, tx = state_lib.model_and_optimizer(config)
+  batch = state_lib.dummy_batch(config)
+  shapes = jax.eval_shape(lambda: model.init({"params": jax.random.key(0),
+                                               "dropout": jax.random.key(1)}, batch, train=False))
+  new_params = fill(shapes["params"], params, what="parameters", source=source)
+  new_stats = fill(shapes.get("batch_stats", {}), batch_stats, what="BatchNorm statistics",
+                   source=source)
+  new_params = jax.tree.map(jnp.asarray, new_params)
+  new_stats = jax.tree.map(jnp.asarray, new_stats)
+  rng = jax.random.key_data(jax.random.split(jax.random.key(int(config.seed)), 3)[2])
+  return state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=new_params,
+                              batch_stats=new_stats, opt_state=tx.init(new_params), rng=rng,
+                              ema={}, apply_fn=model.apply, tx=tx)
+
+
 def holds_run(path: pathlib.Path) -> bool:
   return (path / "config.json").exists() or (path / "checkpoints").exists()
 
@@ -97,21 +119,12 @@ def check_output(output: str | pathlib.Path, overwrite: bool) -> pathlib.Path:
 def write_run(output: str | pathlib.Path, config: Any, params: Flat, batch_stats: Flat,
               report: Mapping[str, Any], *, overwrite: bool = False) -> pathlib.Path:
   """Writes the run directory (module docstring); returns its absolute path."""
-  import jax  # pylint: disable=import-outside-toplevel
   from mmrl import config_validation  # pylint: disable=import-outside-toplevel
-  from mmrl.parallel import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
   from mmrl.train import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
-  from mmrl.train import state as state_lib  # pylint: disable=import-outside-toplevel
 
   out = check_output(output, overwrite)
-  config_validation.validate_config(config)
-  mesh = mesh_lib.make_mesh(config.mesh)
-  state, shardings = state_lib.create_train_state(config, jax.random.key(int(config.seed)), mesh)
-  source = str(report.get("source", "the checkpoint"))
-  new_params = fill(state.params, params, what="parameters", source=source)
-  new_stats = fill(state.batch_stats, batch_stats, what="BatchNorm statistics", source=source)
-  state = state.replace(params=jax.device_put(new_params, shardings.params),
-                        batch_stats=jax.device_put(new_stats, shardings.batch_stats))
+  config_validation.validate_config(config, check_paths=False)  # the data set comes later
+  state = train_state(config, params, batch_stats, source=str(report.get("source", "")))
   config_json = json.loads(config.to_json_best_effort())
 
   out.parent.mkdir(parents=True, exist_ok=True)

@@ -36,11 +36,14 @@ class Opaque:
   """An object of a class we do not import: its constructor args and pickled state, inert."""
   _qualname = "?"
 
+  def __new__(cls, *args, **kwargs):
+    obj = super().__new__(cls)
+    obj.args, obj.kwargs = args, kwargs
+    obj.state, obj.items, obj.list = None, {}, []
+    return obj
+
   def __init__(self, *args, **kwargs):
-    self.args, self.kwargs = args, kwargs
-    self.state: Any = None
-    self.items: dict = {}
-    self.list: list = []
+    del args, kwargs  # recorded by __new__ (pickle's NEWOBJ skips __init__)
 
   def __setstate__(self, state):
     self.state = state
