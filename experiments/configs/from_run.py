@@ -20,6 +20,6 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   if path.is_dir():
     path = path / "config.json"
   if not path.is_file():
-    raise FileNotFoundError(f"{path} does not exist; give a run directory holding config.json "
+    raise ValueError(f"{path} does not exist; give a run directory holding config.json "
                             "(written by experiments.pretrain or experiments.import_checkpoint)")
   return ml_collections.ConfigDict(json.loads(path.read_text()))
