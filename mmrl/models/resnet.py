@@ -1,8 +1,13 @@
 """ResNet image towers (v1.5) for 1-channel chest X-rays: ResNet-18, ResNet-50 and a tiny test net.
 
 v1.5 = the torchvision layout: in a bottleneck block the stride sits on the 3x3 convolution, and
-a projection shortcut (1x1 conv + norm) is used whenever the shape changes. The stem takes one
-input channel (no RGB replication). Normalisation is a choice:
+a projection shortcut (1x1 conv + norm) is used whenever the shape changes. Every convolution pads
+k // 2 on each side, as torchvision does (XLA's 'SAME' would pad a strided 3x3 conv (0, 1), i.e.
+shift the sampling grid by one pixel against torchvision's), so ImageNet weights imported with
+mmrl.models.pretrained reproduce torchvision's outputs (tests/test_pretrained_parity.py). The
+stem takes the channel count of the images given at `init`: 1 for the chest X-ray pipeline (no
+RGB replication), 3 for a parity check against an unchanged RGB checkpoint. Normalisation is a
+choice:
 
   batch  flax BatchNorm, statistics in the `batch_stats` collection (momentum 0.9 = torch's 0.1),
          `use_running_average=not train`. No `axis_name`: under jit with the batch sharded over
@@ -71,6 +76,14 @@ class _GroupNorm(nn.Module):
     groups = math.gcd(32, x.shape[-1])
     return nn.GroupNorm(num_groups=groups, epsilon=1e-5, dtype=self.dtype,
                         scale_init=self.scale_init, name="GroupNorm")(x)
+
+
+def _torch_padded_conv(features: int, kernel_size: Sequence[int],
+                       strides: Sequence[int] = (1, 1), *, name: str, dtype: Any) -> nn.Conv:
+  """A bias-free conv padded k // 2 on both sides (torch's `padding=k // 2`), He-normal init."""
+  return nn.Conv(features, tuple(kernel_size), tuple(strides), use_bias=False, dtype=dtype,
+                 padding=[(k // 2, k // 2) for k in kernel_size], name=name,
+                 kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"))
 
 
 class BasicBlock(nn.Module):
@@ -143,8 +156,9 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool) -> ImageFeatures:
-    if images.ndim != 4 or images.shape[-1] != 1:
-      raise ValueError(f"ResNet expects images f32[B, H, W, 1]; got shape {images.shape}")
+    if images.ndim != 4:
+      raise ValueError(f"ResNet expects images f32[B, H, W, C] (C = 1 for X-rays); got shape "
+                       f"{images.shape}")
     n_stages = len(self.stage_sizes)
     local_stage = self.local_stage or n_stages
     if not 1 <= local_stage <= n_stages:
@@ -152,9 +166,7 @@ class ResNet(nn.Module):
                         f"this ResNet; use 0 (the last) or 1..{n_stages}")
     if self.resize_to:
       images = resize_align_corners(images.astype(jnp.float32), self.resize_to)
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, padding="SAME",
-                             kernel_init=nn.initializers.variance_scaling(
-                                 2.0, "fan_out", "normal"))
+    conv = functools.partial(_torch_padded_conv, dtype=self.dtype)
     if self.norm == "batch":
       norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
                                epsilon=1e-5, dtype=self.dtype)
@@ -168,7 +180,7 @@ class ResNet(nn.Module):
       block_cls = nn.remat(block_cls)
 
     x = images.astype(self.dtype)
-    x = conv(self.stem_width, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], name="stem_conv")(x)
+    x = conv(self.stem_width, (7, 7), (2, 2), name="stem_conv")(x)
     x = nn.relu(norm(name="stem_norm")(x))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     local = None
