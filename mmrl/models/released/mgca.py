@@ -53,12 +53,11 @@ def convert(path: str | pathlib.Path, *, text_num_heads: int | None = None) -> c
                       "use_local_atten=False only")
 
   if IMAGE + "model.patch_embed.proj.weight" in state:
-    image_name = vision.convert_vit(state, IMAGE + "model.", ledger, params, source=str(path))
-    grid = params[("image_tower", "pos_embedding")].shape[1]
-    patch = params[("image_tower", "patch_embedding", "kernel")].shape[0]
+    image_name, image_size = vision.convert_vit(state, IMAGE + "model.", ledger, params,
+                                                source=str(path))
     image = {"model.image.name": image_name, "model.image.cls_attention": True,
              "model.image.local_stage": 0, "model.image.resize_to": 0,
-             "data.image_size": int(grid * patch)}  # the checkpoint's position grid
+             "data.image_size": image_size}  # the checkpoint's position grid
   else:
     image_name = vision.convert_resnet(state, IMAGE + "model.", ledger, params, stats,
                                        source=str(path))
