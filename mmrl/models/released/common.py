@@ -143,7 +143,7 @@ def batch_norm(state, name: str, target: tuple[str, ...], ledger: Ledger, params
   ledger.take(name + ".running_var", f"batch_stats/{t}/var")
   if name + ".num_batches_tracked" in state:
     ledger.drop(name + ".num_batches_tracked",
-                "BatchNorm update counter (no effect with a fixed momentum)")
+                "BatchNorm step counter (not used at inference)")
 
 
 def mlp_bn_head(state, name: str, target: str, ledger: Ledger, params: Flat, stats: Flat, *,

@@ -67,6 +67,8 @@ def build_config(converted: common.Converted, base: ml_collections.ConfigDict, *
       node[leaf] = value
   config.train.init_from = ""
   config.train.ema.enabled = False
+  if "weights" in config.model.image:  # the import sets every tower weight: no ImageNet start
+    config.model.image.weights = "none"
   vocab = int(config.model.text.vocab_size)
   try:
     n = _vocab_size(str(config.data.tokenizer))
