@@ -222,7 +222,9 @@ def _base_config() -> ml_collections.ConfigDict:
 
 
 def _method_configs() -> list[pathlib.Path]:
-  return sorted(p for p in CONFIG_DIR.glob("*.py") if p.name not in ("__init__.py", "base.py"))
+  # from_run.py reads a run directory's config.json (it has no defaults of its own).
+  return sorted(p for p in CONFIG_DIR.glob("*.py")
+                if p.name not in ("__init__.py", "base.py", "from_run.py"))
 
 
 def _variants(path: pathlib.Path) -> list[str]:

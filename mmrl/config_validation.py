@@ -29,7 +29,7 @@ from mmrl.config_errors import ConfigError
 _ENUMS: dict[str, tuple[str, ...]] = {
     "model.dtype": ("bfloat16", "float32", "float16"),
     "model.image.norm": ("batch", "group"),
-    "model.text.global_pool": ("cls", "max_tokens", "mean_tokens"),
+    "model.text.global_pool": ("cls", "max_tokens", "mean_tokens", "mean_positions"),
     "model.text.sentence_pool": ("max", "mean"),
     "method.projection_norm": ("none", "batch", "layer"),
     "data.on_bad_record": ("skip", "fail"),

@@ -146,19 +146,31 @@ def _variables(params: Mapping[str, Any], stats: Mapping[str, Any]) -> dict[str,
   return v
 
 
-def _model_config(name: str, norm: str, dtype: str) -> Any:
+# config.model.image keys (besides name / norm) that change the tower's computation; stored in
+# encoder_config.json's image.options (GLoRIA / MGCA-ResNet imports: layer3 grid, 299 upsampling).
+TOWER_OPTIONS = ("local_stage", "resize_to")
+
+
+def _tower_options(image_cfg: Any) -> dict[str, int]:
+  return {k: int(image_cfg.get(k, 0)) for k in TOWER_OPTIONS if int(image_cfg.get(k, 0) or 0)}
+
+
+def _model_config(name: str, norm: str, dtype: str, options: Optional[Mapping[str, int]] = None
+                  ) -> Any:
   import ml_collections  # pylint: disable=import-outside-toplevel
   return ml_collections.ConfigDict({"dtype": dtype, "image": {"name": name, "norm": norm,
-                                                               "remat": False}})
+                                                               "remat": False,
+                                                               **dict(options or {})}})
 
 
-def _image_forward(tower_name: str, norm: str, dtype: str, head: Optional[Mapping[str, Any]]):
+def _image_forward(tower_name: str, norm: str, dtype: str, head: Optional[Mapping[str, Any]],
+                   options: Optional[Mapping[str, int]] = None):
   """jit fn(variables {'tower', 'head'}, images f32[B,S,S,1]) -> {'global', 'local', 'embedding'}."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from mmrl.models import towers  # pylint: disable=import-outside-toplevel
   from mmrl.objectives.contrastive import l2_normalize  # pylint: disable=import-outside-toplevel
-  model_cfg = _model_config(tower_name, norm, dtype)
+  model_cfg = _model_config(tower_name, norm, dtype, options)
   tower = towers.build_image_tower(model_cfg)
   head_module = None if head is None else _head_module(head, towers.compute_dtype(model_cfg))
 
@@ -196,7 +208,7 @@ def _check_projection(config: Any, state: Mapping[str, Any], spec: Mapping[str, 
     return f"method {cfg.method.name!r} has no 'image_embed' output"
   reference = np.asarray(l2_normalize(image_embed))
   forward = _image_forward(cfg.model.image.name, cfg.model.image.get("norm", "batch"), "float32",
-                           spec)
+                           spec, _tower_options(cfg.model.image))
   name = spec["name"]
   ours = forward({"tower": _variables(state["params"]["image_tower"],
                                       state["batch_stats"].get("image_tower", {})),
@@ -381,12 +393,13 @@ def export_run(run_dir: str | pathlib.Path, output_dir: str | pathlib.Path, *,
               str(out / IMAGE_FILE), metadata={"format": FORMAT})
     size = int(config.data.image_size)
     forward = _image_forward(config.model.image.name, config.model.image.get("norm", "batch"),
-                             "float32", None)
+                             "float32", None, _tower_options(config.model.image))
     shapes = _output_shapes(forward, params["image_tower"], stats.get("image_tower", {}), size)
     global_dim, local_dim = towers_lib.image_tower_dims(config.model)
     encoder["image"] = {
         "file": IMAGE_FILE, "tower": str(config.model.image.name),
         "norm": str(config.model.image.get("norm", "batch")), "image_size": size,
+        "options": _tower_options(config.model.image),
         "global_dim": int(global_dim), "local_dim": int(local_dim),
         "grid": list(shapes["local"][1:3]),
         "projection": spec,
@@ -497,7 +510,8 @@ class ImageEncoder:
     self.dtype = dtype or self.config.get("dtype", "float32")
     self.batch_size = int(batch_size)
     self.embedding_dim = int(image["embedding_dim"])
-    self._forward = _image_forward(image["tower"], image["norm"], self.dtype, head)
+    self._forward = _image_forward(image["tower"], image["norm"], self.dtype, head,
+                                   image.get("options", {}))
 
   def preprocess(self, images: Any) -> np.ndarray:
     """Numpy images -> the tower's input float32 [B, S, S, 1] (see `preprocess_images`)."""

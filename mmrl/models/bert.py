@@ -24,11 +24,14 @@ separate q_cls . K softmax over the last layer's keys with the same padding
 (vit.cls_attention_row), so the fused kernel is untouched.
 
 Outputs (all float32):
-  tokens     last hidden state [B, L, D]
+  tokens     last hidden state [B, L, D]; with sum_last_layers=n the sum of the last n hidden
+             states (GLoRIA's `last_n_layers: 4, aggregate_method: sum`, METHODS.md §3.1)
   token_mask content tokens: token_to_sentence >= 0 and attention_mask == 1 (no [CLS]/[SEP]/pad)
   sentences  pool_sentences(tokens, token_to_sentence, S, sentence_pool) + sentence_mask
   global     global_pool: 'cls' = the [CLS] hidden state; 'max_tokens' / 'mean_tokens' = masked
-             max / mean over the content tokens (ConVIRT uses max).
+             max / mean over the content tokens (ConVIRT uses max); 'mean_positions' = the sum
+             over all attended tokens ([CLS] .. [SEP]) divided by L, the padded length
+             (GLoRIA's mean over all word slots with zero pads, METHODS.md §3.1).
 
 Dropout (HF trains with 0.1) is off unless `BertConfig.dropout_rate` > 0; with it, train-mode
 calls need `rngs={'dropout': key}`.
@@ -52,7 +55,7 @@ from mmrl.heads.pooling import masked_max, masked_mean, pool_sentences
 from mmrl.models.features import TextFeatures
 from mmrl.models.vit import SelfAttention
 
-GLOBAL_POOLS = ("cls", "max_tokens", "mean_tokens")
+GLOBAL_POOLS = ("cls", "max_tokens", "mean_tokens", "mean_positions")
 SENTENCE_POOLS = ("max", "mean")
 PADDINGS = ("right", "any")
 ATTENTION_IMPLS = (None, "xla", "cudnn")
@@ -180,6 +183,8 @@ class BertTextTower(nn.Module):
     padding: 'right' (key_value_seq_lengths, the batch contract) | 'any' (boolean mask).
     attention_impl: None | 'xla' | 'cudnn' (module docstring).
     cls_attention: also return the last layer's [CLS] attention row (module docstring).
+    sum_last_layers: tokens = the sum of the last n hidden states (HF `hidden_states[-n:]`,
+      the embeddings' output counting as one; GLoRIA: 4); 1 = the last layer.
   """
   config: BertConfig
   global_pool: str = "cls"
@@ -189,8 +194,13 @@ class BertTextTower(nn.Module):
   padding: str = "right"
   attention_impl: str | None = None
   cls_attention: bool = False
+  sum_last_layers: int = 1
 
   def __post_init__(self):
+    if not 1 <= self.sum_last_layers <= self.config.num_layers + 1:
+      raise ConfigError(f"config.model.text.sum_last_layers={self.sum_last_layers} must be in "
+                        f"1..{self.config.num_layers + 1} (the hidden states: embeddings + "
+                        f"{self.config.num_layers} layers)")
     if self.global_pool not in GLOBAL_POOLS:
       raise ConfigError(f"config.model.text.global_pool={self.global_pool!r} is not supported; "
                        f"use one of {GLOBAL_POOLS}")
@@ -226,6 +236,7 @@ class BertTextTower(nn.Module):
       mask = (attention_mask > 0)[:, None, None, :]
     layer_cls = nn.remat(BertLayer) if self.remat else BertLayer
     cls_attention = None
+    hidden = [x]  # HF hidden_states: the embeddings' output, then each layer's
     for i in range(self.config.num_layers):
       last = self.cls_attention and i == self.config.num_layers - 1
       x = layer_cls(self.config, dtype=self.dtype, deterministic=deterministic,
@@ -233,13 +244,17 @@ class BertTextTower(nn.Module):
                     name=f"layer_{i}")(x, kv_lengths, mask)
       if last:
         x, cls_attention = x
+      hidden.append(x)
 
-    tokens = x.astype(jnp.float32)
+    tokens = sum(h.astype(jnp.float32) for h in hidden[-self.sum_last_layers:])
     token_mask = (token_to_sentence >= 0) & (attention_mask > 0)
     if self.global_pool == "cls":
       global_embedding = tokens[:, 0]
     elif self.global_pool == "max_tokens":
       global_embedding = masked_max(tokens, token_mask)
+    elif self.global_pool == "mean_positions":
+      real = (attention_mask > 0)[..., None]
+      global_embedding = jnp.sum(jnp.where(real, tokens, 0.0), axis=1) / tokens.shape[1]
     else:
       global_embedding = masked_mean(tokens, token_mask)
     sentence_ids = jnp.where(token_mask, token_to_sentence, -1)

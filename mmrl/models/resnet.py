@@ -1,8 +1,13 @@
 """ResNet image towers (v1.5) for 1-channel chest X-rays: ResNet-18, ResNet-50 and a tiny test net.
 
 v1.5 = the torchvision layout: in a bottleneck block the stride sits on the 3x3 convolution, and
-a projection shortcut (1x1 conv + norm) is used whenever the shape changes. The stem takes one
-input channel (no RGB replication). Normalisation is a choice:
+a projection shortcut (1x1 conv + norm) is used whenever the shape changes. Every convolution pads
+k // 2 on each side, as torchvision does (XLA's 'SAME' would pad a strided 3x3 conv (0, 1), i.e.
+shift the sampling grid by one pixel against torchvision's), so ImageNet weights imported with
+mmrl.models.pretrained reproduce torchvision's outputs (tests/test_pretrained_parity.py). The
+stem takes the channel count of the images given at `init`: 1 for the chest X-ray pipeline (no
+RGB replication), 3 for a parity check against an unchanged RGB checkpoint. Normalisation is a
+choice:
 
   batch  flax BatchNorm, statistics in the `batch_stats` collection (momentum 0.9 = torch's 0.1),
          `use_running_average=not train`. No `axis_name`: under jit with the batch sharded over
@@ -10,6 +15,11 @@ input channel (no RGB replication). Normalisation is a choice:
          statistics are the same on 1 device and on a pod. Train calls must pass
          `mutable=['batch_stats']`.
   group  GroupNorm with 32 groups (fewer, gcd(32, channels), for the tiny widths); no state.
+
+Local features: the last stage's grid by default; `local_stage=3` returns conv4 (stage 3) as the
+local grid while the global stays the average of the last stage (GLoRIA, MGCA-ResNet: layer3 ->
+regions, layer4 -> global, METHODS.md §3.1/§4.1). `resize_to=S` first resizes the input to SxS
+bilinearly with aligned corners (those papers' upsampling to 299 inside the encoder).
 
 Compute runs in `dtype` (bfloat16 by default) with float32 parameters; the outputs are float32.
 Parameter paths (see towers.py): `stem_conv`, `stem_norm`, `stage{s}_block{b}/conv{k}`,
@@ -25,6 +35,7 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mmrl.config_errors import ConfigError
 from mmrl.models.features import ImageFeatures
@@ -65,6 +76,14 @@ class _GroupNorm(nn.Module):
     groups = math.gcd(32, x.shape[-1])
     return nn.GroupNorm(num_groups=groups, epsilon=1e-5, dtype=self.dtype,
                         scale_init=self.scale_init, name="GroupNorm")(x)
+
+
+def _torch_padded_conv(features: int, kernel_size: Sequence[int],
+                       strides: Sequence[int] = (1, 1), *, name: str, dtype: Any) -> nn.Conv:
+  """A bias-free conv padded k // 2 on both sides (torch's `padding=k // 2`), He-normal init."""
+  return nn.Conv(features, tuple(kernel_size), tuple(strides), use_bias=False, dtype=dtype,
+                 padding=[(k // 2, k // 2) for k in kernel_size], name=name,
+                 kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"))
 
 
 class BasicBlock(nn.Module):
@@ -122,6 +141,8 @@ class ResNet(nn.Module):
     norm: 'batch' | 'group' (module docstring).
     dtype: compute dtype; parameters stay float32.
     remat: rematerialise each block in the backward pass (saves activation memory).
+    local_stage: stage whose grid is ImageFeatures.local (1-based; 0 = the last).
+    resize_to: resize the input to this square size first (align_corners bilinear; 0 = off).
   """
   stage_sizes: Sequence[int]
   widths: Sequence[int]
@@ -130,14 +151,22 @@ class ResNet(nn.Module):
   norm: str = "batch"
   dtype: Any = jnp.bfloat16
   remat: bool = False
+  local_stage: int = 0
+  resize_to: int = 0
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool) -> ImageFeatures:
-    if images.ndim != 4 or images.shape[-1] != 1:
-      raise ValueError(f"ResNet expects images f32[B, H, W, 1]; got shape {images.shape}")
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, padding="SAME",
-                             kernel_init=nn.initializers.variance_scaling(
-                                 2.0, "fan_out", "normal"))
+    if images.ndim != 4:
+      raise ValueError(f"ResNet expects images f32[B, H, W, C] (C = 1 for X-rays); got shape "
+                       f"{images.shape}")
+    n_stages = len(self.stage_sizes)
+    local_stage = self.local_stage or n_stages
+    if not 1 <= local_stage <= n_stages:
+      raise ConfigError(f"config.model.image.local_stage={self.local_stage} is not a stage of "
+                        f"this ResNet; use 0 (the last) or 1..{n_stages}")
+    if self.resize_to:
+      images = resize_align_corners(images.astype(jnp.float32), self.resize_to)
+    conv = functools.partial(_torch_padded_conv, dtype=self.dtype)
     if self.norm == "batch":
       norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
                                epsilon=1e-5, dtype=self.dtype)
@@ -151,26 +180,62 @@ class ResNet(nn.Module):
       block_cls = nn.remat(block_cls)
 
     x = images.astype(self.dtype)
-    x = conv(self.stem_width, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], name="stem_conv")(x)
+    x = conv(self.stem_width, (7, 7), (2, 2), name="stem_conv")(x)
     x = nn.relu(norm(name="stem_norm")(x))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    local = None
     for s, (n_blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):
       for b in range(n_blocks):
         strides = 2 if (s > 0 and b == 0) else 1
         x = block_cls(width=width, strides=strides, conv=conv, norm=norm,
                       name=f"stage{s + 1}_block{b}")(x)
+      if s + 1 == local_stage:
+        local = x.astype(jnp.float32)
     x = x.astype(jnp.float32)
-    bsz, h, w, c = x.shape
+    bsz, h, w, c = local.shape
     return ImageFeatures(global_embedding=jnp.mean(x, axis=(1, 2)),
-                         local=x.reshape(bsz, h * w, c), grid_hw=(h, w))
+                         local=local.reshape(bsz, h * w, c), grid_hw=(h, w))
 
 
 def resnet(name: str, *, norm: str = "batch", dtype: Any = jnp.bfloat16,
-           remat: bool = False) -> ResNet:
+           remat: bool = False, local_stage: int = 0, resize_to: int = 0) -> ResNet:
   """The named ResNet ('resnet18' | 'resnet50' | 'resnet_small' | 'resnet_tiny')."""
   if name not in RESNETS:
     raise ConfigError(f"config.model.image.name={name!r} is not a ResNet; known: "
                      f"{', '.join(sorted(RESNETS))}")
   spec = RESNETS[name]
   return ResNet(stage_sizes=spec.stage_sizes, widths=spec.widths, bottleneck=spec.bottleneck,
-                stem_width=spec.stem_width, norm=norm, dtype=dtype, remat=remat)
+                stem_width=spec.stem_width, norm=norm, dtype=dtype, remat=remat,
+                local_stage=local_stage, resize_to=resize_to)
+
+
+def stage_dim(spec: ResNetSpec, stage: int) -> int:
+  """Output channels of stage `stage` (1-based; 0 = the last)."""
+  stage = stage or len(spec.widths)
+  return spec.widths[stage - 1] * (4 if spec.bottleneck else 1)
+
+
+def _align_corners_matrix(n_in: int, n_out: int) -> np.ndarray:
+  """[n_out, n_in] bilinear weights with align_corners=True (torch nn.Upsample's convention)."""
+  m = np.zeros((n_out, n_in), np.float64)
+  if n_out == 1 or n_in == 1:
+    m[:, 0] = 1.0
+    return m.astype(np.float32)
+  pos = np.arange(n_out) * (n_in - 1) / (n_out - 1)
+  lo = np.clip(np.floor(pos).astype(int), 0, n_in - 2)
+  frac = pos - lo
+  m[np.arange(n_out), lo] = 1.0 - frac
+  m[np.arange(n_out), lo + 1] += frac
+  return m.astype(np.float32)
+
+
+def resize_align_corners(images: jax.Array, size: int) -> jax.Array:
+  """Bilinear resize of f32[B, H, W, C] to [B, size, size, C] with align_corners=True: the
+  corner pixels of input and output coincide (GLoRIA's and MGCA's `nn.Upsample(size=(299, 299),
+  mode='bilinear', align_corners=True)` inside the image encoder's forward)."""
+  _, h, w, _ = images.shape
+  ah = jnp.asarray(_align_corners_matrix(h, size))
+  aw = jnp.asarray(_align_corners_matrix(w, size))
+  hi = jax.lax.Precision.HIGHEST
+  x = jnp.einsum("oh,bhwc->bowc", ah, images, precision=hi)
+  return jnp.einsum("pw,bowc->bopc", aw, x, precision=hi)

@@ -6,9 +6,9 @@ Public API:
                                          num_sentences, train) -> TextFeatures
   load_text_weights(model_cfg, params) -> params (HF checkpoint in the text tower's subtree)
   image_tower_dims(model_cfg) -> (global_dim, local_dim);  text_tower_dim(model_cfg) -> int
-Keys read: model.dtype, model.image.{name, norm, remat, cls_attention}, model.text.{weights,
-num_layers, hidden_size, num_heads, intermediate_size, global_pool, sentence_pool, remat,
-attention_impl, cls_attention} and, optional, model.text.dropout (default 0.0; > 0 needs
+Keys read: model.dtype, model.image.{name, norm, remat, cls_attention, local_stage, resize_to},
+model.text.{weights, num_layers, hidden_size, num_heads, intermediate_size, global_pool,
+sentence_pool, remat, attention_impl, cls_attention, sum_last_layers} and, optional, model.text.dropout (default 0.0; > 0 needs
 rngs={'dropout': key} in train mode).
 
 Parameter-tree conventions (paths inside each tower's own subtree; the optimiser's freeze and
@@ -42,7 +42,7 @@ import jax.numpy as jnp
 from mmrl.config_errors import ConfigError
 from mmrl.models import hf_weights
 from mmrl.models.bert import BertConfig, BertTextTower
-from mmrl.models.resnet import RESNETS, resnet
+from mmrl.models.resnet import RESNETS, resnet, stage_dim
 from mmrl.models.vit import VITS, vit
 from mmrl.registry import Registry
 
@@ -53,12 +53,21 @@ DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32, "float16": jnp.float
 # ignore it (MGCA then uses uniform patch weights, mmrl/objectives/mgca.py).
 for _name in RESNETS:
   IMAGE_TOWERS.register(_name)(
-      lambda *, norm, dtype, remat, cls_attention=False, _n=_name: resnet(
-          _n, norm=norm, dtype=dtype, remat=remat))
+      lambda *, norm, dtype, remat, cls_attention=False, local_stage=0, resize_to=0, _n=_name:
+      resnet(_n, norm=norm, dtype=dtype, remat=remat, local_stage=local_stage,
+             resize_to=resize_to))
+
+
+def _vit_tower(name, *, norm, dtype, remat, cls_attention=False, local_stage=0, resize_to=0):
+  del norm
+  if local_stage or resize_to:
+    raise ConfigError(f"config.model.image.local_stage / resize_to are ResNet options; "
+                      f"{name!r} is a ViT: leave them 0")
+  return vit(name, dtype=dtype, remat=remat, cls_attention=cls_attention)
+
+
 for _name in VITS:
-  IMAGE_TOWERS.register(_name)(
-      lambda *, norm, dtype, remat, cls_attention=False, _n=_name: vit(
-          _n, dtype=dtype, remat=remat, cls_attention=cls_attention))
+  IMAGE_TOWERS.register(_name)(lambda _n=_name, **kw: _vit_tower(_n, **kw))
 del _name
 
 
@@ -85,16 +94,17 @@ def build_image_tower(model_cfg) -> nn.Module:
   return IMAGE_TOWERS.get(name)(norm=str(model_cfg.image.get("norm", "batch")),
                                 dtype=compute_dtype(model_cfg),
                                 remat=bool(model_cfg.image.get("remat", False)),
-                                cls_attention=bool(model_cfg.image.get("cls_attention", False)))
+                                cls_attention=bool(model_cfg.image.get("cls_attention", False)),
+                                local_stage=int(model_cfg.image.get("local_stage", 0)),
+                                resize_to=int(model_cfg.image.get("resize_to", 0)))
 
 
 def image_tower_dims(model_cfg) -> tuple[int, int]:
   """(global_dim, local_dim) of the configured image tower's features."""
   name = _image_name(model_cfg)
   if name in RESNETS:
-    d = RESNETS[name].out_dim
-  else:
-    d = VITS[name].dim
+    return RESNETS[name].out_dim, stage_dim(RESNETS[name], int(model_cfg.image.get("local_stage", 0)))
+  d = VITS[name].dim
   return d, d
 
 
@@ -135,7 +145,8 @@ def build_text_tower(model_cfg) -> nn.Module:
                        sentence_pool=str(t.get("sentence_pool", "max")),
                        dtype=compute_dtype(model_cfg), remat=bool(t.get("remat", False)),
                        attention_impl=None if impl in (None, "") else str(impl),
-                       cls_attention=bool(t.get("cls_attention", False)))
+                       cls_attention=bool(t.get("cls_attention", False)),
+                       sum_last_layers=int(t.get("sum_last_layers", 1)))
 
 
 def text_tower_dim(model_cfg) -> int:

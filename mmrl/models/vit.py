@@ -163,17 +163,18 @@ class EncoderBlock(nn.Module):
   mlp_dim: int
   dtype: Any = jnp.float32
   return_cls_attention: bool = False
+  norm_eps: float = 1e-6
 
   @nn.compact
   def __call__(self, x: jax.Array):
-    y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm1")(x)
+    y = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name="norm1")(x)
     y = SelfAttention(self.num_heads, dtype=self.dtype, name="attention")(
         y, return_cls_attention=self.return_cls_attention)
     attn = None
     if self.return_cls_attention:
       y, attn = y
     x = x + y
-    y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm2")(x)
+    y = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name="norm2")(x)
     x = x + MlpBlock(self.mlp_dim, dtype=self.dtype, name="mlp")(y)
     return (x, attn) if self.return_cls_attention else x
 
@@ -205,6 +206,7 @@ class ViT(nn.Module):
     remat: rematerialise each block in the backward pass.
     cls_attention: also return the last block's [CLS] -> patch attention (head-mean) as
       ImageFeatures.cls_attention f32[B, R] (MGCA's patch weights).
+    norm_eps: LayerNorm epsilon (timm: 1e-6; Hugging Face ViTModel checkpoints: 1e-12).
   """
   patch: int
   dim: int
@@ -214,12 +216,14 @@ class ViT(nn.Module):
   dtype: Any = jnp.bfloat16
   remat: bool = False
   cls_attention: bool = False
+  norm_eps: float = 1e-6
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool) -> ImageFeatures:
     del train  # no dropout / stochastic depth; kept for the tower interface.
-    if images.ndim != 4 or images.shape[-1] != 1:
-      raise ValueError(f"ViT expects images f32[B, H, W, 1]; got shape {images.shape}")
+    if images.ndim != 4:
+      raise ValueError(f"ViT expects images f32[B, H, W, C] (C = 1 for X-rays); got shape "
+                       f"{images.shape}")
     b, h, w, _ = images.shape
     p = self.patch
     if h % p or w % p:
@@ -245,22 +249,22 @@ class ViT(nn.Module):
     for i in range(self.depth):
       last = self.cls_attention and i == self.depth - 1
       x = block_cls(self.heads, self.mlp_dim, dtype=self.dtype, return_cls_attention=last,
-                    name=f"block_{i}")(x)
+                    norm_eps=self.norm_eps, name=f"block_{i}")(x)
       if last:
         x, attn = x
         attn = attn[:, 1:]  # [CLS] -> patches (MGCA: attn[:, :, 0, 1:].mean(heads))
-    x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="final_norm")(x)
+    x = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name="final_norm")(x)
     x = x.astype(jnp.float32)
     return ImageFeatures(global_embedding=x[:, 0], local=x[:, 1:], grid_hw=(gh, gw),
                          cls_attention=attn)
 
 
 def vit(name: str, *, dtype: Any = jnp.bfloat16, remat: bool = False,
-        cls_attention: bool = False) -> ViT:
+        cls_attention: bool = False, norm_eps: float = 1e-6) -> ViT:
   """The named ViT ('vit_s16' | 'vit_b16' | 'vit_tiny')."""
   if name not in VITS:
     raise ConfigError(f"config.model.image.name={name!r} is not a ViT; known: "
                      f"{', '.join(sorted(VITS))}")
   s = VITS[name]
   return ViT(patch=s.patch, dim=s.dim, depth=s.depth, heads=s.heads, mlp_dim=s.mlp_dim,
-             dtype=dtype, remat=remat, cls_attention=cls_attention)
+             dtype=dtype, remat=remat, cls_attention=cls_attention, norm_eps=norm_eps)

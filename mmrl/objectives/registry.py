@@ -50,6 +50,7 @@ BUILTIN_MODULES = (
     "mmrl.objectives.place",
     "mmrl.objectives.mlip",
     "mmrl.objectives.lrclr",
+    "mmrl.objectives.biovil",
 )
 
 

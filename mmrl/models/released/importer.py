@@ -1,0 +1,95 @@
+"""One call from a released checkpoint to an mmrl run directory (`experiments/import_checkpoint.py`).
+
+    converted = convert('gloria', '/ckpts/chexpert_resnet50.ckpt')
+    config = build_config(converted, base_config, tokenizer='/models/Bio_ClinicalBERT')
+    write_run('runs/gloria', config, converted.params, converted.batch_stats, report)
+
+`import_checkpoint(...)` does the three, checking the output folder first so a refused
+--output costs nothing. `FORMATS` names the importers (one module per format in this package) and
+the method config each starts from (experiments/configs/<method>.py, passed in by the caller so
+the library never imports `experiments`).
+"""
+from __future__ import annotations
+
+import pathlib
+from typing import Any, Callable
+
+import ml_collections
+
+from mmrl.models.released import biovil
+from mmrl.models.released import common
+from mmrl.models.released import gloria
+from mmrl.models.released import mgca
+from mmrl.models.released import run_writer
+from mmrl.models.released.source import SourceError
+
+FORMATS: dict[str, Callable[..., common.Converted]] = {
+    "gloria": gloria.convert, "mgca": mgca.convert, "biovil": biovil.convert}
+METHOD_CONFIG = {"gloria": "gloria", "mgca": "mgca", "biovil": "biovil"}
+# Where the formats without a vocabulary of their own get theirs (named in the error).
+TOKENIZER_HINT = {
+    "gloria": "Bio_ClinicalBERT's vocab.txt (Hugging Face emilyalsentzer/Bio_ClinicalBERT)",
+    "mgca": "Bio_ClinicalBERT's vocab.txt (Hugging Face emilyalsentzer/Bio_ClinicalBERT)",
+}
+
+
+def convert(fmt: str, path: str | pathlib.Path, **options: Any) -> common.Converted:
+  if fmt not in FORMATS:
+    raise SourceError(f"--format={fmt!r} is not known; use one of {', '.join(FORMATS)}")
+  options = {k: v for k, v in options.items() if v is not None}
+  return FORMATS[fmt](path, **options)
+
+
+def _vocab_size(tokenizer: str) -> int:
+  from data_pipeline import tokenization  # pylint: disable=import-outside-toplevel
+  return int(tokenization.load_tokenizer(tokenizer).get_vocab_size())
+
+
+def build_config(converted: common.Converted, base: ml_collections.ConfigDict, *,
+                 tokenizer: str | None = None) -> ml_collections.ConfigDict:
+  """`base` (the method's config) with the importer's overrides, the tokenizer, no training-time
+  text weights; checks that the tokenizer's ids fit the imported word-embedding table."""
+  config = ml_collections.ConfigDict(base.to_dict())
+  overrides = dict(converted.overrides)
+  if tokenizer:
+    overrides["data.tokenizer"] = str(pathlib.Path(tokenizer).expanduser().absolute())
+  elif "data.tokenizer" not in overrides:
+    raise SourceError(
+        f"--format={converted.format} checkpoints hold no vocabulary: pass --tokenizer=PATH to "
+        f"{TOKENIZER_HINT.get(converted.format, 'the vocabulary the model was trained with')} "
+        "(a vocab.txt, tokenizer.json or HF folder)")
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    with node.ignore_type():
+      node[leaf] = value
+  config.train.init_from = ""
+  config.train.ema.enabled = False
+  if "weights" in config.model.image:  # the import sets every tower weight: no ImageNet start
+    config.model.image.weights = "none"
+  vocab = int(config.model.text.vocab_size)
+  try:
+    n = _vocab_size(str(config.data.tokenizer))
+  except Exception as e:  # pylint: disable=broad-except
+    raise SourceError(f"the tokenizer {config.data.tokenizer!r} cannot be loaded ({e})") from None
+  if n > vocab:
+    raise SourceError(f"the tokenizer {config.data.tokenizer} has {n} tokens but the imported "
+                      f"word-embedding table has {vocab} rows: it is not the model's vocabulary")
+  return config
+
+
+def import_checkpoint(fmt: str, path: str | pathlib.Path, output: str | pathlib.Path,
+                      base: ml_collections.ConfigDict, *, tokenizer: str | None = None,
+                      overwrite: bool = False, **options: Any) -> tuple[pathlib.Path, dict]:
+  """Converts and writes the run; returns (run directory, import report)."""
+  run_writer.check_output(output, overwrite)
+  converted = convert(fmt, path, **options)
+  config = build_config(converted, base, tokenizer=tokenizer)
+  report = converted.report()
+  report["config_overrides"] = {**report["config_overrides"],
+                                "data.tokenizer": str(config.data.tokenizer)}
+  out = run_writer.write_run(output, config, converted.params, converted.batch_stats, report,
+                             overwrite=overwrite)
+  return out, report

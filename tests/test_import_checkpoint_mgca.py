@@ -1,0 +1,132 @@
+"""MGCA's Lightning checkpoint imported into mmrl's mgca method equals the authors' forward; the
+run directory it writes is read by evaluation, export and init_from; bad inputs change nothing."""
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("timm")
+pytest.importorskip("transformers")
+
+from experiments.configs import from_run  # noqa: E402
+from experiments.configs import mgca as mgca_config  # noqa: E402
+from mmrl.models.released import importer  # noqa: E402
+from mmrl.models.released import parity  # noqa: E402
+from mmrl.models.released import run_writer  # noqa: E402
+from mmrl.models.released.source import SourceError  # noqa: E402
+
+TOL = 1e-4
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# A ViT with the sizes of mmrl's vit_tiny (patch 8, 64 wide, 2 blocks, 2 heads, MLP 128).
+VIT = dict(image_size=32, patch=8, width=64, depth=2, heads=2, mlp_ratio=2.0)
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+  return parity.run_parity("mgca", tmp_path_factory.mktemp("mgca"), mgca_config.get_config(),
+                           variant="vit", image_size=32, text_length=24, sizes={"vit": VIT})
+
+
+@pytest.fixture(scope="module")
+def run_dir(result, tmp_path_factory):
+  out = tmp_path_factory.mktemp("runs") / "mgca_released"
+  vocab = pathlib.Path(result["source"]).parent / "vocab"
+  path, _ = importer.import_checkpoint("mgca", result["source"], out, mgca_config.get_config(),
+                                       tokenizer=str(vocab))
+  return path
+
+
+def test_mgca_vit_global_and_local_embeddings_equal_the_reference(result):
+  for name, diff in result["max_abs_diff"].items():
+    assert diff < TOL, (name, diff, result["scale"][name])
+
+
+def test_mgca_import_drops_cross_attention_local_attention_and_optimiser_state(result):
+  report = result["report"]
+  assert report["counts"]["tensors"] == report["counts"]["imported"] + report["counts"]["dropped"]
+  reasons = set(report["dropped_by_reason"])
+  assert any("cross-attention" in r for r in reasons)
+  assert any("use_local_atten" in r for r in reasons)
+  assert any("optimiser" in r for r in reasons)
+  assert "prototype_layer.weight" in report["imported"]
+
+
+def test_import_writes_config_checkpoint_and_report(run_dir):
+  assert (run_dir / "config.json").is_file()
+  assert (run_dir / "checkpoints" / "0" / "state").is_dir()
+  report = json.loads((run_dir / "import_report.json").read_text())
+  assert report["format"] == "mgca" and report["counts"]["imported"] > 0
+  assert not [p for p in run_dir.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_evaluation_restores_the_imported_weights(run_dir, result):
+  from mmrl.evaluation import features  # pylint: disable=import-outside-toplevel
+  config = from_run.get_config(str(run_dir))
+  state, _, _ = features.load_for_eval(config, run_dir)
+  ours = np.asarray(state.params["prototypes"]["weight"])
+  src = torch.load(result["source"], weights_only=False)["state_dict"]["prototype_layer.weight"]
+  np.testing.assert_array_equal(ours, src.numpy())
+
+
+def test_export_reads_the_imported_run(run_dir, tmp_path):
+  from mmrl import export  # pylint: disable=import-outside-toplevel
+  info = export.export_run(run_dir, tmp_path / "export", towers=("image", "text"))
+  assert info["image"]["tower"] == "vit_tiny"
+  assert info["image"]["projection"]["name"] == "image_projection"
+  assert (tmp_path / "export" / "text_encoder" / "config.json").is_file()
+
+
+def test_init_from_loads_the_imported_towers(run_dir):
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from mmrl import export  # pylint: disable=import-outside-toplevel
+  from mmrl.evaluation import features  # pylint: disable=import-outside-toplevel
+  from mmrl.train import loop  # pylint: disable=import-outside-toplevel
+  state, _, _ = features.load_for_eval(from_run.get_config(str(run_dir)), run_dir)
+  fresh = state.replace(params=jax.tree.map(jnp.zeros_like, state.params))
+  loaded = loop._load_towers(fresh, str(run_dir))  # pylint: disable=protected-access
+  _, saved = export.read_checkpoint(run_dir)
+  for tower in ("image_tower", "text_tower"):
+    a = jax.tree.leaves(loaded.params[tower])
+    b = jax.tree.leaves(saved["params"][tower])
+    assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b))
+  assert not np.any(np.asarray(loaded.params["prototypes"]["weight"]))  # heads are not loaded
+
+
+def test_a_checkpoint_of_another_format_names_the_expected_keys(result):
+  with pytest.raises(SourceError, match=r"not a GLoRIA checkpoint.*global_embedder"):
+    importer.convert("gloria", result["source"])
+  with pytest.raises(SourceError, match="not a folder"):
+    importer.convert("biovil", result["source"])
+
+
+def test_a_truncated_file_is_refused_and_nothing_is_written(result, tmp_path):
+  data = pathlib.Path(result["source"]).read_bytes()
+  bad = tmp_path / "truncated.ckpt"
+  bad.write_bytes(data[: len(data) // 2])
+  out = tmp_path / "runs" / "x"
+  proc = subprocess.run([sys.executable, "-m", "experiments.import_checkpoint", "--format=mgca",
+                         f"--input={bad}", f"--output={out}", f"--tokenizer={bad}"],
+                        cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert proc.returncode != 0
+  assert "truncated" in proc.stderr, proc.stderr[-2000:]
+  assert not out.exists() and not (tmp_path / "runs").exists()
+
+
+def test_an_output_holding_a_run_is_refused_unless_overwrite(run_dir, result):
+  vocab = pathlib.Path(result["source"]).parent / "vocab"
+  before = sorted(p.name for p in run_dir.iterdir())
+  with pytest.raises(run_writer.OutputExistsError, match="holds a run.*--overwrite"):
+    importer.import_checkpoint("mgca", result["source"], run_dir, mgca_config.get_config(),
+                               tokenizer=str(vocab))
+  assert sorted(p.name for p in run_dir.iterdir()) == before
+  path, _ = importer.import_checkpoint("mgca", result["source"], run_dir,
+                                       mgca_config.get_config(), tokenizer=str(vocab),
+                                       overwrite=True)
+  assert (path / "checkpoints" / "0").is_dir()
