@@ -13,6 +13,8 @@ that allow them:
   - VOI LUT Sequence (a sigmoid of the window, beside the window tags): 12-bit CR or DX files
     without a rescale (VOI LUT module: U in CR, C = present in DX For Presentation);
   - window tags: every file; RLE Lossless: any file.
+DX "For Processing" files are not generated: their pixels are not meant for display (no VOI is
+required), and MIMIC-CXR's images are For Presentation.
 dciodvfy's remaining warnings, each kept on purpose:
   - ProcedureCodeSequence CodingSchemeDesignator "99MMRL" is an "unrecognized defined term": the
     procedure code is our own, and PS3.3 8.2 reserves designators starting with "99" for local
