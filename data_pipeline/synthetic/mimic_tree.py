@@ -13,6 +13,8 @@ that allow them:
   - VOI LUT Sequence (a sigmoid of the window, beside the window tags): 12-bit CR or DX files
     without a rescale (VOI LUT module: U in CR, C = present in DX For Presentation);
   - window tags: every file; RLE Lossless: any file.
+DX "For Processing" files are not generated: their pixels are not meant for display (no VOI is
+required), and MIMIC-CXR's images are For Presentation.
 dciodvfy's remaining warnings, each kept on purpose:
   - ProcedureCodeSequence CodingSchemeDesignator "99MMRL" is an "unrecognized defined term": the
     procedure code is our own, and PS3.3 8.2 reserves designators starting with "99" for local
@@ -89,7 +91,7 @@ _BITS = ((12, 0.5), (14, 0.2), (15, 0.1), (16, 0.2))
 MONOCHROME1_FRACTION = 0.2
 RLE_FRACTION = 0.15
 DX_FRACTION = 0.3
-CR_RESCALE_FRACTION = 0.4  # of CR files; DX files always carry slope 1 / intercept 0
+RESCALE_FRACTION = 0.3  # drawn for every file; DX files then carry slope 1 / intercept 0 instead
 VOI_LUT_FRACTION = 0.4  # of 12-bit files without a rescale
 
 
@@ -372,12 +374,16 @@ def _write_patient(job: tuple[str, dict, int, int, float]) -> dict[str, list]:
     for k, (view, dicom_id, ph) in enumerate(images):
       bits = int(rng.choice([b for b, _ in _BITS], p=[p for _, p in _BITS]))
       photometric = "MONOCHROME1" if rng.random() < MONOCHROME1_FRACTION else "MONOCHROME2"
+      rescale = (_RESCALES[int(rng.integers(len(_RESCALES)))]
+                 if rng.random() < RESCALE_FRACTION else None)
       modality = "DX" if rng.random() < DX_FRACTION else "CR"
-      rescale = None  # DX allows only slope 1 / intercept 0 (written by build_dataset)
-      if modality == "CR" and rng.random() < CR_RESCALE_FRACTION:
-        rescale = _RESCALES[int(rng.integers(len(_RESCALES)))]
-      voi_lut = (rescale in (None, (1.0, 0.0)) and bits == 12
-                 and rng.random() < VOI_LUT_FRACTION)
+      rle = rng.random() < RLE_FRACTION
+      if modality == "DX":
+        rescale = None  # DX allows only slope 1 / intercept 0 (build_dataset writes those)
+      # Its own generator: the draws above (and so every image and report) stay as they were
+      # before VOI LUT files existed.
+      voi_lut = (rescale in (None, (1.0, 0.0)) and bits == 12 and np.random.default_rng(
+          [seed, 2, plan["index"], n, k]).random() < VOI_LUT_FRACTION)
       slope, intercept = rescale or (1.0, 0.0)
       stored, wc, ww = encode_pixels(ph.image, bits_stored=bits, photometric=photometric,
                                      slope=slope, intercept=intercept)
@@ -385,7 +391,7 @@ def _write_patient(job: tuple[str, dict, int, int, float]) -> dict[str, list]:
           stored, seed=seed, subject_id=subject, study_id=study, dicom_id=dicom_id, view=view,
           photometric=photometric, bits_stored=bits, pixel_spacing_mm=ph.pixel_spacing_mm,
           window=(wc, ww), rescale=rescale, modality=modality,
-          rle=rng.random() < RLE_FRACTION, study_date=date, study_time=time_,
+          rle=rle, study_date=date, study_time=time_,
           procedure=procedure, sex=plan["sex"], instance_number=k + 1, voi_lut=voi_lut)
       path = out / dicom_relpath(subject, study, dicom_id)
       path.parent.mkdir(parents=True, exist_ok=True)
