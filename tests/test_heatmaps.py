@@ -42,3 +42,12 @@ def test_write_heatmap_pngs_writes_readable_files(tmp_path):
   assert [p.name for p in paths] == ["heatmaps_synthetic_0.png", "heatmaps_nih_templated_1.png"]
   back = np.asarray(Image.open(paths[0]))
   np.testing.assert_array_equal(back, sheet)
+
+
+def test_sentence_sheet_carries_a_colour_key_above_the_panels():
+  image = np.zeros((24, 24), np.float32)
+  sheet = heatmaps.sentence_sheet(image, np.zeros((1, 4, 4)), ["a"], np.array([True]))
+  band = sheet[:heatmaps.LEGEND_H]
+  low, high = (heatmaps.jet(np.array([0.0, 1.0])) * 255).round().astype(np.uint8)  # ramp ends
+  assert (np.abs(band.astype(int) - low).sum(-1) <= 3).any()
+  assert (np.abs(band.astype(int) - high).sum(-1) <= 3).any()

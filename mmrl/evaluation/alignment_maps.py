@@ -52,7 +52,8 @@ from mmrl.config_errors import ConfigError
 from mmrl.models import towers
 from mmrl.objectives.contrastive import l2_normalize
 from mmrl.objectives.gloria import gloria_attention_maps
-from mmrl.objectives.methods import get_method, objective_options
+from mmrl.objectives.methods import get_method, method_config, objective_options
+from mmrl.objectives.registry import declared_options
 from mmrl.parallel.mesh import batch_sharding
 
 NEG_INF = -1e9
@@ -152,19 +153,19 @@ def _word_maps_to_sentences(word_maps, word_mask, batch, num_sentences, word_off
 
 def _tca_maps(outputs, batch, method_cfg, num_sentences, *, regions=None):
   opts = (objective_options(method_cfg, "tca") or objective_options(method_cfg, "lrclr_region")
-          or {})
-  words_key = str(opts.get("words_key", "text_words_local"))
-  word_mask = outputs[str(opts.get("word_mask_key", "word_mask"))]
+          or declared_options("tca"))
+  words_key = str(opts["words_key"])
+  word_mask = outputs[str(opts["word_mask_key"])]
   if regions is None:
-    regions = outputs[str(opts.get("regions_key", "image_regions_local"))]
-  att = word_patch_attention(outputs[words_key], word_mask, regions, float(opts.get("tau", 0.1)))
+    regions = outputs[str(opts["regions_key"])]
+  att = word_patch_attention(outputs[words_key], word_mask, regions, float(opts["tau"]))
   return _word_maps_to_sentences(att, word_mask, batch, num_sentences, 0)
 
 
 def method_maps(config: Any, state: Any, outputs: Mapping[str, Any],
                 batch: Mapping[str, jax.Array]) -> jax.Array:
   """f32[B,S,R] maps of `config.method.name` (module docstring) from the model outputs."""
-  method_cfg = config.method
+  method_cfg = method_config(config.method)  # the method's declared option defaults filled in
   name = str(method_cfg.name)
   image, text = outputs["image"], outputs["text"]
   s = int(text.sentence_mask.shape[-1])
@@ -172,12 +173,11 @@ def method_maps(config: Any, state: Any, outputs: Mapping[str, Any],
   if name == "lovt":
     return outputs["lovt/attention_s2r"].astype(jnp.float32)
   if name == "gloria":
-    opts = objective_options(method_cfg, "gloria_local") or {}
+    opts = objective_options(method_cfg, "gloria_local") or declared_options("gloria_local")
     alpha = gloria_attention_maps(outputs["text_words"], outputs["word_mask"],
                                   outputs["image_regions"], outputs["region_mask"],
-                                  tau1=float(opts.get("tau1", 4.0)),
-                                  exact=bool(opts.get("exact", False)))
-    offset = 1 if bool(method_cfg.get("word_include_cls", True)) else 0
+                                  tau1=float(opts["tau1"]), exact=bool(opts["exact"]))
+    offset = 1 if bool(method_cfg.word_include_cls) else 0
     word_mask = jnp.asarray(outputs["word_mask"], bool)
     if offset:  # [CLS] is word 0 in training; a sentence's map pools its own words only
       word_mask = word_mask.at[:, 0].set(False)
@@ -192,27 +192,26 @@ def method_maps(config: Any, state: Any, outputs: Mapping[str, Any],
     regions = _apply_projection(state, "region_projection", x,
                                 hidden=int(method_cfg.projection_hidden),
                                 out=int(method_cfg.embed_dim),
-                                norm=str(method_cfg.get("projection_norm", "none")), dtype=dtype)
+                                norm=str(method_cfg.projection_norm), dtype=dtype)
     return _tca_maps(outputs, batch, method_cfg, s, regions=regions.astype(jnp.float32))
   if name == "place":
-    opts = objective_options(method_cfg, "set_align") or {}
+    opts = objective_options(method_cfg, "set_align") or declared_options("set_align")
     if "query_attention" not in outputs:
       raise ConfigError("alignment maps for 'place' need its set_align heads (query_attention); "
                         "list set_align in config.method.objectives")
     sim = cosine_maps(outputs["sentence_embed"], outputs["query_embed"])          # [B,S,K]
-    weights = jax.nn.softmax(sim / float(opts.get("tau", 0.07)), axis=-1)
+    weights = jax.nn.softmax(sim / float(opts["tau"]), axis=-1)
     return jnp.einsum("bsk,bkr->bsr", weights, outputs["query_attention"].astype(jnp.float32))
   if name == "local_mi":
     from mmrl.heads.critics import make_critic  # pylint: disable=g-import-not-at-top
-    critic = make_critic(str(method_cfg.get("critic", "concat_mlp")),
-                         hidden=tuple(method_cfg.get("critic_hidden", (1024, 512))),
-                         dim=int(method_cfg.get("critic_dim", 256)), dtype=dtype, name=None)
+    critic = make_critic(str(method_cfg.critic), hidden=tuple(method_cfg.critic_hidden),
+                         dim=int(method_cfg.critic_dim), dtype=dtype, name=None)
     params = {"params": _sub(state.params, "critic", "head")}
     one = lambda x, y: critic.apply(params, x[None], y)[0]                        # [S,R]
     return jax.vmap(one)(image.local, text.sentences).astype(jnp.float32)
   # ConVIRT and any method without a local head: projections applied to regions / sentences.
   kw = dict(hidden=int(method_cfg.projection_hidden), out=int(method_cfg.embed_dim),
-            norm=str(method_cfg.get("projection_norm", "none")), dtype=dtype)
+            norm=str(method_cfg.projection_norm), dtype=dtype)
   regions = _apply_projection(state, "image_projection", image.local, **kw)
   sentences = _apply_projection(state, "text_projection", text.sentences, **kw)
   return cosine_maps(sentences, regions)

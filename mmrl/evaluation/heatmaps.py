@@ -4,7 +4,8 @@
   coloured with a jet-like colour map (written out here: blue -> cyan -> yellow -> red) and blended
   over the grey image -> uint8 [H,W,3].
 - `sentence_sheet(image, maps, sentences, sentence_mask)`: one captioned panel per valid
-  sentence (optionally the ground truth outlined in green) in a grid -> uint8 image.
+  sentence (optionally the ground truth outlined in green) in a grid, under a colour key
+  (low -> high, and the green outline when boxes are drawn) -> uint8 image.
 - `write_heatmap_pngs(out_dir, images)`: writes {name: uint8 image} as PNGs; returns the paths.
 Pure numpy + PIL; no JAX.
 """
@@ -24,6 +25,7 @@ ALPHA = 0.45          # weight of the colour map in the blend
 MIN_PANEL = 192       # panels are upscaled (nearest, integer factor) to at least this size
 CAPTION_CHARS = 30    # characters per caption line
 CAPTION_LINES = 4
+LEGEND_H = 58         # the colour-key band above a sentence sheet
 
 
 def jet(x: np.ndarray) -> np.ndarray:
@@ -114,7 +116,28 @@ def sentence_sheet(image: np.ndarray, maps: np.ndarray, sentences: Sequence[str]
   for i, p in enumerate(panels):
     r, c = divmod(i, cols)
     sheet[r * (ph + 4):r * (ph + 4) + ph, c * (pw + 4):c * (pw + 4) + pw] = p
-  return sheet
+  return np.concatenate([_legend_band(sheet.shape[1], boxes is not None), sheet], axis=0)
+
+
+def _legend_band(width: int, with_boxes: bool) -> np.ndarray:
+  """uint8 [LEGEND_H, width, 3]: the colour key of the panels (fits a one-panel sheet)."""
+  canvas = Image.new("RGB", (width, LEGEND_H), (255, 255, 255))
+  draw = ImageDraw.Draw(canvas)
+  try:
+    font = ImageFont.load_default(size=11)
+  except TypeError:  # Pillow < 10.1: the fixed bitmap font
+    font = ImageFont.load_default()
+  bar_w = min(width - 70, 140)
+  ramp = (jet(np.linspace(0, 1, bar_w)) * 255).round().astype(np.uint8)
+  canvas.paste(Image.fromarray(np.repeat(ramp[None], 8, axis=0)), (30, 6))
+  draw.text((3, 3), "low", fill=(0, 0, 0), font=font)
+  draw.text((34 + bar_w, 3), "high", fill=(0, 0, 0), font=font)
+  lines = ["each panel: one sentence's map", "(min-max scaled per panel)"]
+  if with_boxes:
+    lines.append("green outline: ground truth")
+  for i, line in enumerate(lines):
+    draw.text((3, 17 + 13 * i), line, fill=(0, 0, 0), font=font)
+  return np.asarray(canvas)
 
 
 def _file_name(name: str) -> str:
