@@ -162,3 +162,9 @@ def test_froc_of_points_inside_every_box_with_no_false_positive_is_one():
   gb = np.array([[0, 0, 10, 10], [20, 20, 40, 40.0]])
   value, sens = dm.froc([0, 1], gb, [0.9, 0.8], [0, 1], gb, num_images=2)
   assert value == 1.0 and (sens == 1).all()
+
+
+def test_froc_without_detections_is_zero_and_without_boxes_is_one():
+  gb = np.array([[0, 0, 10, 10.0]])
+  assert dm.froc([], np.zeros((0, 4)), [], [0], gb, num_images=1)[0] == 0.0
+  assert dm.froc([0], gb, [0.5], [], np.zeros((0, 4)), num_images=1)[0] == 1.0

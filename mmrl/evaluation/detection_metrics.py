@@ -161,6 +161,8 @@ def froc(det_image: np.ndarray, det_boxes: np.ndarray, det_scores: np.ndarray,
   rates = np.asarray(fp_rates, np.float64)
   if num_gt == 0:
     return 1.0, np.ones(len(rates))
+  if len(det_boxes) == 0:
+    return 0.0, np.zeros(len(rates))
   order = np.argsort(-np.asarray(det_scores, np.float64), kind="stable")
   cx = (det_boxes[order, 0] + det_boxes[order, 2]) / 2
   cy = (det_boxes[order, 1] + det_boxes[order, 3]) / 2
@@ -173,7 +175,7 @@ def froc(det_image: np.ndarray, det_boxes: np.ndarray, det_scores: np.ndarray,
   first = np.where(inside.any(axis=0), np.argmax(inside, axis=0), len(img))
   hits = np.cumsum(np.bincount(first, minlength=len(img) + 1)[:len(img)])
   sens = np.empty(len(rates))
-  final = hits[-1] / num_gt if len(img) else 0.0
+  final = hits[-1] / num_gt
   for j, rate in enumerate(rates):
     reached = np.flatnonzero(false_pos / num_images >= rate)
     sens[j] = hits[reached[0]] / num_gt if len(reached) else final

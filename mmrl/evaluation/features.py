@@ -27,7 +27,7 @@ from mmrl.train import state as state_lib
 log = logging.getLogger(__name__)
 
 # Host-side keys copied from the batches next to the features.
-_BATCH_OUTPUTS = ("labels", "label_mask") + batch_spec.MASK_KEYS
+_BATCH_OUTPUTS = ("labels", "label_mask", "boxes", "box_labels", "box_mask") + batch_spec.MASK_KEYS
 
 
 def make_feature_step(mesh: Mesh, state_shardings: Any
@@ -70,7 +70,7 @@ def extract_features(state: Any, step: Callable, batches: Iterable[Mapping[str, 
   """Runs `step` (from `make_feature_step`) over `batches`; concatenated valid rows, numpy.
 
   Returns keys image_global, image_embed, text_embed, image_local [N,gh,gw,D] (unless
-  `keep_local` is False), labels, label_mask, masks/mask_labels/mask_present when the batches
+  `keep_local` is False), labels, label_mask, boxes, box_labels, box_mask, masks/mask_labels/mask_present when the batches
   have them, and the input images [N, H, W, 1] with `keep_images` (for sheets and fine-tuning).
   """
   sharding = mesh_lib.batch_sharding(mesh)

@@ -7,7 +7,7 @@ and, per call, extracts each needed split's features once (one jitted, mesh-shar
 `step` (all enabled ones at the last step). `__call__(state, names)` returns
 (scalars: dict[str, float], images: dict[str, uint8 HxWx3]).
 
-Evaluators: retrieval, zero_shot, linear_probe, segmentation (this package) and localisation
+Evaluators: retrieval, zero_shot, linear_probe, segmentation, detection (this package) and localisation
 (`mmrl.evaluation.localisation.LocalisationEvaluator`, imported only when asked for; skipped with a
 warning when that module is not installed).
 """
@@ -28,6 +28,7 @@ from data_pipeline import pipeline as data_lib
 from data_pipeline import synthetic_dataset
 from data_pipeline import transforms
 from data_pipeline import tokenization
+from mmrl.evaluation import detection
 from mmrl.evaluation import features as features_lib
 from mmrl.evaluation import linear_probe
 from mmrl.evaluation import retrieval
@@ -37,7 +38,8 @@ from mmrl.train import checkpoint as ckpt_lib
 
 log = logging.getLogger(__name__)
 
-EVALUATORS = ("retrieval", "zero_shot", "linear_probe", "segmentation", "localisation")
+EVALUATORS = ("retrieval", "zero_shot", "linear_probe", "segmentation", "detection",
+              "localisation")
 
 
 class EvalRunner:
@@ -98,6 +100,8 @@ class EvalRunner:
       return evaluator(state, self._features_fn(state), self._embed_text_fn(state))
     if name == "linear_probe":
       return evaluator(state, self._features_fn(state), self._images_fn(state))
+    if name == "detection":
+      return evaluator(state, self._features_fn(state))
     return evaluator(state, self.batches)  # localisation
 
   def _get(self, name: str):
@@ -112,6 +116,8 @@ class EvalRunner:
       ev = linear_probe.LinearProbeEvaluator(config, self.label_names)
     elif name == "segmentation":
       ev = segmentation.SegmentationEvaluator(config, self.label_names)
+    elif name == "detection":
+      ev = detection.DetectionEvaluator(config, self.label_names)
     else:
       ev = _localisation(config, self.mesh, self.state_shardings)
     self._evaluators[name] = ev
