@@ -35,7 +35,7 @@ import numpy as np
 import optax
 
 from mmrl.evaluation import detection_metrics as dm
-from mmrl.evaluation.linear_probe import fraction_tag, stratified_subset
+from mmrl.evaluation.linear_probe import aggregate_seeds, fraction_tag, stratified_subset
 from mmrl.heads import yolo_head
 from mmrl.models import multiscale
 
@@ -106,12 +106,6 @@ def postprocess(boxes: np.ndarray, scores: np.ndarray, *, score_threshold: float
   b, s, c = np.concatenate(out_b), np.concatenate(out_s), np.concatenate(out_c)
   top = np.argsort(-s, kind="stable")[:max_dets]
   return np.clip(b[top], 0.0, 1.0), s[top], c[top]
-
-
-def _mean_std(values: Sequence[float]) -> tuple[float, Optional[float]]:
-  """Mean and sample std (ddof=1; None with fewer than 2 values)."""
-  v = np.asarray(values, np.float64)
-  return float(v.mean()), (float(v.std(ddof=1)) if len(v) >= 2 else None)
 
 
 class DetectorTrainer:
@@ -328,7 +322,7 @@ class DetectionEvaluator:
           for key in ("map", "map@0.5", "froc"):
             if f"{tag}/{key}" in run:
               out[f"{tag}/seed_{seed}/{key}"] = run[f"{tag}/{key}"]
-        out.update(_aggregate(runs, tag))
+        out.update(aggregate_seeds(runs, tag, ("map", "map@0.5", "map@0.75", "froc")))
     return out, {}
 
 
@@ -341,19 +335,6 @@ def _batched_pyramid(fn, images: np.ndarray, batch_size: int) -> list[np.ndarray
     feats = [np.asarray(f)[:min(batch_size, n - start)] for f in fn(jnp.asarray(images[idx]))]
     parts = [[f] for f in feats] if parts is None else [p + [f] for p, f in zip(parts, feats)]
   return [np.concatenate(p) for p in parts]
-
-
-def _aggregate(runs: Sequence[Mapping[str, float]], tag: str) -> dict[str, float]:
-  """Mean over seeds of every key all runs share, '<key>_std' (ddof=1) for the headline metrics
-  and '<tag>/num_seeds'."""
-  out = {f"{tag}/num_seeds": float(len(runs))}
-  common = set(runs[0]).intersection(*runs[1:])
-  for key in sorted(common):
-    mean, std = _mean_std([r[key] for r in runs])
-    out[key] = mean
-    if std is not None and key.rsplit("/", 1)[-1] in ("map", "map@0.5", "map@0.75", "froc"):
-      out[f"{key}_std"] = std
-  return out
 
 
 __all__ = ["DetectionEvaluator", "DetectorTrainer", "clean_boxes", "nms", "postprocess",
