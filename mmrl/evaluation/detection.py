@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
@@ -307,6 +308,7 @@ class DetectionEvaluator:
         runs: list[dict[str, float]] = []
         for i in range(int(c.seeds)):
           seed = self.seed + i
+          t0 = time.time()
           rows = stratified_subset(has_class, known, float(fraction), seed)
           params = trainer.init(sample, seed)
           params, loss = trainer.fit(params, tr_in, tr_boxes, tr_labels, tr_mask, rows,
@@ -317,6 +319,9 @@ class DetectionEvaluator:
                                  nms_iou=float(c.nms_iou), max_dets=int(c.max_dets),
                                  iou_thresholds=tuple(c.iou_thresholds))
           run[f"{tag}/train_loss"] = loss
+          log.info("%s seed %d: %d train images, %.0f s, loss %.3f, mAP %.4f, mAP@0.5 %.4f, "
+                   "FROC %.4f", tag, seed, len(rows), time.time() - t0, loss, run.get(f"{tag}/map", float("nan")),
+                   run.get(f"{tag}/map@0.5", float("nan")), run[f"{tag}/froc"])
           run[f"{tag}/num_train"] = float(len(rows))
           runs.append(run)
           for key in ("map", "map@0.5", "froc"):
