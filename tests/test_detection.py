@@ -129,8 +129,20 @@ def test_resnet_pyramid_has_strides_8_16_32_and_leaves_the_tower_output_unchange
       v, x, method="encode_image", train=False)))(state.variables(), images)
   assert [p.shape[1:3] for p in pyr] == [(8, 8), (4, 4), (2, 2)]
   np.testing.assert_allclose(pyr[-1].reshape(2, 4, -1), plain.local, rtol=1e-6)
-  vit = multiscale.simple_pyramid(jnp.ones((1, 4, 4, 8)))
-  assert [p.shape[1:3] for p in vit] == [(8, 8), (4, 4), (2, 2)]
+
+
+def test_vit_pyramid_is_the_last_grid_upsampled_itself_and_pooled():
+  from mmrl.models.vit import vit  # pylint: disable=g-import-not-at-top
+  tower = vit("vit_tiny", dtype=jnp.float32)
+  images = jnp.asarray(np.random.default_rng(0).normal(size=(1, 32, 32, 1)), jnp.float32)
+  variables = jax.jit(lambda k, x: tower.init(k, x, train=False))(jax.random.key(0), images)
+  apply_fn = lambda v, x, train, method: tower.apply(v, x, train=train)
+  c = base_config()
+  c.model.image.name = "vit_tiny"
+  pyr = jax.jit(lambda v, x: multiscale.pyramid_fn(c.model)(apply_fn, v, x))(variables, images)
+  grid = 32 // tower.patch
+  assert [p.shape[1:3] for p in pyr] == [(2 * grid, 2 * grid), (grid, grid), (grid // 2,) * 2]
+  np.testing.assert_allclose(pyr[2][0, 0, 0], pyr[1][0, :2, :2].mean(axis=(0, 1)), rtol=1e-5)
 
 
 def _toy_detection_set(n, size=64, seed=0):
