@@ -30,7 +30,7 @@ def main(argv):
   print("|---|---|---|---|---|---|---|---|---|")
   for r in rows:
     print(f"| {r['tag']} | {r['metric']} | {r['mean_a']:.4f} ± {r['std_a']:.4f} | "
-          f"{r['mean_b']:.4f} ± {r['std_b']:.4f} | {r['n']} | {r['mean_diff']:+.4f} | "
+          f"{r['mean_b']:.4f} ± {r['std_b']:.4f} | {int(r['n'])} | {r['mean_diff']:+.4f} | "
           f"{r['t']:.2f} | {r['p']:.3g} | {'yes' if r['beyond_spread'] else 'no'} |")
 
 

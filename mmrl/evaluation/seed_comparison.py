@@ -69,7 +69,8 @@ def compare(a: Mapping[str, float], b: Mapping[str, float]) -> list[dict[str, ob
     std_b = float(np.std(vb, ddof=1)) if len(vb) >= 2 else float("nan")
     rows.append({"tag": key[0], "metric": key[1], "n": len(seeds),
                  "mean_a": float(np.mean(va)), "std_a": std_a,
-                 "mean_b": float(np.mean(vb)), "std_b": std_b, **test,
+                 "mean_b": float(np.mean(vb)), "std_b": std_b,
+                 **{k: v for k, v in test.items() if k != "n"},
                  "beyond_spread": bool(test["mean_diff"] > np.nanmax([std_a, std_b, 0.0]))})
   return rows
 
