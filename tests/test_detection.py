@@ -1,6 +1,7 @@
 """Detection: anchors, targets <-> decoding, box cleaning, NMS, the pyramid, the evaluator."""
 from __future__ import annotations
 
+import functools
 import types
 
 import flax.linen as nn
@@ -113,6 +114,7 @@ class _Model(nn.Module):
     return self.encode_image(images, train=train)
 
 
+@functools.lru_cache(maxsize=None)
 def _state(image_size=64):
   model = _Model()
   variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, image_size, image_size, 1)))
