@@ -4,6 +4,8 @@ python -m experiments.evaluate --config=experiments/configs/convirt.py:smoke --c
 python -m experiments.evaluate --config=experiments/configs/convirt.py \
     --config.data.dataset_dir=/data/shards --checkpoint=runs/convirt \
     --evaluators=linear_probe,zero_shot,retrieval,segmentation --output=runs/convirt/eval.json
+python -m experiments.evaluate --config=experiments/configs/demo.py --random_init \
+    --config.data.dataset_dir=/data/shards --evaluators=detection --output=runs/random.json
 Prints a table of the metrics and writes them as JSON (default <run>/eval/step_<N>.json), with the
 evaluators' pictures as PNGs next to it. Protocols: docs/evaluation.md.
 """
@@ -21,10 +23,13 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py[:arg]).")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Run directory or its checkpoints/ folder.")
 _EVALUATORS = flags.DEFINE_list("evaluators", None, "Evaluators to run (default: all): "
-                                "retrieval, zero_shot, linear_probe, segmentation, localisation.")
+                                "retrieval, zero_shot, linear_probe, segmentation, detection, localisation.")
 _OUTPUT = flags.DEFINE_string("output", None, "JSON output path (default <run>/eval/step_<N>.json).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
-flags.mark_flags_as_required(["config", "checkpoint"])
+_RANDOM_INIT = flags.DEFINE_bool(
+    "random_init", False, "Evaluate a freshly initialised model (seed config.seed) instead of a "
+    "checkpoint: the random-init baseline; needs --output and --config.data.dataset_dir.")
+flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
@@ -35,12 +40,20 @@ def main(argv):
   from mmrl.evaluation import features  # pylint: disable=g-import-not-at-top
   from mmrl.evaluation import runner  # pylint: disable=g-import-not-at-top
 
-  scalars, images, step = runner.evaluate_checkpoint(
-      _CONFIG.value, _CHECKPOINT.value, _EVALUATORS.value, step=_STEP.value)
-  ckpt_dir = features.checkpoint_dir(_CHECKPOINT.value)
-  output = pathlib.Path(_OUTPUT.value or ckpt_dir.parent / "eval" / f"step_{step}.json")
+  if _RANDOM_INIT.value:
+    if _CHECKPOINT.value or not _OUTPUT.value:
+      raise app.UsageError("--random_init takes no --checkpoint and needs --output")
+    scalars, images, step = runner.evaluate_random_init(_CONFIG.value, _EVALUATORS.value)
+    source = "random_init"
+  else:
+    if not _CHECKPOINT.value:
+      raise app.UsageError("--checkpoint is required (or --random_init)")
+    scalars, images, step = runner.evaluate_checkpoint(
+        _CONFIG.value, _CHECKPOINT.value, _EVALUATORS.value, step=_STEP.value)
+    source = str(features.checkpoint_dir(_CHECKPOINT.value))
+  output = pathlib.Path(_OUTPUT.value or pathlib.Path(source).parent / "eval" / f"step_{step}.json")
   output.parent.mkdir(parents=True, exist_ok=True)
-  doc = {"checkpoint": str(ckpt_dir), "step": step,
+  doc = {"checkpoint": source, "step": step,
          "metrics": {k: (None if math.isnan(v) else v) for k, v in sorted(scalars.items())}}
   output.write_text(json.dumps(doc, indent=1) + "\n")
   for tag, img in images.items():

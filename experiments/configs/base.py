@@ -187,7 +187,8 @@ def base_config() -> ml_collections.ConfigDict:
       finetune=False,              # also train the image tower with the head (per fraction)
       finetune_steps=100,          # minibatch steps of the fine-tune
       finetune_lr=1e-4,            # Adam learning rate of the image tower when fine-tuning
-      finetune_batch_size=32))     # examples per fine-tune minibatch
+      finetune_batch_size=32,      # examples per fine-tune minibatch
+      finetune_seeds=3))           # fine-tune runs per fraction (seed = config.seed + i)
   c.eval.segmentation = ml_collections.ConfigDict(dict(
       enabled=False,               # frozen-feature segmentation Dice (mmrl.evaluation.segmentation)
       every=0,                     # period in steps (0 = train.eval_every)
@@ -203,6 +204,27 @@ def base_config() -> ml_collections.ConfigDict:
       require_mask=True,           # score only images with a target mask (others: unannotated)
       max_masks=4,                 # masks read per image (M; extra masks dropped)
       num_sheet_examples=4))       # test examples drawn in TensorBoard (0 = none)
+  c.eval.detection = ml_collections.ConfigDict(dict(
+      enabled=False,               # YOLOv3-style detection mAP/FROC (mmrl.evaluation.detection)
+      every=0,                     # period in steps (0 = train.eval_every)
+      train_split="",              # head training split ('' = data.train_split)
+      test_split="",               # scored split ('' = data.eval_split)
+      max_train=1024,              # train images read (0 = eval.max_examples)
+      max_test=0,                  # test images read (0 = eval.max_examples)
+      mode="frozen",               # frozen (cached features) | finetune (tower trains) | both
+      fractions=(0.01, 0.1, 1.0),  # nested, class-stratified, seeded subsets of the train images
+      seeds=3,                     # runs per fraction (seed = config.seed + i); mean, std, each
+      steps=300,                   # Adam minibatch steps of each run
+      batch_size=16,               # images per minibatch
+      lr=1e-3,                     # Adam learning rate of the head
+      finetune_lr=1e-4,            # Adam learning rate of the image tower ('finetune' mode)
+      finetune_warmup_steps=0,     # first steps with the tower fixed (LoVT: 100)
+      width=64,                    # channels of the head's neck and 3x3 convs
+      ignore_iou=0.5,              # predictions overlapping a box above this are not background
+      score_threshold=0.005,       # detections kept before NMS: score above this
+      nms_iou=0.5,                 # per-class NMS IoU
+      max_dets=100,                # detections per image (also pycocotools' maxDets)
+      iou_thresholds=(0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75)))  # mAP average (LoVT, MGCA)
   c.eval.localisation = ml_collections.ConfigDict(dict(
       enabled=False,               # pointing game / IoU of sentence maps vs boxes (localisation)
       every=0))                    # period in steps (0 = train.eval_every)

@@ -28,8 +28,9 @@ from mmrl.train import state as state_lib
 log = logging.getLogger(__name__)
 
 # Host-side keys copied from the batches next to the features (study_id groups retrieval's
-# positives), and with keep_images also the inputs the sheets draw (images, query tokens).
-_BATCH_OUTPUTS = ("labels", "label_mask", "study_id") + batch_spec.MASK_KEYS
+# positives; boxes feed detection), and with keep_images also the inputs the sheets draw.
+_BATCH_OUTPUTS = ("labels", "label_mask", "study_id", "boxes", "box_labels",
+                  "box_mask") + batch_spec.MASK_KEYS
 _SHEET_OUTPUTS = ("image", "input_ids")
 
 
@@ -73,9 +74,9 @@ def extract_features(state: Any, step: Callable, batches: Iterable[Mapping[str, 
   """Runs `step` (from `make_feature_step`) over `batches`; concatenated valid rows, numpy.
 
   Returns keys image_global, image_embed, text_embed, image_local [N,gh,gw,D] (unless
-  `keep_local` is False), labels, label_mask, study_id, masks/mask_labels/mask_present when the
-  batches have them, and with `keep_images` the input images [N, H, W, 1] and input_ids [N, L]
-  (for sheets and fine-tuning).
+  `keep_local` is False), labels, label_mask, study_id, boxes, box_labels, box_mask,
+  masks/mask_labels/mask_present when the batches have them, and with `keep_images` the input
+  images [N, H, W, 1] and input_ids [N, L] (for sheets and fine-tuning).
   """
   sharding = mesh_lib.batch_sharding(mesh)
   parts: dict[str, list[np.ndarray]] = {}

@@ -6,11 +6,15 @@ standardised with the subset's mean/std; one logistic regression per label (all 
 trained full-batch with Adam for a fixed number of steps (deterministic on a given backend); AUROC
 per label on the test split and their macro mean. Labels: 1 positive, 0 negative; uncertain (-1)
 and blank (label_mask False) entries are left out of both training and scoring; labels with one
-class in the test split get no AUROC. `finetune=True` also trains the image tower (from the
-checkpoint) with the linear head, on the images of the subset.
+class in the test split get no AUROC. `finetune=True` also runs the fine-tune protocol: the whole
+image tower (from the checkpoint; BatchNorm on its running statistics) and a linear head trained
+end to end on each fraction's subset, for `finetune_seeds` seeds (seed config.seed + i; the
+subsets of seed config.seed are the probe's own), reported as the mean over seeds, '_std' (sample
+std, ddof=1), 'num_seeds' and each seed's macro AUROC.
 
 - `stratified_subset`, `fit_logistic`, `predict_logistic`, `probe_auroc`, `linear_probe`: math.
 - `finetune_probe`: image tower + linear head trained end to end (JAX, small data).
+- `mean_and_std`, `aggregate_seeds`: the over-seeds summary (also used by detection).
 - `LinearProbeEvaluator`: reads the two splits with the feature step and calls them.
 """
 from __future__ import annotations
@@ -197,6 +201,28 @@ def finetune_probe(apply_image: Callable[[Any, jax.Array], jax.Array], tower_par
   return results
 
 
+def mean_and_std(values: Sequence[float]) -> tuple[float, Optional[float]]:
+  """Mean and sample standard deviation (ddof=1; None with fewer than two values)."""
+  v = np.asarray(values, np.float64)
+  return float(v.mean()), (float(v.std(ddof=1)) if len(v) >= 2 else None)
+
+
+def aggregate_seeds(runs: Sequence[Mapping[str, float]], tag: str,
+                    headline: Sequence[str]) -> dict[str, float]:
+  """One run's metrics per seed -> the mean of every key all runs share, '<key>_std' (sample
+  std, ddof=1, with >= 2 runs) for keys whose last '/' part is in `headline`, and
+  '<tag>/num_seeds'."""
+  out = {f"{tag}/num_seeds": float(len(runs))}
+  if not runs:
+    return out
+  for key in sorted(set(runs[0]).intersection(*runs[1:])):
+    mean, std = mean_and_std([r[key] for r in runs])
+    out[key] = mean
+    if std is not None and key.rsplit("/", 1)[-1] in headline:
+      out[f"{key}_std"] = std
+  return out
+
+
 class LinearProbeEvaluator:
   """Linear probe on `config.eval.linear_probe` (train_split, test_split, fractions, l2, steps,
   lr, max_train, finetune...). `__call__(state, features_fn, images_fn) -> (scalars, {})` where
@@ -241,18 +267,30 @@ class LinearProbeEvaluator:
       return state.apply_fn(v, images, train=False, method="encode_image").global_embedding
 
     fractions = tuple(c.fractions)
-    subsets = [stratified_subset(tr_pos, tr_known, f, self.seed) for f in fractions]
-    all_logits = finetune_probe(apply_image, variables["params"]["image_tower"], tr_img, tr_pos,
-                                tr_known, te_img, subsets, steps=c.finetune_steps,
-                                lr=c.finetune_lr, batch_size=c.finetune_batch_size,
-                                seed=self.seed)
-    out = {}
-    for fraction, logits in zip(fractions, all_logits):
+    num_seeds = int(c.get("finetune_seeds", 1))
+    if num_seeds < 1:
+      raise ValueError(f"config.eval.linear_probe.finetune_seeds={num_seeds} must be >= 1")
+    runs: dict[float, list[dict[str, float]]] = {f: [] for f in fractions}
+    out: dict[str, float] = {}
+    for i in range(num_seeds):
+      seed = self.seed + i  # seed config.seed: the linear probe's own subsets
+      subsets = [stratified_subset(tr_pos, tr_known, f, seed) for f in fractions]
+      all_logits = finetune_probe(apply_image, variables["params"]["image_tower"], tr_img,
+                                  tr_pos, tr_known, te_img, subsets, steps=c.finetune_steps,
+                                  lr=c.finetune_lr, batch_size=c.finetune_batch_size, seed=seed)
+      for fraction, rows, logits in zip(fractions, subsets, all_logits):
+        tag = f"linear_probe/finetune/{fraction_tag(fraction)}"
+        run = probe_auroc(logits, te_pos, te_known, self.names, tag)
+        run[f"{tag}/num_train"] = float(len(rows))
+        runs[fraction].append(run)
+        if np.isfinite(run[f"{tag}/macro_auroc"]):
+          out[f"{tag}/seed_{seed}/macro_auroc"] = run[f"{tag}/macro_auroc"]
+    for fraction in fractions:
       tag = f"linear_probe/finetune/{fraction_tag(fraction)}"
-      out.update(probe_auroc(logits, te_pos, te_known, self.names, tag))
+      out.update(aggregate_seeds(runs[fraction], tag, ("macro_auroc",)))
     return out
 
 
 __all__ = ["known_and_positive", "stratified_subset", "fit_logistic", "predict_logistic",
            "probe_auroc", "linear_probe", "finetune_probe", "LinearProbeEvaluator",
-           "fraction_tag"]
+           "fraction_tag", "mean_and_std", "aggregate_seeds"]

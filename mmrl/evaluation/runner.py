@@ -7,7 +7,7 @@ and, per call, extracts each needed split's features once (one jitted, mesh-shar
 `step` (all enabled ones at the last step). `__call__(state, names)` returns
 (scalars: dict[str, float], images: dict[str, uint8 HxWx3]).
 
-Evaluators: retrieval, zero_shot, linear_probe, segmentation (this package) and localisation
+Evaluators: retrieval, zero_shot, linear_probe, segmentation, detection (this package) and localisation
 (`mmrl.evaluation.localisation.LocalisationEvaluator`, imported only when asked for; skipped with a
 warning when that module is not installed).
 """
@@ -28,6 +28,7 @@ from data_pipeline import pipeline as data_lib
 from data_pipeline import synthetic_dataset
 from data_pipeline import transforms
 from data_pipeline import tokenization
+from mmrl.evaluation import detection
 from mmrl.evaluation import features as features_lib
 from mmrl.evaluation import linear_probe
 from mmrl.evaluation import retrieval
@@ -37,7 +38,8 @@ from mmrl.train import checkpoint as ckpt_lib
 
 log = logging.getLogger(__name__)
 
-EVALUATORS = ("retrieval", "zero_shot", "linear_probe", "segmentation", "localisation")
+EVALUATORS = ("retrieval", "zero_shot", "linear_probe", "segmentation", "detection",
+              "localisation")
 
 
 class EvalRunner:
@@ -98,6 +100,8 @@ class EvalRunner:
       return evaluator(state, self._features_fn(state), self._embed_text_fn(state))
     if name == "linear_probe":
       return evaluator(state, self._features_fn(state), self._images_fn(state))
+    if name == "detection":
+      return evaluator(state, self._features_fn(state))
     return evaluator(state, self.batches)  # localisation
 
   def _get(self, name: str):
@@ -112,6 +116,8 @@ class EvalRunner:
       ev = linear_probe.LinearProbeEvaluator(config, self.label_names)
     elif name == "segmentation":
       ev = segmentation.SegmentationEvaluator(config, self.label_names)
+    elif name == "detection":
+      ev = detection.DetectionEvaluator(config, self.label_names)
     else:
       ev = _localisation(config, self.mesh, self.state_shardings)
     self._evaluators[name] = ev
@@ -220,8 +226,28 @@ def evaluate_checkpoint(config: Any, checkpoint: str, names: Optional[Sequence[s
   return scalars, images, int(step)
 
 
+def evaluate_random_init(config: Any, names: Optional[Sequence[str]] = None
+                         ) -> tuple[dict[str, float], dict[str, np.ndarray], int]:
+  """The evaluators on a freshly initialised state (seed `config.seed`; no training): the
+  random-initialisation baseline. `config.data.dataset_dir` must name converted shards.
+  Returns (scalars, images, 0)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from mmrl.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from mmrl.train import state as state_lib  # pylint: disable=g-import-not-at-top
+  if not str(config.data.dataset_dir):
+    raise ValueError("--random_init needs --config.data.dataset_dir=<converted shards> (there "
+                     "is no run directory to find synthetic data under)")
+  mesh = mesh_lib.make_mesh(config.mesh)
+  state, shardings = state_lib.create_train_state(config, jax.random.key(int(config.seed)), mesh)
+  runner = EvalRunner(config, mesh, shardings)
+  if names is None:
+    names = [n for n in EVALUATORS if n != "localisation" or _localisation_installed()]
+  scalars, images = runner(state, names)
+  return scalars, images, 0
+
+
 def _localisation_installed() -> bool:
   return importlib.util.find_spec("mmrl.evaluation.localisation") is not None
 
 
-__all__ = ["EvalRunner", "EVALUATORS", "evaluate_checkpoint"]
+__all__ = ["EvalRunner", "EVALUATORS", "evaluate_checkpoint", "evaluate_random_init"]

@@ -1,0 +1,78 @@
+"""Multi-scale image features for dense downstream heads (detection): strides 8, 16 and 32.
+
+The towers' pretraining outputs are left as they are (ImageFeatures: one grid). This module reads
+the extra scales from outside:
+
+- ResNet: the outputs of stages 2, 3 and 4 (torchvision layer2/3/4 = the papers' conv3/4/5, strides
+  8/16/32), captured with flax's `capture_intermediates` on the last block of each stage (the tower
+  module is unchanged; the parameter tree is the same).
+- ViT: a simple feature pyramid from the last patch grid (stride 16): bilinear x2 upsampling
+  (stride 8), the grid itself, and x2 average pooling (stride 32). Parameter-free; the detection
+  head's convolutions adapt it (ViTDet uses learned deconvolutions here; see
+  docs/evaluation.md, Detection).
+
+`pyramid_fn(model_cfg)` returns `fn(apply_fn, variables, images) -> [f32[B,h,w,C]] * 3`, fine to
+coarse, where `apply_fn`/`variables` are the two-tower model's (TrainState.apply_fn and
+state.variables()); `images` f32[B, H, W, 1]. BatchNorm uses its running statistics
+(train=False), also when fine-tuning.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from mmrl.config_errors import ConfigError
+from mmrl.models.resnet import RESNETS
+from mmrl.models.vit import VITS
+
+PyramidFn = Callable[[Callable[..., Any], Any, jax.Array], list[jax.Array]]
+
+STRIDES = (8, 16, 32)
+
+
+def resnet_stage_names(name: str) -> tuple[str, ...]:
+  """Module names of the last block of stages 2, 3, 4 of ResNet `name`."""
+  spec = RESNETS[name]
+  return tuple(f"stage{s}_block{spec.stage_sizes[s - 1] - 1}" for s in (2, 3, 4))
+
+
+def simple_pyramid(grid: jax.Array) -> list[jax.Array]:
+  """[B,h,w,C] stride-16 grid -> [x2 up (bilinear), itself, x2 down (average)] in float32."""
+  grid = grid.astype(jnp.float32)
+  b, h, w, c = grid.shape
+  up = jax.image.resize(grid, (b, 2 * h, 2 * w, c), "bilinear")
+  hd, wd = max(1, h // 2), max(1, w // 2)
+  down = grid[:, :hd * 2, :wd * 2].reshape(b, hd, 2, wd, 2, c).mean(axis=(2, 4)) \
+      if h >= 2 and w >= 2 else grid
+  return [up, grid, down]
+
+
+def pyramid_fn(model_cfg: Any) -> PyramidFn:
+  """See the module docstring; `model_cfg` = config.model."""
+  name = str(model_cfg.image.name)
+  if name in RESNETS:
+    stages = resnet_stage_names(name)
+    wanted = set(stages)
+
+    def resnet_fn(apply_fn, variables, images):
+      _, state = apply_fn(variables, images, train=False, method="encode_image",
+                          capture_intermediates=lambda m, meth: m.name in wanted
+                          and meth == "__call__")
+      inter = state["intermediates"]["image_tower"]
+      return [inter[s]["__call__"][0].astype(jnp.float32) for s in stages]
+    return resnet_fn
+  if name in VITS:
+
+    def vit_fn(apply_fn, variables, images):
+      feats = apply_fn(variables, images, train=False, method="encode_image")
+      gh, gw = feats.grid_hw
+      grid = feats.local.reshape(feats.local.shape[0], gh, gw, feats.local.shape[-1])
+      return simple_pyramid(grid)
+    return vit_fn
+  raise ConfigError(f"config.model.image.name={name!r} has no multi-scale features; known: "
+                    f"{', '.join(sorted(RESNETS) + sorted(VITS))}")
+
+
+__all__ = ["pyramid_fn", "simple_pyramid", "resnet_stage_names", "STRIDES"]
