@@ -322,8 +322,9 @@ class DetectionEvaluator:
                                  iou_thresholds=tuple(c.iou_thresholds))
           run[f"{tag}/train_loss"] = loss
           log.info("%s seed %d: %d train images, %.0f s, loss %.3f, mAP %.4f, mAP@0.5 %.4f, "
-                   "FROC %.4f", tag, seed, len(rows), time.time() - t0, loss, run.get(f"{tag}/map", float("nan")),
-                   run.get(f"{tag}/map@0.5", float("nan")), run[f"{tag}/froc"])
+                   "FROC %.4f", tag, seed, len(rows), time.time() - t0, loss,
+                   run.get(f"{tag}/map", float("nan")), run.get(f"{tag}/map@0.5", float("nan")),
+                   run[f"{tag}/froc"])
           run[f"{tag}/num_train"] = float(len(rows))
           runs.append(run)
           out[f"{tag}/seed_{seed}/subset_crc32"] = subset_digest(rows)
