@@ -194,6 +194,8 @@ def test_detection_evaluator_runs_frozen_and_finetuned_with_seeds_and_counts():
       assert out[f"{tag}/map"] == pytest.approx(np.mean(seeds))
       assert out[f"{tag}/map_std"] == pytest.approx(np.std(seeds, ddof=1))
   assert out["detection/frozen/50pct/num_train"] < out["detection/frozen/100pct/num_train"] == 16
+  crc = lambda mode, s: out[f"detection/{mode}/50pct/seed_{s}/subset_crc32"]
+  assert crc("frozen", c.seed) == crc("finetune", c.seed) != crc("frozen", c.seed + 1)
   assert not any(np.isnan(v) for v in out.values())
 
 

@@ -46,6 +46,10 @@ def test_finetune_reports_the_mean_sample_std_and_count_over_seeds_on_the_probe_
   assert out["linear_probe/finetune/25pct/num_train"] == pytest.approx(np.mean(
       [len(lp.stratified_subset(pos, known, 0.25, c.seed + i)) for i in range(3)]))
   assert out["linear_probe/finetune/100pct/num_train"] == 28
+  digests = {out[f"linear_probe/finetune/25pct/seed_{c.seed + i}/subset_crc32"] for i in range(3)}
+  assert len(digests) == 3  # three seeds, three recorded subsets
+  assert out[f"linear_probe/finetune/100pct/seed_{c.seed}/subset_crc32"] == lp.subset_digest(
+      np.arange(28))
 
 
 def test_one_seed_reports_no_std():

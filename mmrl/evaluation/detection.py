@@ -16,7 +16,8 @@ Protocol (docs/evaluation.md, Detection; METHODS.md §4.4, §5.4, §10.1 `yolo_d
    `max_dets` per image; mAP over IoU 0.4:0.05:0.75, mAP@0.5, mAP@0.75
    (`detection_metrics.average_precision`, pycocotools-exact) and Object-CXR FROC.
 5. Reported per mode and fraction: the mean over seeds, `_std` (sample std, ddof=1, when >= 2
-   seeds), `num_seeds`, each seed's value (`seed_<s>/...`, for paired tests), `num_train`.
+   seeds), `num_seeds`, each seed's value (`seed_<s>/...`, for paired tests) and subset
+   (`seed_<s>/subset_crc32`, `linear_probe.subset_digest`), `num_train`.
    A class without a test box is a counted skip (`num_classes_skipped`), never a NaN.
 
 - `clean_boxes`, `nms`, `postprocess`: numpy helpers (pure).
@@ -36,7 +37,8 @@ import numpy as np
 import optax
 
 from mmrl.evaluation import detection_metrics as dm
-from mmrl.evaluation.linear_probe import aggregate_seeds, fraction_tag, stratified_subset
+from mmrl.evaluation.linear_probe import (aggregate_seeds, fraction_tag, stratified_subset,
+                                          subset_digest)
 from mmrl.heads import yolo_head
 from mmrl.models import multiscale
 
@@ -320,10 +322,12 @@ class DetectionEvaluator:
                                  iou_thresholds=tuple(c.iou_thresholds))
           run[f"{tag}/train_loss"] = loss
           log.info("%s seed %d: %d train images, %.0f s, loss %.3f, mAP %.4f, mAP@0.5 %.4f, "
-                   "FROC %.4f", tag, seed, len(rows), time.time() - t0, loss, run.get(f"{tag}/map", float("nan")),
-                   run.get(f"{tag}/map@0.5", float("nan")), run[f"{tag}/froc"])
+                   "FROC %.4f", tag, seed, len(rows), time.time() - t0, loss,
+                   run.get(f"{tag}/map", float("nan")), run.get(f"{tag}/map@0.5", float("nan")),
+                   run[f"{tag}/froc"])
           run[f"{tag}/num_train"] = float(len(rows))
           runs.append(run)
+          out[f"{tag}/seed_{seed}/subset_crc32"] = subset_digest(rows)
           for key in ("map", "map@0.5", "froc"):
             if f"{tag}/{key}" in run:
               out[f"{tag}/seed_{seed}/{key}"] = run[f"{tag}/{key}"]

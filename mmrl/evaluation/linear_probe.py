@@ -14,13 +14,15 @@ std, ddof=1), 'num_seeds' and each seed's macro AUROC.
 
 - `stratified_subset`, `fit_logistic`, `predict_logistic`, `probe_auroc`, `linear_probe`: math.
 - `finetune_probe`: image tower + linear head trained end to end (JAX, small data).
-- `mean_and_std`, `aggregate_seeds`: the over-seeds summary (also used by detection).
+- `mean_and_std`, `aggregate_seeds`: the over-seeds summary (also used by detection);
+  `subset_digest`: the CRC32 recorded for each seed's subset ('.../seed_<s>/subset_crc32').
 - `LinearProbeEvaluator`: reads the two splits with the feature step and calls them.
 """
 from __future__ import annotations
 
 import functools
 import math
+import zlib
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
@@ -135,6 +137,13 @@ def probe_auroc(scores: np.ndarray, positive: np.ndarray, known: np.ndarray,
   aucs = list(out.values())
   out[f"{prefix}/macro_auroc"] = float(np.mean(aucs)) if aucs else float("nan")
   return out
+
+
+def subset_digest(rows: np.ndarray) -> float:
+  """CRC32 of the sorted row indices (as int64 bytes), a float that records which subset a run
+  used (exact in float64): equal digests = equal subsets of the same split order."""
+  data = np.sort(np.asarray(rows, np.int64)).tobytes()
+  return float(zlib.crc32(data))
 
 
 def fraction_tag(fraction: float) -> str:
@@ -283,6 +292,7 @@ class LinearProbeEvaluator:
         run = probe_auroc(logits, te_pos, te_known, self.names, tag)
         run[f"{tag}/num_train"] = float(len(rows))
         runs[fraction].append(run)
+        out[f"{tag}/seed_{seed}/subset_crc32"] = subset_digest(rows)
         if np.isfinite(run[f"{tag}/macro_auroc"]):
           out[f"{tag}/seed_{seed}/macro_auroc"] = run[f"{tag}/macro_auroc"]
     for fraction in fractions:
@@ -293,4 +303,4 @@ class LinearProbeEvaluator:
 
 __all__ = ["known_and_positive", "stratified_subset", "fit_logistic", "predict_logistic",
            "probe_auroc", "linear_probe", "finetune_probe", "LinearProbeEvaluator",
-           "fraction_tag", "mean_and_std", "aggregate_seeds"]
+           "fraction_tag", "mean_and_std", "aggregate_seeds", "subset_digest"]

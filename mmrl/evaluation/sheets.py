@@ -208,6 +208,9 @@ def segmentation_sheet(images: np.ndarray, target: np.ndarray, pred: np.ndarray,
       canvas.paste(Image.fromarray(panel), (label_w + gap + j * (w + gap), y))
     if dice is not None:
       draw.text((gap, y), f"Dice\n{float(dice[r]):.2f}", fill=INK, font=font)
+    if not p.any():
+      draw.text((label_w + gap + 2 * (w + gap) + 3, y + 2), "(nothing predicted)", fill=RED,
+                font=font)
   return np.asarray(canvas)
 
 

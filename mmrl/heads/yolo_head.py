@@ -111,7 +111,8 @@ def _assign(boxes: jax.Array, anchors: jax.Array) -> jax.Array:
 
 
 def encode_targets(boxes: jax.Array, labels: jax.Array, mask: jax.Array, anchors: jax.Array,
-                   grids: Sequence[tuple[int, int]], num_classes: int) -> list[dict[str, jax.Array]]:
+                   grids: Sequence[tuple[int, int]], num_classes: int
+                   ) -> list[dict[str, jax.Array]]:
   """Dense targets per scale from padded boxes (fixed shapes, jit-able).
 
   Args:
