@@ -22,6 +22,7 @@ from __future__ import annotations
 import ml_collections
 
 from experiments.configs.base import base_config
+from experiments.configs.base import convirt_augmentation
 from experiments.configs.base import make_tiny
 
 
@@ -47,6 +48,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.data.image_size = 224
   c.data.max_tokens = 128
   c.data.sentence_sampling = "random_sentence"
+  convirt_augmentation(c)
   if arg == "smoke":
     make_tiny(c)
   elif arg:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import ml_collections
 
 from experiments.configs.base import base_config
+from experiments.configs.base import crop_only_augmentation
 from experiments.configs.base import make_tiny
 
 
@@ -53,6 +54,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.train.num_steps = 50_000
   c.data.image_size = 224
   c.data.max_tokens = 128
+  crop_only_augmentation(c)
   if arg == "tiny":
     make_tiny(c, image_tower="resnet_tiny")
     c.method.max_words = 24

@@ -62,6 +62,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.data.image_size = 256
   c.data.max_tokens = 320
   c.eval.retrieval.enabled = False
+  # Liao's RandomAffine(+-20 deg, translate 0.1) + CenterCrop(256) (§6.1): no crop, flip, jitter.
+  a = c.data.augment
+  a.crop, a.crop_scale, a.crop_ratio = "random_resized", (1.0, 1.0), (1.0, 1.0)
+  a.hflip, a.rotation_deg, a.translate, a.scale = False, 20.0, 0.1, (1.0, 1.0)
+  a.brightness, a.contrast, a.blur_sigma = 0.0, 0.0, (0.0, 0.0)
   if arg == "tiny":
     make_tiny(c, image_tower="resnet_tiny")
     c.method.critic_hidden = [32, 16]

@@ -27,6 +27,7 @@ from __future__ import annotations
 import ml_collections
 
 from experiments.configs.base import base_config
+from experiments.configs.base import convirt_augmentation
 from experiments.configs.base import make_tiny
 
 
@@ -74,6 +75,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.data.image_size = 224
   c.data.max_tokens = 256
   c.data.max_sentences = 32
+  convirt_augmentation(c)
   if arg == "tiny":
     make_tiny(c, image_tower="resnet_tiny")
     c.method.pool_heads = 4

@@ -42,6 +42,7 @@ from __future__ import annotations
 import ml_collections
 
 from experiments.configs.base import base_config
+from experiments.configs.base import crop_only_augmentation
 from experiments.configs.base import make_tiny
 
 
@@ -72,6 +73,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.optim.warmup_steps = int(0.4 * c.train.num_steps)
   c.data.image_size = 224
   c.data.max_tokens = 128
+  crop_only_augmentation(c)
   if arg == "tiny":
     make_tiny(c, image_tower="vit_tiny")
     c.method.lrclr.update(dict(width=32, top_k=4, score_hidden=32, fusion_layers=2,

@@ -31,6 +31,7 @@ from __future__ import annotations
 import ml_collections
 
 from experiments.configs.base import base_config
+from experiments.configs.base import crop_only_augmentation
 from experiments.configs.base import make_tiny
 
 
@@ -67,6 +68,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.optim.warmup_steps = 20_000  # 40 % of the steps (§4.3)
   c.data.image_size = 224
   c.data.max_tokens = 128
+  crop_only_augmentation(c)
   if arg == "tiny":
     make_tiny(c, image_tower="vit_tiny")
     c.method.embed_dim = 16

@@ -48,6 +48,7 @@ from __future__ import annotations
 import ml_collections
 
 from experiments.configs.base import base_config
+from experiments.configs.base import crop_only_augmentation
 from experiments.configs.base import make_tiny
 
 
@@ -68,7 +69,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
                                                  itm_heads=4, itm_mlp_dim=1024))
   c.method.objectives = [
       ml_collections.ConfigDict(dict(name="soft_clip_nce", weight=1.0, tau=0.07,
-                                     learnable_tau=False, alpha=0.4, target="teacher")),
+                                     learnable_tau=True, alpha=0.4, target="teacher")),
       ml_collections.ConfigDict(dict(name="tca", weight=1.0, tau=0.1, bidirectional=True,
                                      words_key="text_words_knowledge")),
       ml_collections.ConfigDict(dict(name="proto_swap", weight=1.0, tau=0.2, epsilon=0.05,
@@ -87,6 +88,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.optim.warmup_steps = int(0.4 * c.train.num_steps)
   c.data.image_size = 224
   c.data.max_tokens = 128
+  crop_only_augmentation(c)
   if arg == "tiny":
     make_tiny(c, image_tower="vit_tiny")
     c.method.mlip.update(dict(max_words=32, knowledge_heads=2, itm_width=32, itm_heads=2,
