@@ -49,7 +49,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.method.critic_hidden = [1024, 512]    # concat_mlp widths (separable: g/h hidden widths)
   c.method.critic_dim = 256               # separable only
   c.method.critic_chunk = 0               # concat_mlp: texts per chunk of the B x B pairs (0 = all)
-  c.method.text_feature = "sentence"      # sentence | global
+  c.method.text_feature = "sentence"      # sentence (alone) | sentence_in_report | global
+  c.data.sentence_sampling = "random_sentence"  # the sentence-alone text view (§6.2)
   c.method.objectives = [ml_collections.ConfigDict(dict(
       name="mi_bound", weight=1.0, estimator="infonce", pairs="local_max",
       exclude_same_study=True, exact=False))]
