@@ -26,7 +26,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.prefetch_buffer = 2       # read-ahead in local batches (>= 1; also per Grain worker)
   c.data.shuffle = True            # shuffle train records (seed; reshuffled every epoch)
   c.data.on_bad_record = "skip"    # skip | fail
-  # Training text view: all | random_sentence (ConVIRT) | random_subset; evaluation sees all.
+  # Training text view: all | random_sentence (ConVIRT, local MI) | random_subset; eval sees all.
   c.data.sentence_sampling = "all"
   c.data.mean = 0.5                # image normalisation after scaling to [0, 1]
   c.data.std = 0.25                # (x - mean) / std; must be > 0 (data_pipeline.transforms)
