@@ -118,7 +118,7 @@ def test_id_hash_is_stable_and_31_bit():
   assert transforms.stable_id_hash("p10000032") == 973715296  # zlib.crc32 & 0x7FFFFFFF.
 
 
-# ---- paper augmentations: Gaussian blur, pad-and-crop, the presets (METHODS.md §2.4, §3.3, §4.3)
+# ---- paper augmentations: Gaussian blur, pad-and-crop, presets (METHODS.md §2.4, §3.3, §4.3)
 
 
 def _reference_blur(x, k, sigma):

@@ -396,7 +396,7 @@ def test_mgca_heads_with_tca_exact_emit_the_authors_words_and_weights():
     @mgca.nn.compact
     def __call__(self):
       return method.apply_heads(image, text, batch, train=False, dtype=jnp.float32)
-  out, _ = Heads().init_with_output(jax.random.key(0))
+  out, _ = jax.jit(Heads().init_with_output)(jax.random.key(0))
   for i in range(2):
     _, ref_mask, ref_attn = reference_code_words(toks[i], embs[i].astype(np.float64),
                                                  attn[i].astype(np.float64))

@@ -26,9 +26,9 @@ Differences from the paper / code:
   model.text.weights at a local Bio_ClinicalBERT to match the tower.
 - Text view: the whole report instead of one random sentence per image per step (full_report:
   false; set data.sentence_sampling='random_sentence' for that); sentences from
-  data_pipeline/reports.py, not GLoRIA's '.' / bullet regex with \w+ tokens and <= 1-token
-  sentences dropped (§3.3). Pretraining data: MIMIC-CXR-layout shards, not CheXpert's private
-  impressions (§3.5).
+  data_pipeline/reports.py, not GLoRIA's '.' / bullet regex keeping word-character tokens and
+  dropping <= 1-token sentences (§3.3). Pretraining data: MIMIC-CXR-layout shards, not
+  CheXpert's private impressions (§3.5).
 - gloria_local runs over caption chunks of 8 (memory O(B * 8 * W * R), same value, §3.5/§11.5).
 - Optimiser: AdamW (decoupled weight decay on rank >= 2 non-norm parameters) instead of Adam with
   L2 decay on every parameter.

@@ -38,7 +38,7 @@ Differences from the paper / code:
   patience 5); global-norm clipping at 1.0 (the code has none); weight decay on rank >= 2
   non-norm parameters only (torch AdamW decays every parameter).
 - Data: report sentences from data_pipeline/reports.py (the code: impression + findings split on
-  '.' and bullets, \w+ tokens, <= 1-token sentences and < 3-token reports dropped).
+  '.' and bullets, word-character tokens, <= 1-token sentences and < 3-token reports dropped).
 - Compute in bfloat16 (model.dtype; losses in float32).
 - Augmentation: pad + resize + crop in one bilinear resampling pass (the code: cv2 INTER_AREA
   resize to 256, then RandomCrop); one grey channel (the code: RGB). The evaluation view pads and
