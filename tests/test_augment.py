@@ -207,3 +207,20 @@ def test_blur_is_applied_with_blur_prob():
                               dict(NO_AFFINE, blur_sigma=(0.1, 3.0), blur_prob=1.0))[0]
   np.testing.assert_array_equal(never, plain)
   assert always.std() < plain.std()  # noise is smoothed
+
+
+def test_convirt_brightness_and_contrast_factors_span_0_6_to_1_4():
+  aug = dict(NO_AFFINE, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0),
+             brightness=base.convirt_augmentation(base.base_config()).data.augment.brightness)
+  flat = Image.fromarray(np.full((32, 32), 100, np.uint8))
+  factors = [float(augment.train_view(flat, np.zeros([0, 4]), np.random.default_rng(s), 32,
+                                      aug)[0].mean()) / (100 / 255) for s in range(60)]
+  assert 0.6 <= min(factors) < 0.7 and 1.3 < max(factors) <= 1.4
+  # Contrast scales the deviations from the image mean by a factor in the same range.
+  two = np.full((32, 32), 60, np.uint8)
+  two[:, 16:] = 140
+  aug = dict(NO_AFFINE, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), contrast=0.4)
+  spread = [float(np.ptp(augment.train_view(Image.fromarray(two), np.zeros([0, 4]),
+                                            np.random.default_rng(s), 32, aug)[0][:, 2:30]))
+            / (80 / 255) for s in range(60)]
+  assert 0.6 <= min(spread) < 0.7 and 1.3 < max(spread) <= 1.4 + 1e-5
