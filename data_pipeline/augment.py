@@ -5,10 +5,17 @@ normalisation), with its boxes mapped into the output image. Pure numpy + PIL; e
 choice comes from the `np.random.Generator` passed in, so a view is a function of
 (record, generator state) — Grain's `random_map` supplies a per-example generator.
 
-Train: random resized crop (area fraction `crop_scale`, aspect `crop_ratio`) to S², composed
-with a small affine about the centre (rotation, translation, scale) and an optional horizontal
-flip into one bilinear resampling pass (after an integer box reduction for large sources), then
-brightness (multiplicative) and contrast (about the mean). Eval: pad to square, resize.
+Train: a crop, composed with a small affine about the centre (rotation, translation, scale) and
+an optional horizontal flip into one bilinear resampling pass (after an integer box reduction for
+large sources), then brightness (multiplicative) and contrast (about the mean), then an optional
+Gaussian blur. The crop is `crop='random_resized'` (area fraction `crop_scale`, aspect
+`crop_ratio`; ConVIRT / LoVT, METHODS.md §2.4, §5.3) or `crop='pad_crop'` (pad to square, resize
+to S / `crop_fraction`, random S x S crop at integer offsets: GLoRIA / MGCA's Resize(256) +
+RandomCrop(224), §3.3, §4.3). The blur is torchvision's `GaussianBlur` as LoVT uses it: kernel
+side int(`blur_kernel_fraction` * S) made odd, sigma ~ U(`blur_sigma`), reflect padding, applied
+with probability `blur_prob` (`gaussian_blur`, a pure function). Without intermediate clamping,
+brightness and contrast commute, so torchvision's random order of the two is the same image.
+Eval: pad to square, resize.
 Boxes are normalised (xmin, ymin, xmax, ymax); they are mapped through the same geometry,
 clipped to the image and dropped when nothing of them is left inside.
 """
@@ -108,6 +115,61 @@ def _get(cfg: Mapping[str, Any], key: str, default):
   return cfg[key] if key in cfg else default
 
 
+CROPS = ("random_resized", "pad_crop")
+
+
+def pad_crop_box(rng: np.random.Generator, height: int, width: int, size: int,
+                 crop_fraction: float) -> tuple[float, float, float, float]:
+  """GLoRIA / MGCA's crop as a box (x0, y0, w, h) in source pixels (it may leave the image).
+
+  The source is centred in a square of side P = max(H, W) (black padding), the square resized to
+  R = round(size / crop_fraction) and a size x size window taken at integer offsets drawn
+  uniformly from [0, R - size] (torchvision RandomCrop). The window covers crop_fraction * P
+  source pixels per side.
+  """
+  if not 0.0 < crop_fraction <= 1.0:
+    raise ValueError(f"config.data.augment.crop_fraction={crop_fraction} must be in (0, 1] "
+                     "(GLoRIA / MGCA: 224 / 256 = 0.875)")
+  side = float(max(height, width))
+  resized = max(size, int(round(size / crop_fraction)))
+  i = int(rng.integers(0, resized - size + 1))
+  j = int(rng.integers(0, resized - size + 1))
+  scale = side / resized
+  x0 = j * scale - (side - width) / 2
+  y0 = i * scale - (side - height) / 2
+  return x0, y0, size * scale, size * scale
+
+
+def gaussian_kernel_size(size: int, fraction: float) -> int:
+  """LoVT's blur kernel side: int(fraction * size), made odd (0.1 * 224 -> 23; below 10 px: 1,
+  no blur)."""
+  k = int(fraction * size)
+  return k + 1 if k % 2 == 0 else k
+
+
+def gaussian_blur(x: np.ndarray, kernel_size: int, sigma: float) -> np.ndarray:
+  """torchvision's `gaussian_blur` on a float [H, W] image: a separable Gaussian kernel sampled
+  at -(k-1)/2 .. (k-1)/2 and normalised to sum 1, reflect padding (edge not repeated)."""
+  if kernel_size < 1 or kernel_size % 2 == 0:
+    raise ValueError(f"gaussian blur kernel_size={kernel_size} must be odd and >= 1")
+  if sigma <= 0:
+    raise ValueError(f"gaussian blur sigma={sigma} must be > 0")
+  half = (kernel_size - 1) / 2
+  t = np.linspace(-half, half, kernel_size)
+  w = np.exp(-0.5 * (t / sigma) ** 2)
+  w = (w / w.sum()).astype(np.float32)
+  r = kernel_size // 2
+  p = np.pad(x.astype(np.float32, copy=False), r, mode="reflect")
+  h, wd = x.shape
+  rows = np.zeros((h + 2 * r, wd), np.float32)
+  for k in range(kernel_size):  # horizontal pass
+    rows += w[k] * p[:, k:k + wd]
+  out = np.zeros((h, wd), np.float32)
+  for k in range(kernel_size):  # vertical pass
+    out += w[k] * rows[k:k + h]
+  return out
+
+
 def train_view(img: Image.Image, boxes: np.ndarray, rng: np.random.Generator, size: int,
                aug: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """A random training view.
@@ -117,8 +179,9 @@ def train_view(img: Image.Image, boxes: np.ndarray, rng: np.random.Generator, si
     boxes: float [N, 4] normalised (xmin, ymin, xmax, ymax) in `img`.
     rng: the per-example generator; the only source of randomness.
     size: output side S.
-    aug: config.data.augment (enabled, crop_scale, crop_ratio, rotation_deg, translate, scale,
-      brightness, contrast, hflip).
+    aug: config.data.augment (enabled, crop, crop_scale, crop_ratio, crop_fraction,
+      rotation_deg, translate, scale, brightness, contrast, hflip, blur_sigma, blur_prob,
+      blur_kernel_fraction).
 
   Returns:
     (image float32 [S, S] in [0, 1], boxes float32 [N, 4] in the output, keep bool [N]).
@@ -126,9 +189,17 @@ def train_view(img: Image.Image, boxes: np.ndarray, rng: np.random.Generator, si
   if not _get(aug, "enabled", True):
     return eval_view(img, boxes, size)
   width, height = img.size
-  x0, y0, cw, ch = random_resized_crop_box(
-      rng, height, width, tuple(_get(aug, "crop_scale", (1.0, 1.0))),
-      tuple(_get(aug, "crop_ratio", (1.0, 1.0))))
+  crop = str(_get(aug, "crop", "random_resized"))
+  if crop == "random_resized":
+    x0, y0, cw, ch = random_resized_crop_box(
+        rng, height, width, tuple(_get(aug, "crop_scale", (1.0, 1.0))),
+        tuple(_get(aug, "crop_ratio", (1.0, 1.0))))
+  elif crop == "pad_crop":
+    x0, y0, cw, ch = pad_crop_box(rng, height, width, size,
+                                  float(_get(aug, "crop_fraction", 0.875)))
+  else:
+    raise ValueError(f"config.data.augment.crop={crop!r} is not one of {CROPS}; use "
+                     "'random_resized' (ConVIRT / LoVT) or 'pad_crop' (GLoRIA / MGCA)")
   boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
   bx = boxes.copy()
   bx[:, [0, 2]] = (boxes[:, [0, 2]] * width - x0) / cw
@@ -176,6 +247,14 @@ def train_view(img: Image.Image, boxes: np.ndarray, rng: np.random.Generator, si
     m = np.float32(x.mean())
     x = (x - m) * np.float32(rng.uniform(1.0 - ct, 1.0 + ct)) + m
   np.clip(x, 0.0, 1.0, out=x)
+  sig = tuple(float(v) for v in _get(aug, "blur_sigma", (0.0, 0.0)))
+  if sig[1] > 0:
+    if not 0 < sig[0] <= sig[1]:
+      raise ValueError(f"config.data.augment.blur_sigma={sig} must be (low, high) with "
+                       "0 < low <= high, or (0, 0) for no blur (ConVIRT / LoVT: (0.1, 3.0))")
+    if rng.uniform() < float(_get(aug, "blur_prob", 1.0)):
+      k = gaussian_kernel_size(size, float(_get(aug, "blur_kernel_fraction", 0.1)))
+      x = gaussian_blur(x, k, float(rng.uniform(sig[0], sig[1])))
   bx, keep = _clip_boxes(bx)
   return x, bx, keep
 

@@ -12,6 +12,8 @@ automatically. It raises `ConfigError` naming the key, the value and the fix for
 - a value outside an enumerated set (dtype, tower names, pooling, policies, method, objectives);
 - sizes that cannot work (max_tokens not a multiple of 64, non-positive steps/batches, a batch
   that does not split over config.mesh's explicit axes or the configured processes);
+- a method's own cross-key constraints (`Method.check_config`, e.g. local_mi's sentence view
+  needs data.sentence_sampling='random_sentence');
 - paths that do not exist (data.dataset_dir and its dataset_info.json, data.tokenizer,
   model.text.weights) when `check_paths`.
 """
@@ -64,6 +66,7 @@ def validate_config(config: ml_collections.ConfigDict, *, check_paths: bool = Tr
                         f"{method_cls.__module__})")
   _check_tree(_as_dict(config), schema, "", notes)
   _check_enums(config)
+  _check_method(config)
   _check_sizes(config)
   if check_paths:
     _check_paths(config)
@@ -175,6 +178,14 @@ def _check_enums(config: Any) -> None:
     value = _get(config, path)
     if value is not None and value not in names:
       raise ConfigError(_choice_message(path, value, names))
+
+
+def _check_method(config: Any) -> None:
+  """The method's own cross-key constraints (`Method.check_config`, e.g. local_mi's text view)."""
+  if _get(config, "method.name") is None or not _get(config, "method.objectives"):
+    return
+  from mmrl.objectives import methods  # pylint: disable=g-import-not-at-top
+  methods.get_method(config.method).check_config(config)
 
 
 def _choice_message(path: str, value: Any, allowed) -> str:

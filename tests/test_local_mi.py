@@ -270,17 +270,99 @@ def test_sampled_sentences_are_valid_and_padding_values_change_nothing():
   rng = np.random.default_rng(2)
   sentences = rng.normal(size=(4, 5, 3)).astype(np.float32)
   mask = np.array([[1, 1, 0, 0, 0], [1, 0, 0, 0, 0], [0, 0, 0, 0, 0], [1, 1, 1, 1, 1]], bool)
-  fallback = rng.normal(size=(4, 3)).astype(np.float32)
   padded = sentences.copy()
   padded[~mask] = 1e6
   select = jax.jit(local_mi.select_sentence)
   for k in range(20):
     key = jax.random.key(k)
-    a = np.asarray(select(sentences, mask, fallback, key))
-    np.testing.assert_array_equal(a, select(padded, mask, fallback, key))
-    for bi in range(4):
-      options = [sentences[bi, s] for s in range(5) if mask[bi, s]] or [fallback[bi]]
-      assert any(np.array_equal(a[bi], o) for o in options)
+    a, ok = select(sentences, mask, key)
+    a = np.asarray(a)
+    np.testing.assert_array_equal(a, select(padded, mask, key)[0])
+    assert np.asarray(ok).tolist() == [True, True, False, True]
+    assert not a[2].any()  # no fallback feature for the report without a sentence
+    for bi in (0, 1, 3):
+      assert any(np.array_equal(a[bi], sentences[bi, s]) for s in range(5) if mask[bi, s])
+
+
+def test_reports_without_a_sentence_are_skipped_from_the_bound_and_counted():
+  scores, valid, study = _case(b=5, r=3, seed=5)      # row 4 is padding
+  text_ok = np.array([True, False, True, True, True])  # report 1 has no sentence
+  fn = jax.jit(lambda o, b: get_objective("mi_bound")(o, b, rng=None))
+  loss, m = fn({"mi_scores": scores, "mi_text_ok": text_ok}, {"valid": valid, "study_id": study})
+  keep = valid & text_ok
+  ref, m_ref = fn({"mi_scores": scores}, {"valid": keep, "study_id": study})
+  np.testing.assert_allclose(loss, ref, rtol=1e-6)
+  assert float(m["skipped_no_sentence"]) == 1.0 and float(m_ref["skipped_no_sentence"]) == 0.0
+  garbage = scores.copy()
+  garbage[1], garbage[:, 1] = 1e4, -1e4  # the skipped report's scores change nothing
+  np.testing.assert_allclose(
+      fn({"mi_scores": garbage, "mi_text_ok": text_ok}, {"valid": valid, "study_id": study})[0],
+      loss, rtol=1e-6)
+
+
+def _sentence_records():
+  """Two records whose training view samples the same sentence while all others differ."""
+  from data_pipeline import records  # pylint: disable=g-import-not-at-top
+  from data_pipeline.record_spec import StudyRecord  # pylint: disable=g-import-not-at-top
+  import io  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  def record(sentences):
+    buf = io.BytesIO()
+    Image.fromarray(np.full((40, 48), 128, np.uint8)).save(buf, format="PNG")
+    return records.serialize_record(StudyRecord(
+        image_png=buf.getvalue(), height=40, width=48, bit_depth=8, original_height=40,
+        original_width=48, image_id="i", study_id="s", patient_id="p",
+        report_text=" ".join(sentences), sentences=sentences,
+        sentence_sections=["findings"] * len(sentences), labels=np.zeros(0, np.float32),
+        boxes=[]))
+  a = ["There is no pneumothorax.", "Mild cardiomegaly is unchanged.", "Lungs are clear."]
+  b = ["Large right pleural effusion.", "Left lower lobe collapse.", "Heart size is normal."]
+  return a, b, record
+
+
+def test_sentence_feature_does_not_change_when_other_sentences_of_the_report_change():
+  from data_pipeline import transforms  # pylint: disable=g-import-not-at-top
+  from mmrl.models import towers  # pylint: disable=g-import-not-at-top
+  c = local_mi_config.get_config("tiny")
+  assert c.data.sentence_sampling == "random_sentence" and c.method.text_feature == "sentence"
+  a, b, record = _sentence_records()
+  view = transforms.RecordTransform(c.data, [], train=True)
+  probe = view(record(a), np.random.default_rng(0))
+  k = next(i for i, s in enumerate(a)
+           if np.array_equal(view.tokenizer.encode([s], c.data.max_tokens,
+                                                   c.data.max_sentences)["input_ids"],
+                             probe["input_ids"]))
+  other = list(b)
+  other[k] = a[k]  # same sampled sentence, every other sentence replaced
+  examples = [view(record(r), np.random.default_rng(0)) for r in (a, other)]
+  joint = transforms.RecordTransform(dict(c.data.to_dict(), sentence_sampling="all"), [],
+                                     train=True)
+  joint_examples = [joint(record(r), np.random.default_rng(0)) for r in (a, other)]
+  tower = towers.build_text_tower(c.model)
+  keys = ("input_ids", "attention_mask", "token_to_sentence")
+  batch = {key: np.stack([e[key] for e in examples + joint_examples]) for key in keys}
+  variables = jax.jit(lambda x: tower.init(jax.random.key(0), *x, num_sentences=4,
+                                           train=False))([batch[key] for key in keys])
+  feats = jax.jit(lambda v, x: tower.apply(v, *x, num_sentences=4, train=False))(
+      variables, [batch[key] for key in keys])
+  g = np.asarray(feats.global_embedding)
+  np.testing.assert_array_equal(g[0], g[1])  # the sentence alone: other sentences cannot leak
+  # The jointly encoded report's pooled sentence k does change (what 'sentence_in_report' reads).
+  s_k = [joint_examples[i]["token_to_sentence"] == k for i in (0, 1)]
+  pooled = [np.asarray(feats.tokens)[2 + i][s_k[i]].max(0) for i in (0, 1)]
+  assert not np.allclose(pooled[0], pooled[1])
+
+
+def test_sentence_feature_needs_the_one_sentence_text_view():
+  from mmrl import config_validation  # pylint: disable=g-import-not-at-top
+  c = local_mi_config.get_config("tiny")
+  config_validation.validate_config(c, check_paths=False)
+  c.data.sentence_sampling = "all"
+  with pytest.raises(ConfigError, match="sentence_sampling='random_sentence'.*sentence_in_report"):
+    config_validation.validate_config(c, check_paths=False)
+  c.method.text_feature = "sentence_in_report"
+  config_validation.validate_config(c, check_paths=False)
 
 
 def _tiny_config(cache):
@@ -295,6 +377,7 @@ def test_tiny_config_trains_six_steps_end_to_end_with_a_finite_loss(tmp_path, sy
   last = train_and_evaluate(_tiny_config(synthetic_cache), tmp_path / "run")
   assert np.isfinite(last["loss"])
   assert {"mi_bound/mi_infonce", "mi_bound/mi_dv", "mi_bound/negatives"} <= set(last)
+  assert last["mi_bound/skipped_no_sentence"] == 0.0  # every synthetic report has a sentence
   assert (tmp_path / "run" / "checkpoints").exists()
 
 

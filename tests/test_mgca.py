@@ -294,6 +294,119 @@ def test_mgca_heads_sum_the_text_cls_row_per_word_and_pass_the_vit_row():
   np.testing.assert_allclose(out["region_cls_attention"], image.cls_attention)
 
 
+def reference_code_words(tokens, embs, attn):
+  """The authors' `BertEncoder.aggregate_tokens` + the `forward` slicing (HKU-MedAI/MGCA
+  encoder.py), per report in float64: the token list zipped with attn[1:] ([CLS] attention
+  starting at token 1); '##' pieces join the previous word; at [SEP] the pending word and [SEP]
+  itself are emitted and the loop stops; padded to L; the [CLS] word dropped. Returns (words
+  [L-1, D], mask [L-1] (word != '[PAD]'), weights [L-1])."""
+  agg, words, attns, tb, wb, ab = [], [], [], [], [], []
+  for emb, tok, a in zip(embs, tokens, attn[1:]):
+    if tok == "[SEP]":
+      agg += [np.sum(tb, 0), emb]
+      words += ["".join(wb), tok]
+      attns += [sum(ab), a]
+      break
+    if not tok.startswith("##"):
+      if wb:
+        agg.append(np.sum(tb, 0))
+        words.append("".join(wb))
+        attns.append(sum(ab))
+      tb, wb, ab = [emb], [tok], [a]
+    else:
+      tb.append(emb)
+      wb.append(tok[2:])
+      ab.append(a)
+  pad = len(tokens) - len(agg)
+  agg += [np.zeros(embs.shape[1])] * pad
+  words += ["[PAD]"] * pad
+  attns += [0.0] * pad
+  return (np.array(agg[1:], np.float64), np.array(words[1:]) != "[PAD]",
+          np.array(attns[1:], np.float64))
+
+
+def reference_code_weights(attns):
+  """mgca_module.forward: clip the non-zero weights to their 10 / 90 % quantiles, normalise."""
+  w = attns.copy()
+  nz = w != 0
+  w[nz] = np.clip(w[nz], np.quantile(w[nz], 0.1), np.quantile(w[nz], 0.9))
+  return w / w.sum()
+
+
+def _code_case():
+  pad = ["[PAD]"] * 6
+  short = ["[CLS]", "no", "pneu", "##mo", "##thorax", ".", "mild", "card", "##io", "[SEP]"] + pad
+  full = ["[CLS]", "a", "b", "##c", "d", "##e", "f", "g", "h", "##i", "j", "k", "l", "m", "n",
+          "[SEP]"]  # no padding: the code's zip never reaches [SEP]
+  rows = []
+  for toks in (short, full):
+    ids, w = [], -1
+    for t in toks:
+      if t.startswith("["):
+        ids.append(-1)
+      else:
+        w += 0 if t.startswith("##") else 1
+        ids.append(w)
+    rows.append(ids)
+  t2w = np.array(rows, np.int32)
+  am = np.array([[t != "[PAD]" for t in toks] for toks in (short, full)], np.int32)
+  rng = np.random.default_rng(0)
+  embs = rng.normal(size=(2, 16, 3)).astype(np.float32)
+  attn = np.where(am > 0, rng.uniform(0.01, 1.0, size=(2, 16)), 0.0).astype(np.float32)
+  return (short, full), t2w, am, embs, attn
+
+
+def test_exact_word_layout_and_weights_equal_the_authors_aggregate_tokens():
+  toks, t2w, am, embs, attn = _code_case()
+  @jax.jit
+  def code(embs, attn, t2w, am):
+    words, mask, raw = mgca.code_words(embs, attn, t2w, am, max_words=15)
+    return words, mask, raw, mgca.clipped_token_weights(raw, mask & (raw != 0))
+  words, mask, raw, omega = code(embs, attn, t2w, am)
+  for i in range(2):
+    ref_words, ref_mask, ref_attn = reference_code_words(toks[i], embs[i].astype(np.float64),
+                                                         attn[i].astype(np.float64))
+    np.testing.assert_array_equal(np.asarray(mask)[i], ref_mask)
+    np.testing.assert_allclose(np.asarray(words)[i], ref_words, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(raw)[i], ref_attn, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(omega)[i], reference_code_weights(ref_attn),
+                               rtol=1e-5, atol=1e-7)
+  assert np.asarray(mask).sum(1).tolist() == [6, 10]  # short: 5 words + [SEP]; full: 11 - 1
+  # mmrl's default (own pieces, no [SEP]) differs from the code's pairing.
+  own, own_mask = jax.jit(lambda a, w, m: mgca.pool_words(a[..., None], w, m > 0, 15, "sum"))(
+      attn, t2w, am)
+  assert np.asarray(own_mask).sum(1).tolist() == [5, 11]
+  assert not np.allclose(np.asarray(own)[0, :5, 0], np.asarray(raw)[0, :5])
+
+
+def test_mgca_heads_with_tca_exact_emit_the_authors_words_and_weights():
+  c = mgca_config.get_config("tiny")
+  c.method.max_words = 15
+  c.method.objectives[1].exact = True
+  method = mgca.MGCA(c.method.to_json())
+  toks, t2w, am, embs, attn = _code_case()
+  b, d = 2, 3
+  text = TextFeatures(global_embedding=embs[:, 0], tokens=embs, token_mask=am > 0,
+                      sentences=np.zeros((b, 1, d), np.float32),
+                      sentence_mask=np.ones((b, 1), bool), cls_attention=attn)
+  image = ImageFeatures(global_embedding=embs[:, 0], local=embs[:, :4], grid_hw=(2, 2))
+  batch = {"token_to_word": t2w, "attention_mask": am}
+
+  class Heads(mgca.nn.Module):
+    @mgca.nn.compact
+    def __call__(self):
+      return method.apply_heads(image, text, batch, train=False, dtype=jnp.float32)
+  out, _ = jax.jit(Heads().init_with_output)(jax.random.key(0))
+  for i in range(2):
+    _, ref_mask, ref_attn = reference_code_words(toks[i], embs[i].astype(np.float64),
+                                                 attn[i].astype(np.float64))
+    np.testing.assert_array_equal(np.asarray(out["word_mask"])[i], ref_mask)
+    np.testing.assert_allclose(np.asarray(out["word_cls_attention"])[i], ref_attn, rtol=1e-6,
+                               atol=1e-7)
+  with pytest.raises(ConfigError, match="exact=True.*word_weights='cls_attn'"):
+    get_objective("tca")(dict(out), {}, rng=None, exact=True)
+
+
 def _proto_case(b=6, k=5, d=4, seed=0):
   rng = np.random.default_rng(seed)
   return (rng.normal(size=(b, d)).astype(np.float32), rng.normal(size=(b, d)).astype(np.float32),

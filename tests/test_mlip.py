@@ -20,6 +20,7 @@ from mmrl.heads.mlip_heads import (ImageTextMatching, KnowledgeAttention, sample
 from mmrl.objectives.methods import total_loss
 from mmrl.objectives.registry import get_objective
 from mmrl.train import loop
+from mmrl.train.optimizer import make_optimizer
 from mmrl.train import state as state_lib
 from test_mgca import reference_proto, reference_tca  # float64 loop references of tca / CPA
 
@@ -414,6 +415,38 @@ def test_mlip_total_loss_is_the_sum_of_the_four_references(tiny_outputs):
   np.testing.assert_allclose(float(loss), itc + lw + lp + proto + itm, rtol=1e-4)
 
 
+def test_mlip_temperature_is_a_learned_parameter_that_gets_a_gradient_and_moves(tiny_outputs):
+  """§8.2: learnable tau initialised at 0.07 (log-parametrised, clipped to [0.01, 1] as CLIP).
+  The tiny end-to-end run below checks that training moves it."""
+  config, model, variables, batch, out = tiny_outputs
+  del model
+  params = variables["params"]
+  assert float(jnp.exp(params["temperature"]["log_tau"])) == pytest.approx(0.07)
+  np.testing.assert_allclose(out["log_tau"], params["temperature"]["log_tau"])
+  teacher = {"image_embed": np.asarray(out["image_embed"])[::-1],
+             "text_embed": np.asarray(out["text_embed"])[::-1]}
+  opts = dict(config.method.objectives[0])
+  opts.pop("name"), opts.pop("weight")
+
+  def itc(log_tau):
+    o = {"image_embed": out["image_embed"], "text_embed": out["text_embed"],
+         "log_tau": log_tau, "teacher": teacher}
+    return get_objective("soft_clip_nce")(o, batch, rng=None, **opts)[0]
+
+  g = float(jax.grad(itc)(jnp.asarray(out["log_tau"])))
+  assert g != 0.0
+  # The optimiser updates it (a 'heads' parameter, never frozen, no weight decay).
+  p = {"temperature": {"log_tau": jnp.asarray(params["temperature"]["log_tau"])}}
+  tx = make_optimizer(config)
+  opt_state = tx.init(p)
+  grads = {"temperature": {"log_tau": jnp.asarray(g, jnp.float32)}}
+  for _ in range(2):  # warm-up starts at lr 0
+    updates, opt_state = tx.update(grads, opt_state, p)
+    p = jax.tree.map(lambda a, u: a + u, p, updates)
+  moved = float(p["temperature"]["log_tau"]) - float(params["temperature"]["log_tau"])
+  assert moved * g < 0  # against the gradient
+
+
 def test_tiny_mlip_config_trains_six_steps_end_to_end(tmp_path, synthetic_cache):
   config = mlip_config.get_config("tiny")
   config.data.synthetic.cache_dir = str(synthetic_cache)
@@ -429,6 +462,7 @@ def test_tiny_mlip_config_trains_six_steps_end_to_end(tmp_path, synthetic_cache)
   assert last["soft_clip_nce/target_source"] == 1.0  # the EMA teacher gave the soft targets
   assert last["ema_decay"] == pytest.approx(0.995)
   assert 3.0 < last["itm/pairs"] <= 4.0  # text-swap pairs exist
+  assert abs(last["soft_clip_nce/tau"] - 0.07) > 1e-7  # the learnable temperature trained
 
 
 def test_full_mlip_config_builds_abstractly():

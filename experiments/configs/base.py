@@ -26,7 +26,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.prefetch_buffer = 2       # read-ahead in local batches (>= 1; also per Grain worker)
   c.data.shuffle = True            # shuffle train records (seed; reshuffled every epoch)
   c.data.on_bad_record = "skip"    # skip | fail
-  # Training text view: all | random_sentence (ConVIRT) | random_subset; evaluation sees all.
+  # Training text view: all | random_sentence (ConVIRT, local MI) | random_subset; eval sees all.
   c.data.sentence_sampling = "all"
   c.data.mean = 0.5                # image normalisation after scaling to [0, 1]
   c.data.std = 0.25                # (x - mean) / std; must be > 0 (data_pipeline.transforms)
@@ -41,14 +41,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.synthetic.cache_dir = ""    # parent of synthetic-<hash>/; '' = <workdir>/data
   c.data.augment = ml_collections.ConfigDict()
   c.data.augment.enabled = True            # False: train on the eval view (data_pipeline.augment)
+  c.data.augment.crop = "random_resized"   # random_resized (ConVIRT/LoVT) | pad_crop (GLoRIA/MGCA)
   c.data.augment.crop_scale = (0.6, 1.0)   # random resized crop, area fraction
   c.data.augment.crop_ratio = (0.75, 1.3333)  # random resized crop, aspect w/h range
+  c.data.augment.crop_fraction = 0.875     # pad_crop: crop side / resized padded square (224/256)
   c.data.augment.rotation_deg = 10.0       # rotation uniform in +-degrees (0 = off)
   c.data.augment.translate = 0.05          # fraction of the side
   c.data.augment.scale = (0.95, 1.05)      # zoom factor range (uniform) of the affine
   c.data.augment.brightness = 0.2          # multiplicative factor range 1 +- value
   c.data.augment.contrast = 0.2            # contrast about the image mean: 1 +- value (0 = off)
   c.data.augment.hflip = False             # left/right matters in reports: off by default
+  c.data.augment.blur_sigma = (0.0, 0.0)   # Gaussian blur sigma ~ U(low, high) px; (0, 0) = off
+  c.data.augment.blur_prob = 1.0           # probability of the blur when blur_sigma is set
+  c.data.augment.blur_kernel_fraction = 0.1  # blur kernel side int(fraction * image_size), odd
 
   # ---- model (mmrl.models) ----
   c.model = ml_collections.ConfigDict()
@@ -228,6 +233,32 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.localisation = ml_collections.ConfigDict(dict(
       enabled=False,               # pointing game / IoU of sentence maps vs boxes (localisation)
       every=0))                    # period in steps (0 = train.eval_every)
+  return c
+
+
+def convirt_augmentation(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """ConVIRT's image augmentation (METHODS.md §2.4), which LoVT uses too (§5.3), in place: random
+  resized crop scale (0.6, 1), aspect (3/4, 4/3); horizontal flip p 0.5; affine +-20 deg,
+  translation 0.1, scale (0.95, 1.05); brightness and contrast jitter (0.6, 1.4) with p 1;
+  Gaussian blur sigma (0.1, 3), kernel 0.1 x side (odd), p 1 (lovt:scan_transforms.py)."""
+  a = c.data.augment
+  a.enabled, a.crop, a.crop_scale, a.crop_ratio = True, "random_resized", (0.6, 1.0), (0.75, 1.3333)
+  a.hflip, a.rotation_deg, a.translate, a.scale = True, 20.0, 0.1, (0.95, 1.05)
+  a.brightness, a.contrast = 0.4, 0.4
+  a.blur_sigma, a.blur_prob, a.blur_kernel_fraction = (0.1, 3.0), 1.0, 0.1
+  return c
+
+
+def crop_only_augmentation(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """GLoRIA's and MGCA's image augmentation (METHODS.md §3.3, §4.3), in place: pad to square,
+  resize to 256 (for 224 px), random 224 crop, nothing else; normalisation mean 0.5, std 0.5
+  (gloria:builder.py `norm: half`, mgca:datasets/transforms.py)."""
+  a = c.data.augment
+  a.enabled, a.crop, a.crop_fraction = True, "pad_crop", 224 / 256
+  a.hflip, a.rotation_deg, a.translate, a.scale = False, 0.0, 0.0, (1.0, 1.0)
+  a.brightness, a.contrast = 0.0, 0.0
+  a.blur_sigma = (0.0, 0.0)
+  c.data.mean, c.data.std = 0.5, 0.5
   return c
 
 

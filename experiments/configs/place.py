@@ -32,12 +32,22 @@ PLACE has no released code and no retrieved numbers (METHODS.md §7.1): everythi
   model.text.weights at a local Bio_ClinicalBERT folder to match §7.2.
 - Optimiser as MGCA (§4.3): AdamW lr 2e-5, wd 0.05, warm-up over 40 % of the steps then cosine;
   batch 72 = MGCA's per-GPU batch, whose negatives it used (our negatives are the global batch).
+Differences from the paper / code (beyond the [O] choices above):
+- Image tower initialisation: see model.image.weights.
+- Negatives of clip_nce and set_align span the global batch (MGCA's setting: per GPU).
+- Schedule: cosine to 0 over a fixed 50k steps; global-norm clipping at 1.0; weight decay on
+  rank >= 2 non-norm parameters only.
+- Compute in bfloat16 (model.dtype; losses in float32).
+- Augmentation: MGCA's crop-only view (base.crop_only_augmentation: pad to square, resize to
+  256, random 224 crop, normalisation 0.5 / 0.5; §7.2: defaults follow MGCA), one bilinear pass, one
+  grey channel; the evaluation view pads and resizes (MGCA centre-crops 224 of 256).
 """
 from __future__ import annotations
 
 import ml_collections
 
 from experiments.configs.base import base_config
+from experiments.configs.base import crop_only_augmentation
 from experiments.configs.base import make_tiny
 
 
@@ -72,6 +82,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.optim.warmup_steps = int(0.4 * c.train.num_steps)
   c.data.image_size = 224
   c.data.max_tokens = 128
+  crop_only_augmentation(c)
   if arg == "tiny":
     make_tiny(c, image_tower="vit_tiny")
     c.method.place.update(dict(num_queries=4, decoder_layers=2, decoder_heads=2,

@@ -30,6 +30,26 @@ Pairs (option `pairs`):
   local_per_sample  m*_i = argmax_r T[i,i,r] per image (no gradient through the choice); row i
                     of the score matrix is T[i, :, m*_i].
 
+Text feature (config.method.text_feature):
+  sentence            (default, the paper, §6.2) one random sentence encoded *alone*: the data
+                      pipeline's training text view is that sentence only
+                      (config.data.sentence_sampling='random_sentence', checked by
+                      `LocalMI.check_config`), so the text tower sees no other sentence and the
+                      feature is the tower's global embedding ([CLS] with model.text.global_pool=
+                      'cls'). Exact (positions start at 0, [CLS]/[SEP] around the sentence, as
+                      encoding the sentence by itself) and the cheapest: one text pass, no extra
+                      view. (An attention mask restricted to the sentence inside the report would
+                      keep the report's position ids and no [CLS] of its own, and cost the full
+                      report's attention.)
+  sentence_in_report  the previous behaviour: the whole report is encoded and one random valid
+                      sentence is max/mean-pooled from its tokens inside the model (other
+                      sentences reach it through self-attention).
+  global              the report's global feature (the released code's global MI).
+A report without a sentence (an empty text view) is not given another feature: the heads emit
+'mi_text_ok' bool[B] and `mi_bound` drops those examples from the loss (rows and columns) and
+counts them in the metric 'skipped_no_sentence' (per step). Outside training the pipeline feeds
+the whole report, so in 'sentence' mode the evaluation-time scores read the report's feature.
+
 All math in float32; masks are a finite -1e9; vectorised over locations (no Python loops).
 """
 from __future__ import annotations
@@ -48,7 +68,7 @@ from mmrl.objectives.registry import OBJECTIVES, Metrics
 NEG_INF = -1e9  # finite mask value: never -inf (NaN-free gradients)
 ESTIMATORS = ("dv", "infonce", "jsd", "nwj")
 PAIRS = ("global", "local_max", "local_per_sample")
-TEXT_FEATURES = ("sentence", "global")
+TEXT_FEATURES = ("sentence", "sentence_in_report", "global")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,7 +200,8 @@ def select_pairs(scores: jax.Array, pairs: str, bound_fn) -> tuple[jax.Array, ja
 def mi_bound(outputs: dict[str, Any], batch: dict[str, Any], *, rng: jax.Array | None = None,
              estimator: str = "infonce", pairs: str = "local_max",
              exclude_same_study: bool = True, exact: bool = False,
-             scores_key: str = "mi_scores") -> tuple[jax.Array, Metrics]:
+             scores_key: str = "mi_scores", text_ok_key: str = "mi_text_ok"
+             ) -> tuple[jax.Array, Metrics]:
   """Minus an MI lower bound over the critic scores `outputs[scores_key]` (module docstring).
 
   Args:
@@ -193,12 +214,15 @@ def mi_bound(outputs: dict[str, Any], batch: dict[str, Any], *, rng: jax.Array |
     exclude_same_study: drop negatives whose image and text come from the same study (Liao).
     exact: with estimator='infonce', Liao's released form (= DV - log|N|); the default fixes it.
     scores_key: the outputs key holding the scores.
+    text_ok_key: optional outputs key, bool[B]: examples whose text feature exists (a report
+      without a sentence has none); the others are dropped from rows and columns and counted.
 
   Returns:
     (loss, metrics): loss = -bound; metrics 'bound' (the maximised value), 'mi_dv',
     'mi_infonce', 'mi_jsd', 'mi_nwj' (each estimator's MI read-out in nats on the selected
     scores), 'negatives' (mean negatives per valid row), 'location' (selected grid index; mean
-    over images for local_per_sample).
+    over images for local_per_sample), 'skipped_no_sentence' (valid examples dropped for having
+    no text feature in this step).
   """
   del rng
   if estimator not in ESTIMATORS:
@@ -213,7 +237,12 @@ def mi_bound(outputs: dict[str, Any], batch: dict[str, Any], *, rng: jax.Array |
     raise ValueError(f"outputs[{scores_key!r}] must be [B,B,R]; got {scores.shape}")
   b = scores.shape[0]
   valid = batch.get("valid") if isinstance(batch, Mapping) else None
-  valid = jnp.ones((b,), bool) if valid is None else valid
+  valid = jnp.ones((b,), bool) if valid is None else jnp.asarray(valid).astype(bool)
+  skipped = jnp.zeros((), jnp.float32)
+  if text_ok_key in outputs:
+    text_ok = jnp.asarray(outputs[text_ok_key]).astype(bool)
+    skipped = jnp.sum(valid & ~text_ok).astype(jnp.float32)
+    valid = valid & text_ok
   study_id = None
   if exclude_same_study:
     if "study_id" not in batch:
@@ -232,6 +261,7 @@ def mi_bound(outputs: dict[str, Any], batch: dict[str, Any], *, rng: jax.Array |
   metrics["bound"] = bound
   metrics["negatives"] = _masked_mean(jnp.sum(neg_ok, axis=-1).astype(jnp.float32), pos_ok, -1)
   metrics["location"] = location
+  metrics["skipped_no_sentence"] = skipped
   return -bound, metrics
 
 
@@ -240,17 +270,19 @@ def mi_bound(outputs: dict[str, Any], batch: dict[str, Any], *, rng: jax.Array |
 # ---------------------------------------------------------------------------------------------
 
 
-def select_sentence(sentences: jax.Array, sentence_mask: jax.Array, fallback: jax.Array,
-                    rng: jax.Array | None) -> jax.Array:
-  """One sentence feature per report [B,D]: uniform over the valid sentences (the first valid
-  one when rng is None); reports with no sentence use `fallback` [B,D] (the report feature)."""
+def select_sentence(sentences: jax.Array, sentence_mask: jax.Array,
+                    rng: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+  """One sentence feature per report [B,D], uniform over the valid sentences (the first valid
+  one when rng is None), and ok bool[B]: the report has a sentence (else its row is zeros and
+  the objective skips it; no fallback feature)."""
   mask = jnp.asarray(sentence_mask).astype(bool)
   if rng is None:
     idx = jnp.argmax(mask, axis=-1)
   else:
     idx = jax.random.categorical(rng, jnp.where(mask, 0.0, NEG_INF), axis=-1)
   chosen = jnp.take_along_axis(sentences, idx[:, None, None], axis=1)[:, 0]
-  return jnp.where(jnp.any(mask, axis=-1)[:, None], chosen, fallback.astype(chosen.dtype))
+  ok = jnp.any(mask, axis=-1)
+  return jnp.where(ok[:, None], chosen, jnp.zeros_like(chosen)), ok
 
 
 class SentenceSampler(nn.Module):
@@ -258,9 +290,9 @@ class SentenceSampler(nn.Module):
   the stream is absent)."""
 
   @nn.compact
-  def __call__(self, sentences, sentence_mask, fallback):
+  def __call__(self, sentences, sentence_mask):
     rng = self.make_rng("dropout") if self.has_rng("dropout") else None
-    return select_sentence(sentences, sentence_mask, fallback, rng)
+    return select_sentence(sentences, sentence_mask, rng)
 
 
 @METHODS.register("local_mi")
@@ -270,9 +302,11 @@ class LocalMI(Method):
   Reads config.method.{critic, critic_hidden, critic_dim, critic_chunk, text_feature} and the
   `pairs` option
   of its `mi_bound` objective ('global' scores the image global vector, the local pairs score
-  every grid cell). text_feature='sentence' draws one random valid sentence per report every
-  step (the 'dropout' RNG stream; the first sentence without it). Outputs 'mi_scores'
-  f32[B,B,R].
+  every grid cell). text_feature (module docstring): 'sentence' = the tower's global feature of
+  the one-sentence text view; 'sentence_in_report' draws one random valid sentence of the
+  jointly encoded report every step (the 'dropout' RNG stream; the first sentence without it);
+  'global'. Outputs 'mi_scores' f32[B,B,R], 'mi_text_ok' bool[B] (has a text feature) and
+  'mi_text_feature' f32[B,D] (the critic's text input).
   """
 
   options = {
@@ -280,8 +314,19 @@ class LocalMI(Method):
       "critic_hidden": (1024, 512), # concat_mlp widths (separable: g/h hidden widths)
       "critic_dim": 256,            # separable only
       "critic_chunk": 0,            # concat_mlp: texts per chunk of the B x B pairs (0 = all)
-      "text_feature": "sentence",   # sentence | global
+      "text_feature": "sentence",   # sentence | sentence_in_report | global
   }
+
+  def check_config(self, config) -> None:
+    """text_feature='sentence' needs the one-sentence training text view."""
+    text_feature = str(self.cfg.text_feature)
+    sampling = str(config.data.get("sentence_sampling", "all"))
+    if text_feature == "sentence" and sampling != "random_sentence":
+      raise ConfigError(
+          f"config.method.text_feature='sentence' encodes one sampled sentence alone, so it "
+          f"needs config.data.sentence_sampling='random_sentence' (got {sampling!r}); set it, "
+          "or use text_feature='sentence_in_report' (a sentence pooled from the jointly encoded "
+          "report) or 'global' (the report feature)")
 
   def _pairs(self) -> str:
     for name, _, options in self.objectives():
@@ -305,14 +350,15 @@ class LocalMI(Method):
       x = image.global_embedding[:, None, :]
     else:
       x = image.local
-    if text_feature == "sentence":
-      y = SentenceSampler(name="sentence_sampler")(text.sentences, text.sentence_mask,
-                                                   text.global_embedding)
+    if text_feature == "sentence_in_report":
+      y, ok = SentenceSampler(name="sentence_sampler")(text.sentences, text.sentence_mask)
+    elif text_feature == "sentence":  # the text view is the sentence alone (module docstring)
+      y, ok = text.global_embedding, jnp.any(text.sentence_mask, axis=-1)
     else:
-      y = text.global_embedding
+      y, ok = text.global_embedding, jnp.ones(text.global_embedding.shape[:1], bool)
     critic = make_critic(kind, hidden=tuple(c.critic_hidden), dim=int(c.critic_dim),
                          dtype=dtype, name="critic", chunk_size=int(c.critic_chunk))
-    return {"mi_scores": critic(x, y)}
+    return {"mi_scores": critic(x, y), "mi_text_ok": ok, "mi_text_feature": y}
 
 
 __all__ = ["mi_bound", "LocalMI", "SentenceSampler", "dv_bound", "infonce_bound", "jsd_bound",

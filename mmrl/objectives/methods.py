@@ -114,6 +114,11 @@ class Method:
     """The teacher's outputs (run with the EMA variables; default: the online heads)."""
     return self.apply_heads(image, text, batch, train=train, dtype=dtype, **kwargs)
 
+  def check_config(self, config: Any) -> None:
+    """Raises ConfigError when the rest of `config` (e.g. config.data) cannot serve this method
+    as configured; called by `mmrl.config_validation.validate_config`. Default: no constraint."""
+    del config
+
   def learnable_tau(self) -> float | None:
     """The initial tau when some objective has learnable_tau=True, else None."""
     for _, _, options in self.objectives():

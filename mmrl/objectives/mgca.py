@@ -12,8 +12,9 @@ Objectives (each a pure function, float32, finite -1e9 masks, vectorised over th
                 normalised unless normalize_patch_ctx=False (the code's ViT path, §4.5).
     L_tca = L_word + L_patch (bidirectional) or L_word.
   omega are the token weights (no gradient): 'uniform' (1 / #valid tokens, the code's ResNet
-  patch weights) or 'cls_attn' (the code's: the last layer's [CLS] -> token attention, head-mean,
-  summed per word / per patch, clipped to its own 10th-90th percentile over the valid entries
+  patch weights) or 'cls_attn' (MGCA's: the last layer's [CLS] -> token attention, head-mean,
+  summed per word (over the word's own pieces by default; the code's shifted pairing with
+  exact=True, below) / per patch, clipped to its own 10th-90th percentile over the valid entries
   (`clipped_token_weights`, linear interpolation as torch.quantile) and normalised to sum 1).
   'cls_attn' reads outputs 'word_cls_attention' [B, W] / 'region_cls_attention' [B, R], which
   method 'mgca' emits when the towers return [CLS] attention (config.model.text.cls_attention,
@@ -21,6 +22,20 @@ Objectives (each a pure function, float32, finite -1e9 masks, vectorised over th
   a patch row (ResNet has no [CLS]) the patch side falls back to uniform weights, as the code
   does for ResNet, and the metric 'patch_weights_cls' says which was used (1 = [CLS], 0 = uniform).
   Pad words are masked as negatives by default; pad_word_negatives=True keeps them (code, §4.5).
+  Words and word weights, mmrl (default) vs the authors' code (HKU-MedAI/MGCA
+  `mgca/models/backbones/encoder.py`, `BertEncoder.aggregate_tokens` + `forward`):
+    mmrl      a word's weight is the [CLS] attention summed over the word's *own* pieces; [SEP] is
+              not a word.
+    code      `aggregate_tokens` zips the token list with `attentions[-1][:, :, 0, 1:]`, which
+              starts at token 1, so the word made of pieces at positions P gets
+              sum_{i in P} a[i + 1] (the attention of the *next* positions; the last word gets
+              [SEP]'s); [SEP] is kept as a word (its embedding, weight a[sep + 1] = 0 on
+              padding), a valid key / negative / anchor (weight 0); the quantile clipping runs
+              over the non-zero weights only. In a full row ([SEP] at position L-1) the zip
+              stops at L-1 entries, so the last word and [SEP] are dropped.
+    tca exact=True (with word_weights='cls_attn') reproduces the code: method 'mgca' builds the
+    code's words and weights (`code_words`) and the clipping skips zero weights. pad word
+    negatives and the unnormalised ViT patch context stay separate options (above).
 - `proto_swap`, cross-modal prototype assignment (CPA, §4.2): logits q = p_hat . W_k with unit
   rows W (K prototypes), codes Q = Sinkhorn(q / eps) in the log domain (fp32, stop-gradient),
   predictions P = softmax(q / tau_p), L = 1/2 [H(Q^v, P^u) + H(Q^u, P^v)].
@@ -47,7 +62,7 @@ from mmrl.heads.gloria_heads import pool_words, word_features
 from mmrl.heads.projection import MLPProjection
 from mmrl.objectives.contrastive import l2_normalize
 from mmrl.objectives.gloria import NEG_INF, masked_mean, masked_softmax
-from mmrl.objectives.methods import METHODS, Method
+from mmrl.objectives.methods import METHODS, Method, objective_options
 from mmrl.objectives.registry import OBJECTIVES, Metrics
 
 TOKEN_WEIGHTS = ("uniform", "cls_attn")
@@ -126,7 +141,8 @@ def tca(outputs: dict[str, Any], batch: dict[str, Any], *, rng: jax.Array | None
         regions_key: str = "image_regions_local", region_mask_key: str = "region_mask",
         word_attention_key: str = "word_cls_attention",
         region_attention_key: str = "region_cls_attention", clip_low: float = 0.1,
-        clip_high: float = 0.9, return_aux: bool = False) -> tuple[jax.Array, Metrics]:
+        clip_high: float = 0.9, exact: bool = False,
+        return_aux: bool = False) -> tuple[jax.Array, Metrics]:
   """MGCA's token-level alignment L_word (+ L_patch) (module docstring; METHODS.md §4.2).
 
   Args:
@@ -141,6 +157,9 @@ def tca(outputs: dict[str, Any], batch: dict[str, Any], *, rng: jax.Array | None
     word_attention_key, region_attention_key: the raw [CLS] attention rows [B, W] / [B, R]
       read by 'cls_attn'.
     clip_low, clip_high: the quantiles 'cls_attn' clips to (MGCA 0.1, 0.9).
+    exact: the authors' word weights (module docstring): needs word_weights='cls_attn'; method
+      'mgca' then emits the code's words ([SEP] kept) and shifted attention, and the clipping
+      quantiles run over the non-zero weights (the code's `nonzero()`), so [SEP]'s 0 stays 0.
     normalize_word_ctx, normalize_patch_ctx: L2-normalise the attended contexts (the code leaves
       the patch-side context unnormalised for ViT: normalize_patch_ctx=False reproduces it).
     pad_word_negatives: keep pad words as negatives of the word-side CE (the code does; their
@@ -158,6 +177,9 @@ def tca(outputs: dict[str, Any], batch: dict[str, Any], *, rng: jax.Array | None
   if not 0.0 <= clip_low <= clip_high <= 1.0:
     raise ConfigError(f"tca clip_low={clip_low}, clip_high={clip_high} must satisfy "
                       "0 <= clip_low <= clip_high <= 1 (MGCA 0.1, 0.9)")
+  if exact and word_weights != "cls_attn":
+    raise ConfigError(f"tca exact=True reproduces MGCA's [CLS]-attention word weights; it needs "
+                      f"word_weights='cls_attn' (got {word_weights!r}) and method 'mgca'")
   if word_weights == "cls_attn" and word_attention_key not in outputs:
     raise ConfigError(f"tca word_weights='cls_attn' needs the model output "
                       f"{word_attention_key!r}: set config.model.text.cls_attention=True (method "
@@ -172,8 +194,9 @@ def tca(outputs: dict[str, Any], batch: dict[str, Any], *, rng: jax.Array | None
   b = words.shape[0]
   ok = _valid(batch, b) & jnp.any(word_mask, axis=1) & jnp.any(region_mask, axis=1)
   if word_weights == "cls_attn":
-    word_omega = clipped_token_weights(outputs[word_attention_key], word_mask, clip_low,
-                                       clip_high)
+    raw = outputs[word_attention_key]
+    weight_mask = word_mask & (jnp.asarray(raw) != 0) if exact else word_mask
+    word_omega = clipped_token_weights(raw, weight_mask, clip_low, clip_high)
   else:
     word_omega = _uniform_weights(word_mask)
   patch_from_cls = patch_weights == "cls_attn" and region_attention_key in outputs
@@ -263,6 +286,45 @@ def proto_swap(outputs: dict[str, Any], batch: dict[str, Any], *, rng: jax.Array
   return 0.5 * (l_i2t + l_t2i), metrics
 
 
+def code_word_ids(token_to_word: jax.Array, attention_mask: jax.Array) -> jax.Array:
+  """token_to_word i32[B, L] rewritten to the authors' word list (module docstring): [SEP] (the
+  last attended position) becomes the word after the last word; in a full row (no padding) the
+  word holding position L-2 and [SEP] are dropped (-1)."""
+  ids = jnp.asarray(token_to_word).astype(jnp.int32)
+  ok = jnp.asarray(attention_mask) > 0
+  b, l = ids.shape
+  pos = jnp.arange(l, dtype=jnp.int32)[None, :]
+  sep = jnp.sum(ok, axis=1, dtype=jnp.int32)[:, None] - 1      # [CLS] tokens [SEP] pads
+  full = sep == l - 1
+  next_word = jnp.max(ids, axis=1, keepdims=True) + 1
+  ids = jnp.where((pos == sep) & ~full & (sep > 0), next_word, ids)
+  last = ids[:, l - 2:l - 1]
+  return jnp.where(full & (ids == last) & (last >= 0), -1, ids)
+
+
+def code_words(tokens: jax.Array, cls_attention: jax.Array, token_to_word: jax.Array,
+               attention_mask: jax.Array, max_words: int, mode: str = "sum"
+               ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The authors' words, word mask and raw word weights (MGCA `aggregate_tokens`, exact=True).
+
+  Args:
+    tokens: f[B, L, D] token features; cls_attention: f32[B, L] [CLS] -> position attention
+      (head-mean, 0 on padding); token_to_word, attention_mask: i32[B, L] (batch contract).
+    max_words: W word slots; mode: 'sum' | 'mean' over a word's pieces (the code sums).
+
+  Returns:
+    words f32[B, W, D], word_mask bool[B, W], raw weights f32[B, W]: for each word the sum over
+    its pieces' positions i of cls_attention[i + 1] ([SEP]: the position after it), no gradient.
+  """
+  ids = code_word_ids(token_to_word, attention_mask)
+  ok = jnp.asarray(attention_mask) > 0
+  att = jnp.asarray(cls_attention, jnp.float32)
+  shifted = jnp.concatenate([att[:, 1:], jnp.zeros_like(att[:, :1])], axis=1)
+  words, mask = pool_words(tokens, ids, ok, max_words, mode)
+  weights, _ = pool_words(shifted[..., None], ids, ok, max_words, "sum")
+  return words, mask, jax.lax.stop_gradient(weights[..., 0])
+
+
 class Prototypes(nn.Module):
   """K learnable prototypes [K, d], returned with unit rows (METHODS.md §11.3).
 
@@ -298,8 +360,21 @@ class MGCA(Method):
     max_words = int(c.max_words)
     if max_words < 1:
       raise ConfigError(f"config.method.max_words={max_words} must be >= 1 (MGCA: 111)")
-    words, word_mask = word_features(text, batch, max_words=max_words, include_cls=False,
-                                     mode=str(c.word_pool))
+    tca_options = objective_options(self.cfg, "tca") or {}
+    exact = bool(tca_options.get("exact", False))
+    word_attention = None
+    if exact:  # the authors' words and shifted word weights (module docstring)
+      b, l = text.tokens.shape[:2]
+      to_word = (jnp.asarray(batch["token_to_word"]) if "token_to_word" in batch
+                 else jnp.full((b, l), -1, jnp.int32))
+      am = batch["attention_mask"] if "attention_mask" in batch else text.token_mask
+      att = (text.cls_attention if text.cls_attention is not None
+             else jnp.zeros((b, l), jnp.float32))
+      words, word_mask, word_attention = code_words(text.tokens, att, to_word, am, max_words,
+                                                    str(c.word_pool))
+    else:
+      words, word_mask = word_features(text, batch, max_words=max_words, include_cls=False,
+                                       mode=str(c.word_pool))
 
     def proj(name):
       return MLPProjection(hidden=int(c.projection_hidden), out=int(c.embed_dim),
@@ -316,7 +391,9 @@ class MGCA(Method):
     }
     out = {k: v.astype(jnp.float32) if v.dtype != bool else v for k, v in out.items()}
     out["region_mask"] = jnp.ones(out["image_regions_local"].shape[:2], bool)
-    if text.cls_attention is not None:
+    if word_attention is not None and text.cls_attention is not None:
+      out["word_cls_attention"] = word_attention
+    elif text.cls_attention is not None:
       b, l = text.cls_attention.shape
       to_word = (jnp.asarray(batch["token_to_word"]) if "token_to_word" in batch
                  else jnp.full((b, l), -1, jnp.int32))
@@ -330,4 +407,5 @@ class MGCA(Method):
     return out
 
 
-__all__ = ["tca", "proto_swap", "log_sinkhorn", "clipped_token_weights", "Prototypes", "MGCA"]
+__all__ = ["tca", "proto_swap", "log_sinkhorn", "clipped_token_weights", "code_word_ids",
+           "code_words", "Prototypes", "MGCA"]
