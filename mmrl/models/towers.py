@@ -5,8 +5,9 @@ Public API:
   build_text_tower(model_cfg)  -> module(input_ids, attention_mask, token_to_sentence, *,
                                          num_sentences, train) -> TextFeatures
   load_text_weights(model_cfg, params) -> params (HF checkpoint in the text tower's subtree)
+  (image weights, config.model.image.weights: mmrl.models.pretrained.init, at train-state init)
   image_tower_dims(model_cfg) -> (global_dim, local_dim);  text_tower_dim(model_cfg) -> int
-Keys read: model.dtype, model.image.{name, norm, remat, cls_attention}, model.text.{weights,
+Keys read: model.dtype, model.image.{name, norm, remat, cls_attention, layer_norm_eps}, model.text.{weights,
 num_layers, hidden_size, num_heads, intermediate_size, global_pool, sentence_pool, remat,
 attention_impl, cls_attention} and, optional, model.text.dropout (default 0.0; > 0 needs
 rngs={'dropout': key} in train mode).
@@ -53,12 +54,12 @@ DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32, "float16": jnp.float
 # ignore it (MGCA then uses uniform patch weights, mmrl/objectives/mgca.py).
 for _name in RESNETS:
   IMAGE_TOWERS.register(_name)(
-      lambda *, norm, dtype, remat, cls_attention=False, _n=_name: resnet(
+      lambda *, norm, dtype, remat, cls_attention=False, norm_eps=None, _n=_name: resnet(
           _n, norm=norm, dtype=dtype, remat=remat))
 for _name in VITS:
   IMAGE_TOWERS.register(_name)(
-      lambda *, norm, dtype, remat, cls_attention=False, _n=_name: vit(
-          _n, dtype=dtype, remat=remat, cls_attention=cls_attention))
+      lambda *, norm, dtype, remat, cls_attention=False, norm_eps=1e-6, _n=_name: vit(
+          _n, dtype=dtype, remat=remat, cls_attention=cls_attention, norm_eps=norm_eps))
 del _name
 
 
@@ -85,7 +86,8 @@ def build_image_tower(model_cfg) -> nn.Module:
   return IMAGE_TOWERS.get(name)(norm=str(model_cfg.image.get("norm", "batch")),
                                 dtype=compute_dtype(model_cfg),
                                 remat=bool(model_cfg.image.get("remat", False)),
-                                cls_attention=bool(model_cfg.image.get("cls_attention", False)))
+                                cls_attention=bool(model_cfg.image.get("cls_attention", False)),
+                                norm_eps=float(model_cfg.image.get("layer_norm_eps", 1e-6)))
 
 
 def image_tower_dims(model_cfg) -> tuple[int, int]:
