@@ -32,11 +32,14 @@ class FetchError(RuntimeError):
 def _torchvision(entry: catalog.WeightsEntry, target: pathlib.Path | None) -> pathlib.Path:
   try:
     import torch  # pylint: disable=import-outside-toplevel
+    import torchvision  # pylint: disable=import-outside-toplevel
   except ImportError:
-    raise FetchError("fetching torchvision weights needs torch: pip install 'mmrl[torch]'") from None
+    raise FetchError("fetching torchvision weights needs torch and torchvision: "
+                     "pip install 'mmrl[torch]'") from None
+  url = torchvision.models.get_weight(entry.torchvision_weights).url
   folder = target if target is not None else catalog.torch_hub_dir()
   folder.mkdir(parents=True, exist_ok=True)
-  torch.hub.load_state_dict_from_url(entry.url, model_dir=str(folder), map_location="cpu",
+  torch.hub.load_state_dict_from_url(url, model_dir=str(folder), map_location="cpu",
                                      progress=True, check_hash=True, weights_only=True)
   return folder / entry.file
 
@@ -68,7 +71,8 @@ def fetch(name: str, target: str | pathlib.Path | None = None) -> pathlib.Path:
   if target is None and catalog.weights_dir() is not None:
     target = catalog.weights_dir()
   target = pathlib.Path(target).expanduser() if target else None
-  where = entry.url or f"https://huggingface.co/{entry.hf_repo}"
+  where = (f"torchvision {entry.torchvision_weights}" if entry.kind == "torchvision"
+           else f"the Hugging Face hub repo {entry.hf_repo}")
   try:
     return DOWNLOADERS[entry.kind](entry, target)
   except FetchError:

@@ -25,7 +25,8 @@ class WeightsEntry:
 
   arch: our tower (config.model.image.name) it fits.  kind: 'torchvision' | 'timm' | 'hf'.
   file: torch-hub file name (torchvision) or '' ; hf_repo: the Hugging Face repo (timm / hf).
-  url: where the torchvision file is published; norm: (mean[3], std[3]) the weights expect.
+  torchvision_weights: the torchvision weights enum ('ResNet50_Weights.IMAGENET1K_V1'), whose
+  `.url` fetch_weights downloads; norm: (mean[3], std[3]) the weights expect.
   norm_eps: LayerNorm epsilon of a ViT (config.model.image.layer_norm_eps must match).
   paper: who uses it (for docs/pretrained.md).
   """
@@ -33,25 +34,27 @@ class WeightsEntry:
   kind: str
   norm: tuple[tuple[float, ...], tuple[float, ...]]
   file: str = ""
-  url: str = ""
+  torchvision_weights: str = ""
   hf_repo: str = ""
   norm_eps: float = 1e-6
   description: str = ""
 
 
-_TV = "https://download.pytorch.org/models/"
 CATALOG: dict[str, WeightsEntry] = {
     "torchvision:resnet18": WeightsEntry(
         "resnet18", "torchvision", (stems.IMAGENET_MEAN, stems.IMAGENET_STD),
-        file="resnet18-f37072fd.pth", url=_TV + "resnet18-f37072fd.pth",
+        file="resnet18-f37072fd.pth",
+        torchvision_weights="ResNet18_Weights.IMAGENET1K_V1",
         description="torchvision ResNet18_Weights.IMAGENET1K_V1"),
     "torchvision:resnet50": WeightsEntry(
         "resnet50", "torchvision", (stems.IMAGENET_MEAN, stems.IMAGENET_STD),
-        file="resnet50-0676ba61.pth", url=_TV + "resnet50-0676ba61.pth",
+        file="resnet50-0676ba61.pth",
+        torchvision_weights="ResNet50_Weights.IMAGENET1K_V1",
         description="torchvision ResNet50_Weights.IMAGENET1K_V1 (pretrained=True)"),
     "torchvision:resnet50.v2": WeightsEntry(
         "resnet50", "torchvision", (stems.IMAGENET_MEAN, stems.IMAGENET_STD),
-        file="resnet50-11ad3fa6.pth", url=_TV + "resnet50-11ad3fa6.pth",
+        file="resnet50-11ad3fa6.pth",
+        torchvision_weights="ResNet50_Weights.IMAGENET1K_V2",
         description="torchvision ResNet50_Weights.IMAGENET1K_V2"),
     "timm:vit_base_patch16_224": WeightsEntry(
         "vit_b16", "timm", (stems.HALF, stems.HALF),
