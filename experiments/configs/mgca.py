@@ -6,6 +6,8 @@ SMOKE:   python -m experiments.pretrain --config=experiments/configs/mgca.py:tin
            --workdir=runs/tiny
 EXPECT:  not yet measured on a GPU; the CPU tiny run (6 steps) only checks that it trains with a
          finite loss (tests/test_mgca.py).
+Released checkpoints: `python -m experiments.import_checkpoint --format=mgca` (ViT-B/16 or
+ResNet-50 with local_stage=3, resize_to=299; docs/released_checkpoints.md).
 Paper choices (METHODS.md §4) and what we changed:
 - Losses as §4.2 with weights 1/1/1 (the CLI's effective values): ITA = clip_nce(tau 0.07, both
   directions summed), tca(tau_l 0.1, bidirectional), proto_swap(K 500, tau_p 0.2, eps 0.05,
