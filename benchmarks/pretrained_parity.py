@@ -7,11 +7,13 @@ is built by its own library with seeded random weights (BatchNorm statistics fro
 batch), float32, `--size` px inputs; the same input goes to both sides (1 channel: replicated to
 RGB for PyTorch, with the RGB kernels summed on ours; 3 channels: unchanged). For each importer it
 prints the max |ours - PyTorch| over ResNet stages conv2..conv5 / ViT [CLS] + patch tokens, the
-largest |PyTorch| value (the scale), and the tensors imported / unused (dropped).
+largest |PyTorch| value (the scale), for ResNets how far PyTorch's own float32 result lies from its
+float64 one (the rounding floor at that scale), and the tensors imported / unused (dropped).
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 
 import jax
@@ -61,15 +63,22 @@ def resnet_rows(size):
                                                          in_channels=channels)
       inter = fwd(variables, jnp.asarray(x))["intermediates"]
       with torch.no_grad():
-        h = tv.maxpool(tv.relu(tv.bn1(tv.conv1(_torch_in(x)))))
-        diff, scale = 0.0, 0.0
-        for s, layer in enumerate((tv.layer1, tv.layer2, tv.layer3, tv.layer4)):
-          h = layer(h)
-          ref = h.permute(0, 2, 3, 1).numpy()
-          ours = np.asarray(inter[f"stage{s + 1}_block{model.stage_sizes[s] - 1}"]["__call__"][0])
-          diff, scale = max(diff, float(np.abs(ours - ref).max())), max(scale,
-                                                                       float(np.abs(ref).max()))
-      rows.append((f"torchvision {name}", f"{channels}-ch, conv2..conv5", diff, scale, report))
+        refs = {}
+        for dtype in (torch.float32, torch.float64):
+          net = copy.deepcopy(tv).to(dtype)
+          h = net.maxpool(net.relu(net.bn1(net.conv1(_torch_in(x).to(dtype)))))
+          refs[dtype] = []
+          for layer in (net.layer1, net.layer2, net.layer3, net.layer4):
+            h = layer(h)
+            refs[dtype].append(h.permute(0, 2, 3, 1).numpy())
+      diff = scale = fp64 = 0.0
+      for s, (ref, ref64) in enumerate(zip(refs[torch.float32], refs[torch.float64])):
+        ours = np.asarray(inter[f"stage{s + 1}_block{model.stage_sizes[s] - 1}"]["__call__"][0])
+        diff = max(diff, float(np.abs(ours - ref).max()))
+        scale = max(scale, float(np.abs(ref).max()))
+        fp64 = max(fp64, float(np.abs(ref - ref64).max()))
+      rows.append((f"torchvision {name}", f"{channels}-ch, conv2..conv5", diff, scale, report,
+                   fp64))
   return rows
 
 
@@ -127,10 +136,12 @@ def main():
   args = parser.parse_args()
   start = time.time()
   rows = resnet_rows(args.size) + vit_rows(args.size) + hf_rows(args.size)
-  print("| importer | inputs | max abs diff | max abs value | imported | unused (dropped) |")
-  print("|---|---|---|---|---|---|")
-  for label, what, diff, scale, report in rows:
-    print(f"| {label} | {what} | {diff:.1e} | {scale:.1f} | {len(report.imported)} | "
+  print("| importer | inputs | max abs diff | max abs value | torch fp32 vs fp64 | imported | "
+        "unused (dropped) |")
+  print("|---|---|---|---|---|---|---|")
+  for label, what, diff, scale, report, *fp64 in rows:
+    ref64 = f"{fp64[0]:.1e}" if fp64 else "-"
+    print(f"| {label} | {what} | {diff:.1e} | {scale:.1f} | {ref64} | {len(report.imported)} | "
           f"{len(report.unused)} |")
   print(f"\n{args.size} px, float32, batch 2; {time.time() - start:.0f} s on "
         f"{jax.devices()[0].platform}")
