@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -46,7 +47,7 @@ def _torchvision(name):
       m.momentum = 1.0
   model.train()
   with torch.no_grad():
-    model(torch.randn(8, 3, 2 * SIZE, 2 * SIZE))
+    model(torch.randn(4, 3, SIZE, SIZE))
   return model.eval()
 
 
@@ -102,17 +103,22 @@ def _timm_tokens(model, x_nhwc):
     return model.forward_features(torch.from_numpy(x_nhwc).permute(0, 3, 1, 2)).numpy()
 
 
-def test_vit_b16_cls_and_patch_tokens_match_timm_on_1_and_3_channel_inputs():
+def _apply_vit(name, variables, x, norm_eps=1e-6):
+  model = vit(name, dtype=jnp.float32, norm_eps=norm_eps)
+  return jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, jnp.asarray(x))
+
+
+def test_vit_b16_cls_and_patch_tokens_match_timm_on_a_1_channel_input():
+  # 3-channel inputs: the tiny timm ViT below (same mapping; ViT-B/16 twice costs ~10 s).
   model = _timm_vit_b16()
   state = _numpy_state(model)
-  for channels in (1, 3):
-    x = _grey(channels, seed=10 + channels)
-    variables, report = vit_params_from_timm(state, model_name="vit_b16", in_channels=channels,
-                                             image_size=SIZE)
-    ref = _timm_tokens(model, np.repeat(x, 3, -1) if channels == 1 else x)
-    feats = vit("vit_b16", dtype=jnp.float32).apply(variables, jnp.asarray(x), train=False)
-    assert float(np.abs(np.asarray(feats.global_embedding) - ref[:, 0]).max()) <= TOL
-    assert float(np.abs(np.asarray(feats.local) - ref[:, 1:]).max()) <= TOL
+  x = _grey(1, seed=11)
+  variables, report = vit_params_from_timm(state, model_name="vit_b16", in_channels=1,
+                                           image_size=SIZE)
+  ref = _timm_tokens(model, np.repeat(x, 3, -1))
+  feats = _apply_vit("vit_b16", variables, x)
+  assert float(np.abs(np.asarray(feats.global_embedding) - ref[:, 0]).max()) <= TOL
+  assert float(np.abs(np.asarray(feats.local) - ref[:, 1:]).max()) <= TOL
   assert set(report.unused) == {"head.weight", "head.bias"}
   assert len(report.imported) == len(state) - 2
 
@@ -133,7 +139,7 @@ def test_position_embeddings_are_resampled_like_timm_when_the_resolution_differs
   variables, report = vit_params_from_timm(_numpy_state(small), model_name="vit_tiny",
                                            in_channels=3, image_size=48)
   ref = _timm_tokens(big, x)
-  feats = vit("vit_tiny", dtype=jnp.float32).apply(variables, jnp.asarray(x), train=False)
+  feats = _apply_vit("vit_tiny", variables, x)
   assert float(np.abs(np.asarray(feats.global_embedding) - ref[:, 0]).max()) <= TOL
   assert float(np.abs(np.asarray(feats.local) - ref[:, 1:]).max()) <= TOL
   assert any("4x4 -> 6x6" in n for n in report.notes)
@@ -186,8 +192,7 @@ def test_imagenet_normalisation_folds_exactly_into_the_vit_patch_embedding():
       _numpy_state(model), model_name="vit_b16", image_size=SIZE,
       source_norm=(stems.IMAGENET_MEAN, stems.IMAGENET_STD), input_norm=(m_in, s_in))
   ref = _timm_tokens(model, _normalised_rgb(g, stems.IMAGENET_MEAN, stems.IMAGENET_STD))
-  feats = vit("vit_b16", dtype=jnp.float32).apply(variables, jnp.asarray((g - m_in) / s_in),
-                                                   train=False)
+  feats = _apply_vit("vit_b16", variables, (g - m_in) / s_in)
   assert float(np.abs(np.asarray(feats.local) - ref[:, 1:]).max()) <= TOL
   assert float(np.abs(np.asarray(feats.global_embedding) - ref[:, 0]).max()) <= TOL
   assert any("folded" in n for n in report.notes)
@@ -230,3 +235,34 @@ def test_a_truncated_safetensors_file_is_a_clear_error(tmp_path):
   path.write_bytes(data[: len(data) // 2])
   with pytest.raises(files.CheckpointFileError, match=r"truncated or corrupt.*fetch it again"):
     files.read_tensors(tmp_path)
+
+
+def test_train_state_starts_from_the_imported_weights_teacher_included(tmp_path, monkeypatch):
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  from experiments.configs import convirt  # pylint: disable=g-import-not-at-top
+  from experiments.configs.base import make_tiny  # pylint: disable=g-import-not-at-top
+  from mmrl.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from mmrl.train import state as state_lib  # pylint: disable=g-import-not-at-top
+  state_dict = _numpy_state(_torchvision("resnet18"))
+  save_file(state_dict, str(tmp_path / "resnet18.safetensors"))
+  c = make_tiny(convirt.get_config(), image_tower="resnet18")
+  c.model.image.weights = str(tmp_path / "resnet18.safetensors")
+  c.train.ema.update(dict(enabled=True, collections=("params", "batch_stats")))
+  mesh = mesh_lib.make_mesh(c.mesh, devices=jax.devices()[:1])
+  state, _ = state_lib.create_train_state(c, jax.random.key(0), mesh)
+  expected, _ = resnet_params_from_torchvision(
+      state_dict, model_name="resnet18", source_norm=(stems.IMAGENET_MEAN, stems.IMAGENET_STD),
+      input_norm=(float(c.data.mean), float(c.data.std)))
+  for tree in (state, state.ema):
+    get = (lambda k: getattr(tree, k)) if tree is state else tree.get
+    np.testing.assert_array_equal(get("params")["image_tower"]["stem_conv"]["kernel"],
+                                  expected["params"]["stem_conv"]["kernel"])
+    np.testing.assert_array_equal(get("batch_stats")["image_tower"]["stem_norm"]["mean"],
+                                  expected["batch_stats"]["stem_norm"]["mean"])
+    np.testing.assert_array_equal(
+        get("params")["image_tower"]["stage4_block1"]["conv2"]["kernel"],
+        expected["params"]["stage4_block1"]["conv2"]["kernel"])
+  # A file of another architecture stops the run before anything is built, naming the tensors.
+  c.model.image.name = "resnet50"
+  with pytest.raises(WeightsMismatchError, match="missing"):
+    state_lib.create_train_state(c, jax.random.key(0), mesh)

@@ -27,6 +27,8 @@ from mmrl.parallel import sharding as sharding_lib
 from mmrl.train import ema as ema_lib
 from mmrl.train.optimizer import make_optimizer
 
+log = logging.getLogger(__name__)
+
 
 class TrainState(struct.PyTreeNode):
   """step i32[], params (f32), batch_stats ({} without BatchNorm), opt_state, rng u32[2], ema.
@@ -157,9 +159,9 @@ def create_train_state(config: Any, rng: jax.Array, mesh: Mesh, *, model: nn.Mod
   # missing or wrong file stops the run here (mmrl.models.pretrained.init).
   from mmrl.models.pretrained import init as pretrained_init  # pylint: disable=g-import-not-at-top
   imported = pretrained_init.import_image_weights(config.model, config.data)
-  logging.info(pretrained_init.describe(config.model))
+  log.info(pretrained_init.describe(config.model))
   if imported is not None:
-    logging.info("image weights: %s; %s", imported[1].summary(), "; ".join(imported[1].notes))
+    log.info("image weights: %s; %s", imported[1].summary(), "; ".join(imported[1].notes))
   init = _init_fn(config, model)
   abstract = jax.eval_shape(init, rng)
   shardings = sharding_lib.tree_shardings(abstract, mesh, rules, min_shard_size)

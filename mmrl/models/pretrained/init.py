@@ -53,6 +53,26 @@ def _hf_eps(path: pathlib.Path) -> float | None:
   return None
 
 
+_MARKERS = {"resnet": ("layer1.0.conv1.weight",),
+            "vit": ("patch_embed.proj.weight", "embeddings.patch_embeddings.projection.weight")}
+
+
+def find_prefix(state: Mapping[str, Any], family: str, source: str) -> str:
+  """The prefix under which the tower's tensors sit ('' for a plain state dict; 'model.' for
+  DeiT's {'model': ...} file, 'state_dict.' + module path inside a Lightning checkpoint)."""
+  hits = sorted({name[: len(name) - len(m)] for name in state for m in _MARKERS[family]
+                 if name.endswith(m) and (len(name) == len(m) or name[-len(m) - 1] == ".")})
+  if len(hits) == 1:
+    return hits[0]
+  what = "ResNet (layer1.0.conv1.weight)" if family == "resnet" else "ViT (patch embedding)"
+  if not hits:
+    raise ConfigError(f"{source} holds no {what} tensors (first names: "
+                      f"{', '.join(list(state)[:5])}); is it a checkpoint of "
+                      "config.model.image.name's architecture?")
+  raise ConfigError(f"{source} holds several {what} towers under the prefixes {hits}; "
+                    "extract one into its own file")
+
+
 def import_image_weights(model_cfg, data_cfg) -> tuple[dict[str, Any], ImportReport, dict] | None:
   """(tower variables, report, provenance) for config.model.image.weights, or None for 'none'."""
   arch = str(model_cfg.image.name)
@@ -69,21 +89,22 @@ def import_image_weights(model_cfg, data_cfg) -> tuple[dict[str, Any], ImportRep
   if arch in RESNETS:
     variables, report = resnet_params_from_torchvision(
         state, model_name=arch, in_channels=1, source_norm=source_norm, input_norm=input_norm,
-        source=label)
+        prefix=find_prefix(state, "resnet", label), source=label)
   elif arch in VITS:
     eps = float(model_cfg.image.get("layer_norm_eps", 1e-6))
+    prefix = find_prefix(state, "vit", label)
     want = resolved.entry.norm_eps if resolved.entry else None
     if want is None:
       from mmrl.models.pretrained.timm_vit import detect_layout  # pylint: disable=g-import-not-at-top
-      if detect_layout(state)[0] == "hf":
-        want = _hf_eps(resolved.path)
+      if detect_layout(state, prefix)[0] == "hf":
+        want = _hf_eps(resolved.path) or 1e-12
     if want is not None and not np.isclose(want, eps, rtol=1e-3, atol=0):
       raise ConfigError(f"config.model.image.weights={resolved.spec!r} was trained with "
                         f"LayerNorm eps {want:g}; set config.model.image.layer_norm_eps={want:g} "
                         f"(now {eps:g})")
     variables, report = vit_params_from_timm(
         state, model_name=arch, in_channels=1, image_size=int(data_cfg.image_size),
-        source_norm=source_norm, input_norm=input_norm, source=label)
+        prefix=prefix, source_norm=source_norm, input_norm=input_norm, source=label)
   else:
     raise ConfigError(f"config.model.image.weights={resolved.spec!r}: no importer for "
                       f"config.model.image.name={arch!r} (ResNets and ViTs only)")
