@@ -133,6 +133,7 @@ def bench_config(method: str, image_tower: str, batch_size: int, *, tiny: bool =
       c.model.image.name = _TINY_TOWER.get(image_tower, image_tower)
   else:
     c = module.get_config()
+    c.model.image.weights = "none"  # step time does not depend on the initial values
     if image_tower:
       c.model.image.name = image_tower
     c.data.image_size = image_size

@@ -15,7 +15,8 @@ automatically. It raises `ConfigError` naming the key, the value and the fix for
 - a method's own cross-key constraints (`Method.check_config`, e.g. local_mi's sentence view
   needs data.sentence_sampling='random_sentence');
 - paths that do not exist (data.dataset_dir and its dataset_info.json, data.tokenizer,
-  model.text.weights) when `check_paths`.
+  model.text.weights, model.image.weights: a named checkpoint not on disk is an error that names
+  the file and `python -m experiments.fetch_weights NAME`) when `check_paths`.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from mmrl.config_errors import ConfigError
 _ENUMS: dict[str, tuple[str, ...]] = {
     "model.dtype": ("bfloat16", "float32", "float16"),
     "model.image.norm": ("batch", "group"),
+    "model.image.weights_norm": ("auto", "imagenet", "half"),
     "model.text.global_pool": ("cls", "max_tokens", "mean_tokens", "mean_positions"),
     "model.text.sentence_pool": ("max", "mean"),
     "method.projection_norm": ("none", "batch", "layer"),
@@ -259,6 +261,10 @@ def _check_paths(config: Any) -> None:
   if weights and weights not in hf_weights.PACKAGED_WEIGHTS:
     _must_exist("model.text.weights", weights, "a local Hugging Face folder, one of "
                 f"{', '.join(hf_weights.PACKAGED_WEIGHTS)}, or '' for random init", os.path.isdir)
+  image_weights = _get(config, "model.image.weights", "none")
+  if str(image_weights).lower() != "none":
+    from mmrl.models.pretrained import catalog  # pylint: disable=g-import-not-at-top
+    catalog.resolve(str(image_weights), arch=str(_get(config, "model.image.name", "")))
   init_from = _get(config, "train.init_from", "")
   if init_from:
     _must_exist("train.init_from", init_from, "a previous run's workdir or its checkpoints/ "

@@ -155,22 +155,22 @@ def _tower_options(image_cfg: Any) -> dict[str, int]:
   return {k: int(image_cfg.get(k, 0)) for k in TOWER_OPTIONS if int(image_cfg.get(k, 0) or 0)}
 
 
-def _model_config(name: str, norm: str, dtype: str, options: Optional[Mapping[str, int]] = None
-                  ) -> Any:
+def _model_config(name: str, norm: str, dtype: str, layer_norm_eps: float = 1e-6,
+                  options: Optional[Mapping[str, int]] = None) -> Any:
   import ml_collections  # pylint: disable=import-outside-toplevel
-  return ml_collections.ConfigDict({"dtype": dtype, "image": {"name": name, "norm": norm,
-                                                               "remat": False,
-                                                               **dict(options or {})}})
+  return ml_collections.ConfigDict({"dtype": dtype, "image": {
+      "name": name, "norm": norm, "remat": False, "layer_norm_eps": float(layer_norm_eps),
+      **dict(options or {})}})
 
 
 def _image_forward(tower_name: str, norm: str, dtype: str, head: Optional[Mapping[str, Any]],
-                   options: Optional[Mapping[str, int]] = None):
+                   layer_norm_eps: float = 1e-6, options: Optional[Mapping[str, int]] = None):
   """jit fn(variables {'tower', 'head'}, images f32[B,S,S,1]) -> {'global', 'local', 'embedding'}."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from mmrl.models import towers  # pylint: disable=import-outside-toplevel
   from mmrl.objectives.contrastive import l2_normalize  # pylint: disable=import-outside-toplevel
-  model_cfg = _model_config(tower_name, norm, dtype, options)
+  model_cfg = _model_config(tower_name, norm, dtype, layer_norm_eps, options)
   tower = towers.build_image_tower(model_cfg)
   head_module = None if head is None else _head_module(head, towers.compute_dtype(model_cfg))
 
@@ -208,7 +208,8 @@ def _check_projection(config: Any, state: Mapping[str, Any], spec: Mapping[str, 
     return f"method {cfg.method.name!r} has no 'image_embed' output"
   reference = np.asarray(l2_normalize(image_embed))
   forward = _image_forward(cfg.model.image.name, cfg.model.image.get("norm", "batch"), "float32",
-                           spec, _tower_options(cfg.model.image))
+                           spec, float(cfg.model.image.get("layer_norm_eps", 1e-6)),
+                           _tower_options(cfg.model.image))
   name = spec["name"]
   ours = forward({"tower": _variables(state["params"]["image_tower"],
                                       state["batch_stats"].get("image_tower", {})),
@@ -233,6 +234,26 @@ def _dataset_converter(config: Any) -> dict:
     return {}
 
 
+def _initial_weights(config: Any) -> dict:
+  """Where the image tower started (config.model.image.weights) and the input normalisation those
+  weights expect; the importer folded it into the stem for the mean/std above, so this file's
+  `(x - mean) / std` is the only normalisation to apply (mmrl.models.pretrained.stems)."""
+  spec = str(config.model.image.get("weights", "none"))
+  out = {"weights": spec}
+  if spec.lower() == "none":
+    out["note"] = "random init"
+    return out
+  from mmrl.models.pretrained import catalog  # pylint: disable=g-import-not-at-top
+  entry = catalog.CATALOG.get(spec)
+  choice = str(config.model.image.get("weights_norm", "auto"))
+  from mmrl.models.pretrained.init import NORMS  # pylint: disable=g-import-not-at-top
+  norm = (entry.norm if entry else NORMS["imagenet"]) if choice == "auto" else NORMS[choice]
+  out.update(checkpoint_rgb_mean=list(norm[0]), checkpoint_rgb_std=list(norm[1]),
+             note="RGB kernels summed to one channel with the checkpoint's per-channel "
+                  "normalisation folded in for the mean/std above")
+  return out
+
+
 def preprocessing_spec(config: Any) -> dict:
   """preprocessing.json: everything needed to turn files / reports into the towers' inputs."""
   d = config.data
@@ -249,6 +270,7 @@ def preprocessing_spec(config: Any) -> dict:
           "mean": float(d.mean),
           "std": float(d.std),
           "normalise": "(x - mean) / std",
+          "initial_weights": _initial_weights(config),
       },
       "source_files": {
           "reader": "data_pipeline.image_codec.load_image (DICOM, PNG, JPEG, 8/16-bit, RGB -> grey)",
@@ -392,13 +414,15 @@ def export_run(run_dir: str | pathlib.Path, output_dir: str | pathlib.Path, *,
     save_file({k: np.ascontiguousarray(np.asarray(v, np.float32)) for k, v in tensors.items()},
               str(out / IMAGE_FILE), metadata={"format": FORMAT})
     size = int(config.data.image_size)
+    eps = float(config.model.image.get("layer_norm_eps", 1e-6))
     forward = _image_forward(config.model.image.name, config.model.image.get("norm", "batch"),
-                             "float32", None, _tower_options(config.model.image))
+                             "float32", None, eps, _tower_options(config.model.image))
     shapes = _output_shapes(forward, params["image_tower"], stats.get("image_tower", {}), size)
     global_dim, local_dim = towers_lib.image_tower_dims(config.model)
     encoder["image"] = {
         "file": IMAGE_FILE, "tower": str(config.model.image.name),
         "norm": str(config.model.image.get("norm", "batch")), "image_size": size,
+        "layer_norm_eps": eps,
         "options": _tower_options(config.model.image),
         "global_dim": int(global_dim), "local_dim": int(local_dim),
         "grid": list(shapes["local"][1:3]),
@@ -511,6 +535,7 @@ class ImageEncoder:
     self.batch_size = int(batch_size)
     self.embedding_dim = int(image["embedding_dim"])
     self._forward = _image_forward(image["tower"], image["norm"], self.dtype, head,
+                                   float(image.get("layer_norm_eps", 1e-6)),
                                    image.get("options", {}))
 
   def preprocess(self, images: Any) -> np.ndarray:

@@ -44,3 +44,13 @@ def test_gloria_config_reproduces_the_authors_text_and_image_choices(result):
   assert c.model.text.global_pool == "mean_positions"
   assert c.model.image.local_stage == 3 and c.model.image.resize_to == 299
   assert (c.data.mean, c.data.std) == (0.5, 0.5)
+
+
+def test_align_corners_resize_equals_torch_upsample():
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from mmrl.models.resnet import resize_align_corners  # pylint: disable=import-outside-toplevel
+  x = np.random.default_rng(0).normal(size=(2, 7, 10, 3)).astype(np.float32)
+  ours = np.asarray(resize_align_corners(x, 13))
+  ref = torch.nn.functional.interpolate(torch.from_numpy(x).permute(0, 3, 1, 2), size=(13, 13),
+                                        mode="bilinear", align_corners=True)
+  np.testing.assert_allclose(ours, ref.permute(0, 2, 3, 1).numpy(), atol=1e-6)

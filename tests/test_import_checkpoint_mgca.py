@@ -130,3 +130,22 @@ def test_an_output_holding_a_run_is_refused_unless_overwrite(run_dir, result):
                                        mgca_config.get_config(), tokenizer=str(vocab),
                                        overwrite=True)
   assert (path / "checkpoints" / "0").is_dir()
+
+
+def test_a_checkpoint_trained_with_local_attention_layers_is_refused(result, tmp_path):
+  ckpt = torch.load(result["source"], weights_only=False)
+  ckpt["hyper_parameters"].use_local_atten = True
+  path = tmp_path / "local_atten.ckpt"
+  torch.save(ckpt, str(path))
+  with pytest.raises(SourceError, match="use_local_atten=True"):
+    importer.convert("mgca", path)
+
+
+def test_the_vocabulary_must_be_given_and_fit_the_embedding_table(result, tmp_path):
+  from mmrl.models.released import reference_torch as R  # pylint: disable=import-outside-toplevel
+  converted = importer.convert("mgca", result["source"])
+  with pytest.raises(SourceError, match="--tokenizer.*Bio_ClinicalBERT"):
+    importer.build_config(converted, mgca_config.get_config())
+  big = R.write_vocab(tmp_path / "big", 200)
+  with pytest.raises(SourceError, match="200 tokens but the imported word-embedding table has 64"):
+    importer.build_config(converted, mgca_config.get_config(), tokenizer=str(big))

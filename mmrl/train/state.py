@@ -4,10 +4,13 @@
 from the sharding rules (params and the matching Adam moments alike), and runs the initialiser
 under `jax.jit(out_shardings=...)`, so no full copy of the parameters ever lives on one device.
 Pretrained text weights (`config.model.text.weights`) are loaded afterwards and placed with the
-same shardings (and copied into the EMA teacher when `config.train.ema.enabled`).
+same shardings (and copied into the EMA teacher when `config.train.ema.enabled`); so are the
+image tower's (`config.model.image.weights`, mmrl.models.pretrained.init), which are read and
+checked before the initialiser is compiled.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -23,6 +26,8 @@ from mmrl.models.two_tower import build_model
 from mmrl.parallel import sharding as sharding_lib
 from mmrl.train import ema as ema_lib
 from mmrl.train.optimizer import make_optimizer
+
+log = logging.getLogger(__name__)
 
 
 class TrainState(struct.PyTreeNode):
@@ -150,11 +155,28 @@ def create_train_state(config: Any, rng: jax.Array, mesh: Mesh, *, model: nn.Mod
   """
   if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
     rng = jax.random.key_data(rng)  # the state keeps raw u32 key data (plain for checkpoints)
+  # config.model.image.weights: resolved, read and mapped before anything is compiled, so a
+  # missing or wrong file stops the run here (mmrl.models.pretrained.init).
+  from mmrl.models.pretrained import init as pretrained_init  # pylint: disable=g-import-not-at-top
+  imported = pretrained_init.import_image_weights(config.model, config.data)
+  log.info(pretrained_init.describe(config.model))
+  if imported is not None:
+    log.info("image weights: %s; %s", imported[1].summary(), "; ".join(imported[1].notes))
   init = _init_fn(config, model)
   abstract = jax.eval_shape(init, rng)
   shardings = sharding_lib.tree_shardings(abstract, mesh, rules, min_shard_size)
   state = jax.jit(init, out_shardings=shardings)(rng)
 
+  if imported is not None:
+    tree = pretrained_init.replace_image_tower(
+        {"params": state.params, "batch_stats": state.batch_stats}, imported[0])
+    state = state.replace(params=tree["params"], batch_stats=tree["batch_stats"])
+    if state.ema:  # the EMA teacher starts from the imported weights too
+      state = state.replace(ema={
+          name: (jax.tree.map(lambda a, e: jax.device_put(jnp.copy(a), e.sharding),
+                              getattr(state, name), value)
+                 if name in ("params", "batch_stats") else value)
+          for name, value in state.ema.items()})
   weights = str(config.model.text.get("weights", ""))
   if weights:
     from mmrl.models import towers  # pylint: disable=g-import-not-at-top

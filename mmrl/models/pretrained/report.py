@@ -83,6 +83,7 @@ def check_fit(converted: Mapping[tuple[str, ...], np.ndarray],
   any missing or mismatched parameter raises WeightsMismatchError naming the first ones.
   """
   want = flatten(expected)
+  want = dict(sorted(want.items(), key=lambda kv: kv[0][0] != "params"))  # params first
   for path, value in converted.items():
     if path not in want:
       report.unused[sources.get(path, "/".join(path))] = (

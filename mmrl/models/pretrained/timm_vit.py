@@ -9,7 +9,8 @@ timm (vit_base_patch16_224, deit_base_patch16_224, ...)     -> ours (Linear [out
   blocks.i.attn.proj                                           params/block_i/attention/out
   blocks.i.mlp.fc1 / fc2                                       params/block_i/mlp/fc1 / fc2
   norm                                                         params/final_norm
-Hugging Face ViTModel (an optional leading 'vit.' is detected):
+Hugging Face ViTModel (an optional leading 'vit.' is detected), Hub file names (transformers 5's
+in-memory names in brackets: layers.i.attention.{q,k,v,o}_proj, layers.i.mlp.fc{1,2}):
   embeddings.cls_token, embeddings.position_embeddings, embeddings.patch_embeddings.projection
   encoder.layer.i.layernorm_before / layernorm_after           norm1 / norm2
   encoder.layer.i.attention.attention.{query,key,value}        attention/{query,key,value}
@@ -42,8 +43,13 @@ from mmrl.models.vit import VITS, vit
 _TIMM_BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
 _TIMM_MAP = {"norm1": ("norm1",), "norm2": ("norm2",), "attn.proj": ("attention", "out"),
              "mlp.fc1": ("mlp", "fc1"), "mlp.fc2": ("mlp", "fc2")}
-_HF_LAYER = re.compile(r"^encoder\.layer\.(\d+)\.(.+)$")
+_HF_LAYER = re.compile(r"^(?:encoder\.layer|layers)\.(\d+)\.(.+)$")
 _HF_MAP = {"layernorm_before": ("norm1",), "layernorm_after": ("norm2",),
+           # transformers >= 5 in memory (ViTModel.state_dict()):
+           "attention.q_proj": ("attention", "query"), "attention.k_proj": ("attention", "key"),
+           "attention.v_proj": ("attention", "value"), "attention.o_proj": ("attention", "out"),
+           "mlp.fc1": ("mlp", "fc1"), "mlp.fc2": ("mlp", "fc2"),
+           # the Hub's model.safetensors files (and transformers < 5):
            "attention.attention.query": ("attention", "query"),
            "attention.attention.key": ("attention", "key"),
            "attention.attention.value": ("attention", "value"),

@@ -117,8 +117,8 @@ def convert(path: str | pathlib.Path, *, text_num_heads: int | None = None) -> c
                       "layers + embeddings")
   ledger.drop_rest(PREFIX + "img_encoder.model.fc.", "ImageNet classifier (replaced by Identity)")
   ledger.check_complete(str(path))
-  if sizes["num_heads"] * 64 == sizes["hidden_size"] and text_num_heads is None:
-    notes.append(f"text num_heads={sizes['num_heads']} (hidden / 64; not stored in the tensors)")
+  notes.append(f"text num_heads={sizes['num_heads']} (hidden / 64 unless --text_num_heads; not "
+               "stored in the tensors)")
 
   overrides = {
       "model.dtype": "float32",
