@@ -21,7 +21,7 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py[:arg]).")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Run directory or its checkpoints/ folder.")
 _EVALUATORS = flags.DEFINE_list("evaluators", None, "Evaluators to run (default: all): "
-                                "retrieval, zero_shot, linear_probe, segmentation, localisation.")
+                                "retrieval, zero_shot, linear_probe, segmentation, grounding, localisation.")
 _OUTPUT = flags.DEFINE_string("output", None, "JSON output path (default <run>/eval/step_<N>.json).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 flags.mark_flags_as_required(["config", "checkpoint"])

@@ -7,9 +7,10 @@ and, per call, extracts each needed split's features once (one jitted, mesh-shar
 `step` (all enabled ones at the last step). `__call__(state, names)` returns
 (scalars: dict[str, float], images: dict[str, uint8 HxWx3]).
 
-Evaluators: retrieval, zero_shot, linear_probe, segmentation (this package) and localisation
-(`mmrl.evaluation.localisation.LocalisationEvaluator`, imported only when asked for; skipped with a
-warning when that module is not installed).
+Evaluators: retrieval, zero_shot, linear_probe, segmentation (this package; its head may be a
+U-Net / SETR decoder), grounding (`mmrl.evaluation.grounding`: CNR / mIoU / pointing of the
+method's sentence maps) and localisation (`mmrl.evaluation.localisation.LocalisationEvaluator`,
+imported only when asked for; skipped with a warning when that module is not installed).
 """
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ from mmrl.train import checkpoint as ckpt_lib
 
 log = logging.getLogger(__name__)
 
-EVALUATORS = ("retrieval", "zero_shot", "linear_probe", "segmentation", "localisation")
+EVALUATORS = ("retrieval", "zero_shot", "linear_probe", "segmentation", "grounding",
+              "localisation")
 
 
 class EvalRunner:
@@ -98,7 +100,7 @@ class EvalRunner:
       return evaluator(state, self._features_fn(state), self._embed_text_fn(state))
     if name == "linear_probe":
       return evaluator(state, self._features_fn(state), self._images_fn(state))
-    return evaluator(state, self.batches)  # localisation
+    return evaluator(state, self.batches)  # grounding, localisation
 
   def _get(self, name: str):
     if name in self._evaluators:
@@ -112,6 +114,10 @@ class EvalRunner:
       ev = linear_probe.LinearProbeEvaluator(config, self.label_names)
     elif name == "segmentation":
       ev = segmentation.SegmentationEvaluator(config, self.label_names)
+    elif name == "grounding":
+      from mmrl.evaluation import grounding  # pylint: disable=g-import-not-at-top
+      ev = grounding.GroundingEvaluator(config, self.mesh, self.state_shardings,
+                                        label_names=self.label_names)
     else:
       ev = _localisation(config, self.mesh, self.state_shardings)
     self._evaluators[name] = ev
