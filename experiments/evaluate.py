@@ -24,6 +24,8 @@ _EVALUATORS = flags.DEFINE_list("evaluators", None, "Evaluators to run (default:
                                 "retrieval, zero_shot, linear_probe, segmentation, grounding, localisation.")
 _OUTPUT = flags.DEFINE_string("output", None, "JSON output path (default <run>/eval/step_<N>.json).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+_INIT = flags.DEFINE_enum("init", "checkpoint", ["checkpoint", "random"],
+                          "Evaluate the checkpoint's state or a random init (the baseline).")
 flags.mark_flags_as_required(["config", "checkpoint"])
 
 
@@ -36,11 +38,11 @@ def main(argv):
   from mmrl.evaluation import runner  # pylint: disable=g-import-not-at-top
 
   scalars, images, step = runner.evaluate_checkpoint(
-      _CONFIG.value, _CHECKPOINT.value, _EVALUATORS.value, step=_STEP.value)
+      _CONFIG.value, _CHECKPOINT.value, _EVALUATORS.value, step=_STEP.value, init=_INIT.value)
   ckpt_dir = features.checkpoint_dir(_CHECKPOINT.value)
   output = pathlib.Path(_OUTPUT.value or ckpt_dir.parent / "eval" / f"step_{step}.json")
   output.parent.mkdir(parents=True, exist_ok=True)
-  doc = {"checkpoint": str(ckpt_dir), "step": step,
+  doc = {"checkpoint": str(ckpt_dir), "step": step, "init": _INIT.value,
          "metrics": {k: (None if math.isnan(v) else v) for k, v in sorted(scalars.items())}}
   output.write_text(json.dumps(doc, indent=1) + "\n")
   for tag, img in images.items():

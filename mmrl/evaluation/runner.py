@@ -201,10 +201,14 @@ def _localisation(config, mesh, state_shardings):
 
 
 def evaluate_checkpoint(config: Any, checkpoint: str, names: Optional[Sequence[str]] = None, *,
-                        step: Optional[int] = None
+                        step: Optional[int] = None, init: str = "checkpoint"
                         ) -> tuple[dict[str, float], dict[str, np.ndarray], int]:
   """Restores `checkpoint` (a run dir or its checkpoints/) and runs `names` (default: all
   evaluators; localisation only when its module is installed). Returns (scalars, images, step).
+
+  init='random' evaluates a freshly initialised state instead (config.seed; the text tower still
+  loads config.model.text.weights): the random-init baseline of the downstream protocols, on the
+  same data and mesh as the checkpoint.
 
   With data.dataset_dir '' the synthetic data set is resolved as pretraining did (under the run
   directory or data.synthetic.cache_dir).
@@ -219,6 +223,12 @@ def evaluate_checkpoint(config: Any, checkpoint: str, names: Optional[Sequence[s
   if step is None:
     raise FileNotFoundError(f"no complete checkpoint under {ckpt_dir}")
   state, mesh, shardings = features_lib.load_for_eval(config, ckpt_dir, step=step)
+  if init == "random":
+    import jax  # pylint: disable=g-import-not-at-top
+    from mmrl.train import state as state_lib  # pylint: disable=g-import-not-at-top
+    state, _ = state_lib.create_train_state(config, jax.random.key(int(config.seed)), mesh)
+  elif init != "checkpoint":
+    raise ValueError(f"--init={init!r}: use 'checkpoint' or 'random'")
   runner = EvalRunner(config, mesh, shardings)
   if names is None:
     names = [n for n in EVALUATORS if n != "localisation" or _localisation_installed()]
