@@ -82,6 +82,7 @@ def test_swapped_maps_score_lower_and_match_the_reference():
   assert right["g/miou"] == 1.0 and wrong["g/miou"] == 0.0
   up = gm.upsample_nearest(grid[::-1], 8, 8)
   assert wrong["g/cnr"] == pytest.approx(np.mean([_ref_cnr(a, b) for a, b in zip(up, g)]))
+  assert wrong["g/cnr_signed"] == pytest.approx(-wrong["g/cnr"])  # both maps are low on the box
   # the right maps are two-valued and exactly the boxes: CNR = x / 0, counted, not averaged
   assert right["g/pairs"] == 2 and right["g/skipped_gt"] == 0 and right["g/cnr_unbounded"] == 2
   assert "g/cnr" not in right

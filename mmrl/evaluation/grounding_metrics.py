@@ -7,6 +7,8 @@ reported here next to the pointing game (`mmrl.evaluation.localisation.pointing_
         inside the ground truth (the union of the phrase's boxes) and outside it; population
         variances (ddof = 0). It needs no threshold and is invariant to any affine rescaling
         a * map + b (a != 0), so raw cosines, attention weights and critic scores compare.
+        The absolute value also rewards a map that is *low* on the box; `cnr_signed` (ours)
+        keeps the sign of mean_in - mean_out, so a map pointing away from the box scores < 0.
   mIoU  the map min-max normalised to [0, 1], thresholded (>=) at each of `MIOU_THRESHOLDS`
         (0.1, 0.2, 0.3, 0.4, 0.5), IoU with the ground truth per threshold, averaged over the
         thresholds; a constant map predicts the whole image (as in localisation.threshold_maps).
@@ -134,8 +136,8 @@ def grounding_metrics(grid_maps: np.ndarray, gt: np.ndarray, *, prefix: str,
                       interpolation: str = "nearest", smooth_sigma: float = 0.0,
                       thresholds: Sequence[float] = MIOU_THRESHOLDS,
                       valid: Optional[np.ndarray] = None) -> dict[str, float]:
-  """Scalars '<prefix>/{pairs, cnr, cnr_std, miou, pointing, gt_area, skipped_gt, skipped_flat,
-  cnr_unbounded}' (module docstring).
+  """Scalars '<prefix>/{pairs, cnr, cnr_std, cnr_signed, miou, pointing, gt_area, skipped_gt,
+  skipped_flat, cnr_unbounded}' (module docstring).
 
   Args:
     grid_maps: f[N, gh, gw] sentence maps on the feature grid.
@@ -176,6 +178,8 @@ def grounding_metrics(grid_maps: np.ndarray, gt: np.ndarray, *, prefix: str,
   out[f"{prefix}/pairs"] = float(len(gt))
   if defined.any():
     out[f"{prefix}/cnr"] = float(np.mean(c[defined]))
+    sign = np.sign(_mean_where(maps, gt) - _mean_where(maps, ~gt))
+    out[f"{prefix}/cnr_signed"] = float(np.mean((sign * c)[defined]))
     out[f"{prefix}/cnr_std"] = float(np.std(c[defined], ddof=1)) if defined.sum() > 1 else 0.0
   out[f"{prefix}/miou"] = float(np.mean(miou(maps, gt, thresholds)))
   out[f"{prefix}/pointing"] = float(np.mean(pointing_game(grid_maps, gt)))
