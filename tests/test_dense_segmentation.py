@@ -130,6 +130,7 @@ def test_finetuned_evaluator_reports_mean_and_sample_std_over_seeds_for_each_fra
     assert out[f"{key}/dice"] == pytest.approx(np.mean(vals))
     assert out[f"{key}/dice_std"] == pytest.approx(np.std(vals, ddof=1))
     assert out[f"{key}/num_seeds"] == 2
+    assert 0.0 <= out[f"{key}/dice_nonempty"] <= 1.0
   # 14 train rows, 3 of them empty: ceil(0.5 * 11) non-empty + ceil(0.5 * 3) empty
   assert out["segmentation/unet_finetune/50pct/num_train"] == 8
   assert out["segmentation/dice"] == out["segmentation/unet_finetune/100pct/dice"]

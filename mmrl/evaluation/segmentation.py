@@ -138,7 +138,8 @@ class SegmentationEvaluator:
   each fraction tag p ('1pct', '10pct', '100pct'):
     segmentation/<h>/<p>/dice        mean over seeds of the test-set Dice
     segmentation/<h>/<p>/dice_std    sample std over seeds (ddof 1; 0 for one seed)
-    segmentation/<h>/<p>/num_seeds, .../num_train (mean subset size)
+    segmentation/<h>/<p>/num_seeds, .../num_train (mean subset size), .../dice_seed<i>
+    segmentation/<h>/<p>/dice_nonempty  the same mean over the test images with a target pixel
   plus segmentation/dice (= the largest fraction's mean, the headline number),
   segmentation/num_train, num_test, num_test_empty (test targets without a pixel).
   With no scorable train or test image: segmentation/skipped = 1 and no Dice (never a NaN).
@@ -222,11 +223,18 @@ class SegmentationEvaluator:
     else:
       probs = self._linear(train["image_local"][train_keep], train_t,
                            test["image_local"][test_keep], test_t.shape[1:], flat)
-    scores = iter([float(np.mean(dice(p >= 0.5, test_t))) for p in probs])
+    nonempty = test_t.any(axis=(1, 2))
+    per_image = [dice(p >= 0.5, test_t) for p in probs]
+    scores = iter([float(np.mean(d)) for d in per_image])
+    scores_nonempty = iter([float(np.mean(d[nonempty])) if nonempty.any() else None
+                            for d in per_image])
     prefix = f"segmentation/{self.head}" + ("_finetune" if is_dense and c.finetune else "")
     for f in self.fractions:
       vals = np.array([next(scores) for _ in runs[f]])
+      vals_nonempty = [next(scores_nonempty) for _ in runs[f]]
       tag = f"{prefix}/{fraction_tag(f)}"
+      if nonempty.any():  # the Dice of the images with a target pixel alone
+        out[f"{tag}/dice_nonempty"] = float(np.mean(vals_nonempty))
       out[f"{tag}/dice"] = float(vals.mean())
       out[f"{tag}/dice_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
       out[f"{tag}/num_seeds"] = float(len(vals))
