@@ -4,6 +4,8 @@ python -m experiments.evaluate --config=experiments/configs/convirt.py:smoke --c
 python -m experiments.evaluate --config=experiments/configs/convirt.py \
     --config.data.dataset_dir=/data/shards --checkpoint=runs/convirt \
     --evaluators=linear_probe,zero_shot,retrieval,segmentation --output=runs/convirt/eval.json
+--init=random evaluates a freshly initialised model instead of the checkpoint's (the random-init
+baseline of the downstream protocols; same data, splits and seeds).
 Prints a table of the metrics and writes them as JSON (default <run>/eval/step_<N>.json), with the
 evaluators' pictures as PNGs next to it. Protocols: docs/evaluation.md.
 """
