@@ -52,7 +52,7 @@ def check_pairs(maps: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 
 def upsample_nearest(maps: np.ndarray, height: int, width: int) -> np.ndarray:
-  """maps f[..., gh, gw] -> f64[..., height, width], torch 'nearest' (src = floor(dst * g / out))."""
+  """maps f[..., gh, gw] -> f64[..., height, width]; torch 'nearest': src = floor(dst * g / out)."""
   maps = np.asarray(maps, np.float64)
   gh, gw = maps.shape[-2:]
   rows = np.minimum((np.arange(height) * gh) // height, gh - 1)
