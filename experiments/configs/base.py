@@ -202,17 +202,26 @@ def base_config() -> ml_collections.ConfigDict:
       finetune_batch_size=32,      # examples per fine-tune minibatch
       finetune_seeds=3))           # fine-tune runs per fraction (seed = config.seed + i)
   c.eval.segmentation = ml_collections.ConfigDict(dict(
-      enabled=False,               # frozen-feature segmentation Dice (mmrl.evaluation.segmentation)
+      enabled=False,               # segmentation Dice: linear head or U-Net/SETR decoder (mmrl.evaluation.segmentation)
       every=0,                     # period in steps (0 = train.eval_every)
       train_split="",              # head training split ('' = data.train_split)
       test_split="",               # scored split ('' = data.eval_split)
       max_train=512,               # train examples read (0 = eval.max_examples)
       max_test=0,                  # test examples read (0 = eval.max_examples)
       target="any",                # 'any' = union of an image's masks, or a label name
-      head="linear",               # linear (1x1 conv) | mlp (1x1 conv, ReLU, 1x1 conv)
+      head="linear",               # linear (1x1 conv) | mlp | unet (ResNet) | setr (ViT) | dense (unet or setr by tower)
       hidden=64,                   # hidden channels of the 'mlp' head
-      steps=300,                   # full-batch Adam steps of the head
-      lr=0.05,                     # Adam learning rate of the head
+      steps=300,                   # full-batch Adam steps of the linear / mlp head
+      lr=0.05,                     # Adam learning rate of the linear / mlp head
+      fractions=(1.0,),            # train label fractions (nested, stratified by empty/non-empty mask), e.g. (0.01, 0.1, 1.0)
+      num_seeds=1,                 # seeds per fraction (config.seed + i); numbers are mean +- sample std
+      finetune=False,              # unet/setr: also train the image tower (else frozen)
+      dense_steps=200,             # unet/setr: minibatch Adam steps
+      dense_lr=1e-3,               # unet/setr: Adam learning rate of the decoder
+      finetune_lr=1e-4,            # unet/setr with finetune: Adam learning rate of the image tower
+      batch_size=16,               # unet/setr: examples per minibatch
+      unet_channels=(256, 128, 64, 32, 16),  # U-Net decoder block widths, coarse to fine (smp's)
+      setr_channels=(512, 256, 128, 64),     # SETR-PUP stage widths (MGCA's decode_features)
       require_mask=True,           # score only images with a target mask (others: unannotated)
       max_masks=4,                 # masks read per image (M; extra masks dropped)
       num_sheet_examples=4))       # test examples drawn in TensorBoard (0 = none)
@@ -240,6 +249,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.localisation = ml_collections.ConfigDict(dict(
       enabled=False,               # pointing game / IoU of sentence maps vs boxes (localisation)
       every=0))                    # period in steps (0 = train.eval_every)
+  c.eval.grounding = ml_collections.ConfigDict(dict(
+      enabled=False,               # phrase grounding CNR / mIoU / pointing of sentence maps vs boxes (mmrl.evaluation.grounding)
+      every=0,                     # period in steps (0 = train.eval_every)
+      interpolation="nearest",     # grid map -> image size: nearest (hi-ml) | bilinear
+      smooth_sigma=0.0,            # Gaussian smoothing of the grid map in cells before upsampling (hi-ml: 1.5)
+      miou_thresholds=(0.1, 0.2, 0.3, 0.4, 0.5),  # thresholds of the min-max normalised map, IoU averaged
+      templated=True,              # also score one templated sentence per synthetic box
+      nih_dataset_dir="",          # converted NIH ChestX-ray14 shards for templated NIH sentences ('' = skip)
+      nih_max_examples=0))         # NIH records read per split (0 = all)
   return c
 
 

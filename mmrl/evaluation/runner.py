@@ -7,7 +7,9 @@ and, per call, extracts each needed split's features once (one jitted, mesh-shar
 `step` (all enabled ones at the last step). `__call__(state, names)` returns
 (scalars: dict[str, float], images: dict[str, uint8 HxWx3]).
 
-Evaluators: retrieval, zero_shot, linear_probe, segmentation, detection (this package) and localisation
+Evaluators: retrieval, zero_shot, linear_probe, segmentation (this package; its head may be a
+U-Net / SETR decoder), detection (YOLOv3-style head on the tower's pyramid), grounding
+(`mmrl.evaluation.grounding`: CNR / mIoU / pointing of the method's sentence maps) and localisation
 (`mmrl.evaluation.localisation.LocalisationEvaluator`, imported only when asked for; skipped with a
 warning when that module is not installed).
 """
@@ -38,7 +40,7 @@ from mmrl.train import checkpoint as ckpt_lib
 
 log = logging.getLogger(__name__)
 
-EVALUATORS = ("retrieval", "zero_shot", "linear_probe", "segmentation", "detection",
+EVALUATORS = ("retrieval", "zero_shot", "linear_probe", "segmentation", "detection", "grounding",
               "localisation")
 
 
@@ -102,7 +104,7 @@ class EvalRunner:
       return evaluator(state, self._features_fn(state), self._images_fn(state))
     if name == "detection":
       return evaluator(state, self._features_fn(state))
-    return evaluator(state, self.batches)  # localisation
+    return evaluator(state, self.batches)  # grounding, localisation
 
   def _get(self, name: str):
     if name in self._evaluators:
@@ -118,6 +120,10 @@ class EvalRunner:
       ev = segmentation.SegmentationEvaluator(config, self.label_names)
     elif name == "detection":
       ev = detection.DetectionEvaluator(config, self.label_names)
+    elif name == "grounding":
+      from mmrl.evaluation import grounding  # pylint: disable=g-import-not-at-top
+      ev = grounding.GroundingEvaluator(config, self.mesh, self.state_shardings,
+                                        label_names=self.label_names)
     else:
       ev = _localisation(config, self.mesh, self.state_shardings)
     self._evaluators[name] = ev
@@ -201,10 +207,14 @@ def _localisation(config, mesh, state_shardings):
 
 
 def evaluate_checkpoint(config: Any, checkpoint: str, names: Optional[Sequence[str]] = None, *,
-                        step: Optional[int] = None
+                        step: Optional[int] = None, init: str = "checkpoint"
                         ) -> tuple[dict[str, float], dict[str, np.ndarray], int]:
   """Restores `checkpoint` (a run dir or its checkpoints/) and runs `names` (default: all
   evaluators; localisation only when its module is installed). Returns (scalars, images, step).
+
+  init='random' evaluates a freshly initialised state instead (config.seed; the text tower still
+  loads config.model.text.weights): the random-init baseline of the downstream protocols, on the
+  same data and mesh as the checkpoint.
 
   With data.dataset_dir '' the synthetic data set is resolved as pretraining did (under the run
   directory or data.synthetic.cache_dir).
@@ -219,6 +229,12 @@ def evaluate_checkpoint(config: Any, checkpoint: str, names: Optional[Sequence[s
   if step is None:
     raise FileNotFoundError(f"no complete checkpoint under {ckpt_dir}")
   state, mesh, shardings = features_lib.load_for_eval(config, ckpt_dir, step=step)
+  if init == "random":
+    import jax  # pylint: disable=g-import-not-at-top
+    from mmrl.train import state as state_lib  # pylint: disable=g-import-not-at-top
+    state, _ = state_lib.create_train_state(config, jax.random.key(int(config.seed)), mesh)
+  elif init != "checkpoint":
+    raise ValueError(f"--init={init!r}: use 'checkpoint' or 'random'")
   runner = EvalRunner(config, mesh, shardings)
   if names is None:
     names = [n for n in EVALUATORS if n != "localisation" or _localisation_installed()]
@@ -235,7 +251,7 @@ def evaluate_random_init(config: Any, names: Optional[Sequence[str]] = None
   from mmrl.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   from mmrl.train import state as state_lib  # pylint: disable=g-import-not-at-top
   if not str(config.data.dataset_dir):
-    raise ValueError("--random_init needs --config.data.dataset_dir=<converted shards> (there "
+    raise ValueError("--init=random without --checkpoint needs --config.data.dataset_dir=<converted shards> (there "
                      "is no run directory to find synthetic data under)")
   mesh = mesh_lib.make_mesh(config.mesh)
   state, shardings = state_lib.create_train_state(config, jax.random.key(int(config.seed)), mesh)
