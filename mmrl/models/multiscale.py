@@ -4,8 +4,8 @@ The towers' pretraining outputs are left as they are (ImageFeatures: one grid). 
 the extra scales from outside:
 
 - ResNet: the outputs of stages 2, 3 and 4 (torchvision layer2/3/4 = the papers' conv3/4/5, strides
-  8/16/32), captured with flax's `capture_intermediates` on the last block of each stage (the tower
-  module is unchanged; the parameter tree is the same).
+  8/16/32), captured by `mmrl.models.stage_features` (flax `capture_intermediates` on the last block of
+  each stage; the tower module and its parameter tree are unchanged).
 - ViT: a simple feature pyramid from the last patch grid (stride 16): bilinear x2 upsampling
   (stride 8), the grid itself, and x2 average pooling (stride 32). Parameter-free; the detection
   head's convolutions adapt it (ViTDet uses learned deconvolutions here; see
@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from mmrl.config_errors import ConfigError
+from mmrl.models import stage_features
 from mmrl.models.resnet import RESNETS
 from mmrl.models.vit import VITS
 
@@ -34,8 +35,7 @@ STRIDES = (8, 16, 32)
 
 def resnet_stage_names(name: str) -> tuple[str, ...]:
   """Module names of the last block of stages 2, 3, 4 of ResNet `name`."""
-  spec = RESNETS[name]
-  return tuple(f"stage{s}_block{spec.stage_sizes[s - 1] - 1}" for s in (2, 3, 4))
+  return stage_features.resnet_stage_names(name, (2, 3, 4))
 
 
 def simple_pyramid(grid: jax.Array) -> list[jax.Array]:
@@ -53,24 +53,11 @@ def pyramid_fn(model_cfg: Any) -> PyramidFn:
   """See the module docstring; `model_cfg` = config.model."""
   name = str(model_cfg.image.name)
   if name in RESNETS:
-    stages = resnet_stage_names(name)
-    wanted = set(stages)
-
-    def resnet_fn(apply_fn, variables, images):
-      _, state = apply_fn(variables, images, train=False, method="encode_image",
-                          capture_intermediates=lambda m, meth: m.name in wanted
-                          and meth == "__call__")
-      inter = state["intermediates"]["image_tower"]
-      return [inter[s]["__call__"][0].astype(jnp.float32) for s in stages]
-    return resnet_fn
+    stages = stage_features.stage_features_fn(model_cfg, (2, 3, 4))
+    return lambda apply_fn, variables, images: stages(apply_fn, variables, images)
   if name in VITS:
-
-    def vit_fn(apply_fn, variables, images):
-      feats = apply_fn(variables, images, train=False, method="encode_image")
-      gh, gw = feats.grid_hw
-      grid = feats.local.reshape(feats.local.shape[0], gh, gw, feats.local.shape[-1])
-      return simple_pyramid(grid)
-    return vit_fn
+    grid = stage_features.stage_features_fn(model_cfg)
+    return lambda apply_fn, variables, images: simple_pyramid(grid(apply_fn, variables, images)[0])
   raise ConfigError(f"config.model.image.name={name!r} has no multi-scale features; known: "
                     f"{', '.join(sorted(RESNETS) + sorted(VITS))}")
 

@@ -11,8 +11,7 @@ parameter tree are unchanged. For a ViT the one patch grid (stride 16) is return
 variables dict holding only the 'image_tower' subtree also works). BatchNorm uses its running
 statistics (train=False), also when the encoder is fine-tuned.
 
-The detection evaluator's `mmrl.models.multiscale` (another branch) captures stages 2..4 the same
-way; both can share `resnet_stage_names`.
+The detection evaluator's pyramid (`mmrl.models.multiscale`) is built on this module.
 """
 from __future__ import annotations
 
