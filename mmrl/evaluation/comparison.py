@@ -85,12 +85,12 @@ class Budget:
 # Named budgets of `python -m experiments.compare --preset=...` (docs/localisation.md).
 PRESETS: dict[str, Budget] = {
     "default": Budget(),
-    # The localisation benchmark: calibrated finding sizes, 192 px, a stride-16 tower (12 x 12
-    # grid, grid oracle >= 0.8), LoVT positives within one cell.
-    "localisation": Budget(steps=150, batch_size=32, image_size=192, patients=600, lr=2e-3,
-                           warmup_steps=15, eval_examples=128, synthetic_image_size=256,
-                           synthetic_short_side=192, image_tower="resnet_small_s16",
-                           variant="calibrated", lovt_cell_threshold=1.0),
+    # The localisation benchmark: calibrated finding sizes, 128 px, a stride-16 tower (8 x 8
+    # grid, grid oracle >= 0.8), the text tower trained, LoVT positives within one cell.
+    "localisation": Budget(steps=150, batch_size=16, image_size=128, patients=600, lr=2e-3,
+                           warmup_steps=20, eval_examples=128, synthetic_image_size=256,
+                           synthetic_short_side=128, image_tower="resnet_small_s16",
+                           variant="calibrated", freeze_text=False, lovt_cell_threshold=1.0),
 }
 # The localisation preset compares these (ConVIRT, the four local methods the issue names).
 PRESET_METHODS = {"default": ALL_METHODS,
