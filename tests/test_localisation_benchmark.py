@@ -54,3 +54,23 @@ def test_the_realistic_variant_keeps_todays_sizes_and_the_calibrated_one_is_larg
   with phantom.variant_scope("calibrated"):
     assert phantom.current_variant() == "calibrated"
   assert phantom.current_variant() == "realistic"
+
+
+# LoVT on the reduced calibrated set. The margin: the diagnostic runs (docs/localisation.md)
+# put the pointing of untrained and trained models within about +-0.05 of one another across
+# seeds, so a model localises only when it beats the random map by more than 0.1 in cell
+# pointing. Today LoVT does not (docs/localisation.md, "Why the local methods did not
+# localise"): the test is a strict xfail, so CI fails as soon as it starts to pass and the
+# marker must be removed then.
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="LoVT does not localise at the CI budget yet "
+                   "(docs/localisation.md section 2); remove this marker when it does")
+def test_lovt_trained_on_the_reduced_calibrated_set_points_above_a_random_map(
+    tmp_path, synthetic_cache):
+  budget = dataclasses.replace(REDUCED, steps=60, warmup_steps=6, eval_examples=32)
+  ds = comparison.prepare_synthetic(budget, synthetic_cache)
+  r = comparison.run_one("lovt", 0, budget, dataset_dir=ds, nih_dir="",
+                         workdir=tmp_path / "lovt", heatmap_dir=None)
+  m = r["metrics"]
+  assert m["loc/synthetic/grid_oracle/pointing"] >= 0.8
+  assert m["loc/synthetic/pointing_cell"] > m["loc/synthetic/random_map/pointing_cell"] + 0.1, m
