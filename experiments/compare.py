@@ -38,6 +38,9 @@ _EVAL = flags.DEFINE_integer("eval_examples", comparison.Budget.eval_examples,
                              "held-out synthetic examples evaluated per run")
 _OUTPUT = flags.DEFINE_string("output", "runs/compare", "data and run directories")
 _RESULTS = flags.DEFINE_string("results", "results", "where the tables and plots go")
+_ONLY_EXISTING = flags.DEFINE_bool(
+    "only_existing", False, "train nothing: summarise the finished runs under --output and "
+    "list the missing ones")
 _SHARED = flags.DEFINE_string("shared_data", os.environ.get("MMRL_SHARED_DATA", "../shared/data"),
                               "../shared/data (for NIH ChestX-ray14 boxes); '' = skip NIH")
 
@@ -63,7 +66,8 @@ def main(argv):
   command = "python -m experiments.compare " + " ".join(sys.argv[1:])
   out = comparison.run_comparison(methods, list(range(_SEEDS.value)), budget,
                                   output=_OUTPUT.value, results_dir=_RESULTS.value,
-                                  shared_data=_SHARED.value, command=command.strip())
+                                  shared_data=_SHARED.value, command=command.strip(),
+                                  only_existing=_ONLY_EXISTING.value)
   print(f"\nwrote {_RESULTS.value}/comparison.md ({out['meta']['wall_s'] / 60:.1f} min)")
 
 

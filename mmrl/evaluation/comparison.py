@@ -593,6 +593,8 @@ def markdown(summary, methods: Sequence[str], meta: dict) -> str:
       "synthetic data made once and shared by every run; `random_init` = ConVIRT's model "
       "without training.",
       f"- **NIH ChestX-ray14:** {meta['nih']}",
+      *([f"- **NOT RUN / NOT FINISHED (no result, not in any row):** "
+         f"{', '.join(meta['missing'])}"] if meta.get("missing") else []),
       "- **Templated sentences:** the `synthetic_templated` and `nih_templated` localisation "
       "rows score sentences WE WROTE from each box's label and position (e.g. \"There is a "
       "nodule in the right upper zone.\"), not radiologist text; NIH ChestX-ray14 has no "
@@ -652,8 +654,13 @@ def markdown(summary, methods: Sequence[str], meta: dict) -> str:
 def run_comparison(methods: Sequence[str], seeds: Sequence[int], budget: Budget, *,
                    output: str | pathlib.Path, results_dir: str | pathlib.Path,
                    shared_data: str = "", command: str = "", data_root: str = "",
-                   progress: Callable[[str], None] = print) -> dict:
-  """Runs everything (module docstring); returns {'summary', 'results', 'meta'}."""
+                   progress: Callable[[str], None] = print, only_existing: bool = False
+                   ) -> dict:
+  """Runs everything (module docstring); returns {'summary', 'results', 'meta'}.
+
+  only_existing=True trains and evaluates nothing: it summarises the runs under `output` that
+  have a result.json (e.g. runs made by several processes side by side) and lists the missing
+  (method, seed) pairs in the table's header."""
   import jax  # pylint: disable=g-import-not-at-top
   unknown = [m for m in methods if m not in ALL_METHODS]
   if unknown:
@@ -667,10 +674,14 @@ def run_comparison(methods: Sequence[str], seeds: Sequence[int], budget: Budget,
   progress(f"data: synthetic ({budget.patients} patients) under {root}")
   dataset_dir = prepare_synthetic(budget, root)
   nih_dir = prepare_nih(shared_data, root, budget.image_size, budget.nih_items)
-  results = []
+  results, missing = [], []
   for seed in seeds:
     for method in list(methods) + [BASELINE]:
       t0 = time.time()
+      if only_existing and not (output / "runs" / method / f"seed_{seed}" /
+                                "result.json").exists():
+        missing.append(f"{method} seed {seed}")
+        continue
       heat = results_dir / "heatmaps" / method if seed == seeds[0] else None
       r = run_one(method, int(seed), budget, dataset_dir=dataset_dir, nih_dir=nih_dir,
                   workdir=output / "runs" / method / f"seed_{seed}", heatmap_dir=heat)
@@ -685,7 +696,7 @@ def run_comparison(methods: Sequence[str], seeds: Sequence[int], budget: Budget,
           "load_start": load_start,
           "load_end": ", ".join(f"{x:.2f}" for x in os.getloadavg()), "jax": jax.__version__,
           "budget": dataclasses.asdict(budget), "seeds": list(seeds), "methods": list(methods),
-          "budget_obj": budget,
+          "budget_obj": budget, "missing": missing,
           "nih": (f"converted from {shared_data} (splits {'+'.join(budget.nih_splits)})"
                   if nih_dir else
                   "not found (set --shared_data or MMRL_SHARED_DATA); NIH rows are missing")}
