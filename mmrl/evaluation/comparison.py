@@ -588,10 +588,13 @@ def markdown(summary, methods: Sequence[str], meta: dict) -> str:
       f"{meta['load_start']}, at end {meta['load_end']}; jax {meta['jax']}, "
       f"Python {platform.python_version()}",
       f"- **Budget (every method):** {meta['budget']}; seeds {meta['seeds']}",
-      "- **Common model:** resnet_small image tower, first 2 layers of the pretrained MiniLM "
-      "text tower (frozen, mean-token pooling), each method's own heads at embed_dim 64; "
-      "synthetic data made once and shared by every run; `random_init` = ConVIRT's model "
-      "without training.",
+      f"- **Common model:** {meta['budget'].get('image_tower', 'resnet_small')} image tower at "
+      f"{meta['budget'].get('image_size')} px, first {meta['budget'].get('text_layers', 2)} "
+      f"layers of the pretrained MiniLM text tower "
+      f"({'frozen' if meta['budget'].get('freeze_text', True) else 'trained'}, mean-token "
+      "pooling), each method's own heads at embed_dim 64; synthetic data "
+      f"({meta['budget'].get('variant', 'realistic')} finding sizes) made once and shared by every "
+      "run; `random_init` = ConVIRT's model without training.",
       f"- **NIH ChestX-ray14:** {meta['nih']}",
       *([f"- **NOT RUN / NOT FINISHED (no result, not in any row):** "
          f"{', '.join(meta['missing'])}"] if meta.get("missing") else []),
