@@ -68,7 +68,7 @@ def test_the_realistic_variant_keeps_todays_sizes_and_the_calibrated_one_is_larg
                    "(docs/localisation.md section 2); remove this marker when it does")
 def test_lovt_trained_on_the_reduced_calibrated_set_points_above_a_random_map(
     tmp_path, synthetic_cache):
-  budget = dataclasses.replace(REDUCED, steps=60, warmup_steps=6, eval_examples=32)
+  budget = dataclasses.replace(REDUCED, steps=30, warmup_steps=3, eval_examples=32)
   ds = comparison.prepare_synthetic(budget, synthetic_cache)
   r = comparison.run_one("lovt", 0, budget, dataset_dir=ds, nih_dir="",
                          workdir=tmp_path / "lovt", heatmap_dir=None)
