@@ -17,6 +17,7 @@ import shutil
 
 from data_pipeline import convert as convert_lib
 from data_pipeline import record_spec
+from data_pipeline.synthetic import phantom
 from data_pipeline.synthetic.mimic_tree import write_mimic_tree
 
 log = logging.getLogger(__name__)
@@ -25,9 +26,16 @@ FRONTAL_VIEWS = ("PA", "AP")
 
 
 def synthetic_params(synth_cfg) -> dict:
-  return {"num_patients": int(synth_cfg.num_patients), "seed": int(synth_cfg.seed),
-          "image_size": int(synth_cfg.image_size), "short_side": int(synth_cfg.short_side),
-          "views": list(FRONTAL_VIEWS), "version": 3}  # 2: conformant DICOMs, 3: TFDS folder
+  params = {"num_patients": int(synth_cfg.num_patients), "seed": int(synth_cfg.seed),
+            "image_size": int(synth_cfg.image_size), "short_side": int(synth_cfg.short_side),
+            "views": list(FRONTAL_VIEWS), "version": 3}  # 2: conformant DICOMs, 3: TFDS folder
+  variant = str(synth_cfg.get("variant", "realistic"))
+  if variant not in phantom.VARIANTS:
+    raise ValueError(f"data.synthetic.variant={variant!r} is not known; use one of "
+                     f"{phantom.VARIANTS}")
+  if variant != "realistic":  # the realistic set keeps its folder key
+    params["variant"] = variant
+  return params
 
 
 def prepare_synthetic_dataset(synth_cfg, root: str | os.PathLike, *, progress: bool = True
@@ -46,9 +54,10 @@ def prepare_synthetic_dataset(synth_cfg, root: str | os.PathLike, *, progress: b
     if tree.exists():
       shutil.rmtree(tree)  # an interrupted generation: start again
     log.info("generating %d synthetic patients under %s", params["num_patients"], tree)
-    summary = write_mimic_tree(tree, num_patients=params["num_patients"], seed=params["seed"],
-                               image_size=params["image_size"],
-                               workers=max(1, int(synth_cfg.workers)))
+    with phantom.variant_scope(params.get("variant", "realistic")):
+      summary = write_mimic_tree(tree, num_patients=params["num_patients"],
+                                 seed=params["seed"], image_size=params["image_size"],
+                                 workers=max(1, int(synth_cfg.workers)))
     marker.write_text(json.dumps({"params": params, "summary": summary}, indent=1, default=str))
   dataset = convert_lib.load_layout("mimic", tree)
   options = convert_lib.ConvertOptions(short_side=params["short_side"], bit_depth=8,

@@ -2,6 +2,9 @@
 each (global metrics and localisation) plus a random-initialisation baseline, and writes results/.
 
 COMMAND: python -m experiments.compare --output=runs/compare
+LOCALISATION: python -m experiments.compare --preset=localisation --output=runs/compare_loc \
+           --results=results/localisation   (calibrated synthetic set, 192 px, stride-16 tower,
+           ConVIRT, GLoRIA, LoVT, MGCA, LRCLR x 3 seeds + random init; docs/localisation.md)
 SHORT:   python -m experiments.compare --methods=convirt,lovt --seeds=1 --steps=20 \
            --output=/tmp/compare --results=/tmp/compare/results
 EXPECT:  about 30-35 min on an idle 2-core CPU for 8 methods x 3 seeds at the defaults (80 steps;
@@ -20,7 +23,11 @@ from absl import flags
 
 from mmrl.evaluation import comparison
 
+_PRESET = flags.DEFINE_enum("preset", "default", sorted(comparison.PRESETS),
+                            "named budget (and method list); flags given explicitly override it")
 _METHODS = flags.DEFINE_list("methods", list(comparison.ALL_METHODS), "methods to compare")
+_VARIANT = flags.DEFINE_enum("variant", None, ["realistic", "calibrated"],
+                             "synthetic finding sizes (default: the preset's)")
 _SEEDS = flags.DEFINE_integer("seeds", 3, "number of seeds (0, 1, ..., seeds-1)")
 _STEPS = flags.DEFINE_integer("steps", comparison.Budget.steps, "training steps per run")
 _BATCH = flags.DEFINE_integer("batch_size", comparison.Budget.batch_size, "global batch size")
@@ -31,6 +38,9 @@ _EVAL = flags.DEFINE_integer("eval_examples", comparison.Budget.eval_examples,
                              "held-out synthetic examples evaluated per run")
 _OUTPUT = flags.DEFINE_string("output", "runs/compare", "data and run directories")
 _RESULTS = flags.DEFINE_string("results", "results", "where the tables and plots go")
+_ONLY_EXISTING = flags.DEFINE_bool(
+    "only_existing", False, "train nothing: summarise the finished runs under --output and "
+    "list the missing ones")
 _SHARED = flags.DEFINE_string("shared_data", os.environ.get("MMRL_SHARED_DATA", "../shared/data"),
                               "../shared/data (for NIH ChestX-ray14 boxes); '' = skip NIH")
 
@@ -38,14 +48,26 @@ _SHARED = flags.DEFINE_string("shared_data", os.environ.get("MMRL_SHARED_DATA", 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  budget = comparison.Budget(steps=_STEPS.value, batch_size=_BATCH.value,
-                             image_size=_IMAGE.value, patients=_PATIENTS.value, lr=_LR.value,
-                             warmup_steps=min(comparison.Budget.warmup_steps, _STEPS.value // 10),
-                             eval_examples=_EVAL.value)
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  preset = comparison.PRESETS[_PRESET.value]
+  given = {name for name in ("steps", "batch_size", "image_size", "patients", "lr",
+                             "eval_examples", "variant", "methods")
+           if flags.FLAGS[name].present}
+  pick = lambda name, flag: flag.value if name in given else getattr(preset, name)
+  steps = pick("steps", _STEPS)
+  budget = dataclasses.replace(
+      preset, steps=steps, batch_size=pick("batch_size", _BATCH),
+      image_size=pick("image_size", _IMAGE), patients=pick("patients", _PATIENTS),
+      lr=pick("lr", _LR), eval_examples=pick("eval_examples", _EVAL),
+      variant=pick("variant", _VARIANT),
+      warmup_steps=min(preset.warmup_steps, max(steps // 10, 1)))
+  methods = (_METHODS.value if "methods" in given
+             else list(comparison.PRESET_METHODS[_PRESET.value]))
   command = "python -m experiments.compare " + " ".join(sys.argv[1:])
-  out = comparison.run_comparison(_METHODS.value, list(range(_SEEDS.value)), budget,
+  out = comparison.run_comparison(methods, list(range(_SEEDS.value)), budget,
                                   output=_OUTPUT.value, results_dir=_RESULTS.value,
-                                  shared_data=_SHARED.value, command=command.strip())
+                                  shared_data=_SHARED.value, command=command.strip(),
+                                  only_existing=_ONLY_EXISTING.value)
   print(f"\nwrote {_RESULTS.value}/comparison.md ({out['meta']['wall_s'] / 60:.1f} min)")
 
 

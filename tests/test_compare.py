@@ -48,20 +48,41 @@ def test_compare_writes_table_json_plots_and_heatmaps_and_resumes(tmp_path, synt
   assert again["summary"].keys() == out["summary"].keys()
 
 
-def _entry(mean, std, n=3):
-  return {"mean": mean, "std": std, "n": n}
+def _entry(*per_seed):
+  from mmrl.evaluation import statistics as st
+  d = st.describe(per_seed).as_dict()
+  return {**d, "by_seed": {str(i): v for i, v in enumerate(per_seed)}}
 
 
-def test_analysis_calls_a_difference_only_beyond_the_seed_spread():
+def test_analysis_calls_a_difference_only_when_the_paired_test_says_so():
   summary = {
-      "convirt": {"loc/synthetic/pointing": _entry(0.20, 0.02),
-                  "retrieval/i2t_R@1": _entry(0.10, 0.01)},
-      "lovt": {"loc/synthetic/pointing": _entry(0.40, 0.03),
-               "retrieval/i2t_R@1": _entry(0.05, 0.01)},
-      "gloria": {"loc/synthetic/pointing": _entry(0.21, 0.02),
-                 "retrieval/i2t_R@1": _entry(0.10, 0.02)},
+      "convirt": {"loc/synthetic/pointing": _entry(0.20, 0.22, 0.18),
+                  "retrieval/i2t_R@1": _entry(0.10, 0.11, 0.09)},
+      "lovt": {"loc/synthetic/pointing": _entry(0.40, 0.43, 0.37),
+               "retrieval/i2t_R@1": _entry(0.05, 0.055, 0.04)},
+      "gloria": {"loc/synthetic/pointing": _entry(0.25, 0.19, 0.19),
+                 "retrieval/i2t_R@1": _entry(0.10, 0.12, 0.08)},
   }
   text = "\n".join(comparison.analysis(summary))
-  assert "1 of 2 local methods localise clearly better than ConVIRT: lovt." in text
-  assert "clearly worse: lovt." in text
-  assert "gloria vs ConVIRT**: `loc/synthetic/pointing` +0.010 (within the seed spread" in text
+  assert "1 of 2 local methods localise better than ConVIRT by the paired t-test" in text
+  assert ": lovt." in text
+  assert "worse than ConVIRT by the paired t-test: lovt." in text
+  assert "not distinguishable with 3 seeds" in text
+  assert "paired t-test p=" in text
+
+
+def test_summary_uses_the_sample_std_and_keeps_the_seeds_for_pairing():
+  runs = [{"method": "lovt", "seed": s, "metrics": {"m": v}} for s, v in enumerate([1., 2., 3.])]
+  got = comparison.summarise(runs)["lovt"]["m"]
+  assert got["std"] == 1.0 and got["n"] == 3 and got["by_seed"] == {"0": 1., "1": 2., "2": 3.}
+  assert got["ci_low"] < 2.0 < got["ci_high"]
+
+
+def test_every_method_reads_the_whole_report_in_the_comparison():
+  budget = comparison.PRESETS["localisation"]
+  for m in comparison.PRESET_METHODS["localisation"]:
+    c = comparison.method_config(m, budget, seed=0)
+    assert c.data.sentence_sampling == "all", m
+    assert c.data.synthetic.variant == "calibrated"
+  assert any("sentence" in f for f in comparison.fallbacks("convirt", budget))
+  assert any("uniform" in f for f in comparison.fallbacks("mgca", budget))

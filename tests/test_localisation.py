@@ -102,3 +102,60 @@ def test_report_sentences_match_the_boxes_of_the_findings_they_name():
   assert loc.match_sentence("endotracheal tube tip is 4 cm above the carina.", labels,
                             patterns) == [2]
   assert loc.match_sentence("the lungs are clear.", labels, patterns) == []
+
+
+def test_a_flat_maximum_is_read_at_its_centre_not_its_first_pixel():
+  # A peak in grid cell (0, 0) upsamples to a flat top-left plateau; its centre is in the cell.
+  m = np.zeros((1, 3, 3))
+  m[0, 0, 0] = 1.0
+  gt = _box_mask(30, 30, 0, 10, 0, 10)[None]
+  corner_pixel_only = np.zeros((1, 30, 30), bool)
+  corner_pixel_only[0, 0, 0] = True
+  assert loc.pointing_game(m, gt)[0] == 1.0
+  assert loc.pointing_game(m, corner_pixel_only)[0] == 0.0
+  # A constant map points at the image centre.
+  centre = _box_mask(30, 30, 14, 16, 14, 16)[None]
+  assert loc.pointing_game(np.ones((1, 3, 3)), centre)[0] == 1.0
+
+
+def test_cell_pointing_hits_when_the_maximum_cell_holds_any_box_pixel():
+  gt = _box_mask(12, 12, 3, 5, 3, 5)[None]   # inside cell (0, 0) and (1, 1) of a 3x3 grid
+  m = np.zeros((1, 3, 3))
+  m[0, 1, 1] = 1.0
+  assert loc.cell_pointing(m, gt)[0] == 1.0
+  m2 = np.zeros((1, 3, 3))
+  m2[0, 2, 2] = 1.0
+  assert loc.cell_pointing(m2, gt)[0] == 0.0
+
+
+def test_random_map_and_best_fixed_cell_baselines_match_a_monte_carlo_reference():
+  rng = np.random.default_rng(0)
+  gt = np.stack([_box_mask(24, 24, a, a + 6, b, b + 8) for a, b in rng.integers(0, 16, (20, 2))])
+  got = loc.baseline_pointing(gt, 4, 4)
+  draws = rng.random((400, 20, 4, 4))
+  mc = np.mean([loc.pointing_game(d, gt).mean() for d in draws])
+  assert got["random_map/pointing"] == pytest.approx(mc, abs=0.02)
+  fixed = []
+  for c in range(16):
+    one = np.zeros((20, 4, 4))
+    one[:, c // 4, c % 4] = 1.0
+    fixed.append(loc.pointing_game(one, gt).mean())
+  assert got["best_fixed_cell/pointing"] == pytest.approx(max(fixed))
+
+
+def test_grid_oracle_is_perfect_for_cell_aligned_boxes_and_misses_subcell_boxes():
+  aligned = _box_mask(12, 12, 4, 8, 0, 4)[None]       # exactly cell (1, 0) of a 3x3 grid
+  assert loc.baseline_pointing(aligned, 3, 3)["grid_oracle/pointing"] == 1.0
+  tiny = _box_mask(12, 12, 0, 1, 3, 4)[None]          # one pixel at a cell's edge
+  assert loc.baseline_pointing(tiny, 3, 3)["grid_oracle/pointing"] == 0.0
+
+
+def test_location_free_swapped_and_midline_templates():
+  box = [0.1, 0.1, 0.2, 0.2]
+  assert loc.templated_sentence("Nodule", box, location=False) == "There is a nodule."
+  assert (loc.templated_sentence("Nodule", box, swap_sides=True)
+          == "There is a nodule in the left upper zone.")
+  tube = [0.47, 0.05, 0.53, 0.30]
+  assert loc.templated_sentence("Support Devices", tube) == (
+      "There is a support device in the upper zone.")
+  assert not loc.has_side("Support Devices", tube) and loc.has_side("Nodule", box)

@@ -12,12 +12,23 @@ Conventions:
   one past the last mask column/row, so `mask[ymin:ymax, xmin:xmax]` holds the whole mask and
   `xmax / width` is the normalised right edge. `mask_box(mask)` is the definition.
 - Sizes are in mm; `pixel_spacing_mm` converts (the DICOM PixelSpacing of the written file).
+
+Variants (`VARIANTS`): `realistic` (the default) draws findings at clinical sizes (a nodule
+8-30 mm); `calibrated` draws them about twice as large and 1.3x denser, so that a 12 x 12
+feature grid can point at them (the localisation benchmark, docs/localisation.md: its grid
+oracle reaches >= 0.8 pointing). The variant is chosen by `sample_findings(variant=...)` /
+`render_frontal(variant=...)`, defaulting to `current_variant()`: the `MMRL_PHANTOM_VARIANT`
+environment variable (set by `variant_scope`, inherited by the generator's worker processes),
+else `realistic`. The environment carries it because the tree writer (mimic_tree.py) calls this
+module without a variant argument.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-from typing import Optional, Sequence
+import os
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -29,6 +40,46 @@ ZONES = ("upper", "middle", "lower")
 DEVICES = ("et_tube", "central_line", "pacemaker")
 FRONTAL_VIEWS = ("PA", "AP")
 VIEWS = FRONTAL_VIEWS + ("LATERAL",)
+
+VARIANTS = ("realistic", "calibrated")
+VARIANT_ENV = "MMRL_PHANTOM_VARIANT"
+# Per variant: (nodule, consolidation, effusion (3 bands), pneumothorax (2 bands), atelectasis
+# length) size ranges in mm, atelectasis thickness range, and a contrast factor on every lesion.
+_SIZES = {
+    "realistic": {"nodule": (8, 30), "consolidation": (35, 85),
+                  "pleural_effusion": ((22, 35), (35, 70), (70, 110)),
+                  "pneumothorax": ((8, 20), (20, 40)), "atelectasis": (30, 65),
+                  "atelectasis_thick": (4.0, 9.0), "contrast": 1.0},
+    "calibrated": {"nodule": (28, 50), "consolidation": (70, 110),
+                   "pleural_effusion": ((50, 70), (70, 100), (100, 130)),
+                   "pneumothorax": ((30, 45), (45, 60)), "atelectasis": (60, 95),
+                   "atelectasis_thick": (12.0, 20.0), "contrast": 1.3},
+}
+
+
+def current_variant() -> str:
+  """The phantom variant in force: $MMRL_PHANTOM_VARIANT, else 'realistic'."""
+  name = os.environ.get(VARIANT_ENV, "") or "realistic"
+  if name not in VARIANTS:
+    raise ValueError(f"{VARIANT_ENV}={name!r} is not a phantom variant; use one of {VARIANTS}")
+  return name
+
+
+@contextlib.contextmanager
+def variant_scope(name: str) -> Iterator[None]:
+  """Makes `name` the default variant inside the block (and in processes spawned in it)."""
+  if name not in VARIANTS:
+    raise ValueError(f"phantom variant {name!r} is not known; use one of {VARIANTS}")
+  old = os.environ.get(VARIANT_ENV)
+  os.environ[VARIANT_ENV] = name
+  try:
+    yield
+  finally:
+    if old is None:
+      os.environ.pop(VARIANT_ENV, None)
+    else:
+      os.environ[VARIANT_ENV] = old
+
 
 # Relative frequency of each finding in a non-normal study.
 _FINDING_WEIGHTS = {"nodule": 0.18, "consolidation": 0.18, "pleural_effusion": 0.17,
@@ -99,16 +150,19 @@ def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
   return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
-def sample_findings(rng: np.random.Generator, *, view: str = "PA") -> list[Finding]:
+def sample_findings(rng: np.random.Generator, *, view: str = "PA",
+                    variant: Optional[str] = None) -> list[Finding]:
   """Draws 0-3 distinct findings for one study (about 28 % of studies are normal).
 
   Args:
     rng: the study's generator.
     view: the frontal view; portable AP studies carry support devices more often.
+    variant: 'realistic' | 'calibrated' sizes (module docstring); None = current_variant().
 
   Returns:
     Findings with side, zone, size and certainty; no finding name repeats.
   """
+  sizes = _SIZES[variant or current_variant()]
   count = int(rng.choice(len(_COUNT_PROBS), p=_COUNT_PROBS))
   names = list(_FINDING_WEIGHTS)
   weights = np.array([_FINDING_WEIGHTS[n] for n in names])
@@ -122,21 +176,22 @@ def sample_findings(rng: np.random.Generator, *, view: str = "PA") -> list[Findi
     zone = ZONES[int(rng.integers(3))]
     device = None
     if name == "nodule":
-      size = float(rng.uniform(8, 30))
+      size = float(rng.uniform(*sizes["nodule"]))
     elif name == "consolidation":
-      size = float(rng.uniform(35, 85))
+      size = float(rng.uniform(*sizes["consolidation"]))
     elif name == "pleural_effusion":
       zone = "lower"
-      size = float(rng.choice([rng.uniform(22, 35), rng.uniform(35, 70), rng.uniform(70, 110)],
+      size = float(rng.choice([rng.uniform(*band) for band in sizes["pleural_effusion"]],
                               p=[0.5, 0.35, 0.15]))
     elif name == "pneumothorax":
       zone = "upper"
-      size = float(rng.choice([rng.uniform(8, 20), rng.uniform(20, 40)], p=[0.6, 0.4]))
+      size = float(rng.choice([rng.uniform(*band) for band in sizes["pneumothorax"]],
+                              p=[0.6, 0.4]))
     elif name == "cardiomegaly":
       side, zone, size = None, None, 0.0  # size filled in by the renderer (heart width)
     elif name == "atelectasis":
       zone = ("middle", "lower")[int(rng.integers(2))]
-      size = float(rng.uniform(30, 65))
+      size = float(rng.uniform(*sizes["atelectasis"]))
     else:  # support_device
       device = DEVICES[int(rng.choice(3, p=[0.4, 0.35, 0.25]))]
       if device == "et_tube":
@@ -288,7 +343,7 @@ def _image_side(finding: Finding, rng: np.random.Generator) -> int:
 
 def render_frontal(rng: np.random.Generator, height: int, width: int,
                    findings: Sequence[Finding], *, pixel_spacing_mm: float,
-                   view: str = "PA") -> Phantom:
+                   view: str = "PA", variant: Optional[str] = None) -> Phantom:
   """Draws a frontal (PA/AP) chest radiograph with `findings` and their masks.
 
   Args:
@@ -298,6 +353,8 @@ def render_frontal(rng: np.random.Generator, height: int, width: int,
     findings: what to draw (from `sample_findings`).
     pixel_spacing_mm: mm per pixel, converts the findings' sizes.
     view: "PA" or "AP" (AP: slightly magnified heart, lower inspiration).
+    variant: lesion contrast and atelectasis thickness of 'realistic' | 'calibrated' (module
+      docstring); None = current_variant().
 
   Returns:
     The phantom; `findings` keep their order, each with a non-empty mask and its tight box.
@@ -308,6 +365,7 @@ def render_frontal(rng: np.random.Generator, height: int, width: int,
                      "render_lateral for LATERAL")
   if min(height, width) < 64:
     raise ValueError(f"image size {height}x{width} is too small to draw anatomy; use >= 64 px")
+  sizes = _SIZES[variant or current_variant()]
   names = [f.name for f in findings]
   cardio = "cardiomegaly" in names
   ctr = rng.uniform(0.56, 0.68) if cardio else rng.uniform(0.40, 0.48)
@@ -426,7 +484,7 @@ def render_frontal(rng: np.random.Generator, height: int, width: int,
 
   # --- remaining findings.
   for k, f in enumerate(findings):
-    amp = 0.7 if f.uncertain else 1.0
+    amp = (0.7 if f.uncertain else 1.0) * sizes["contrast"]
     if f.name in ("nodule", "consolidation", "atelectasis", "pleural_effusion"):
       s = _image_side(f, rng)
       lung_mask = lung_sharp[s]
@@ -456,7 +514,7 @@ def render_frontal(rng: np.random.Generator, height: int, width: int,
       length = f.size_mm * px_per_mm
       cx, cy = _pick_point(rng, lung_mask, an, f.zone, s, length * 0.4)
       ang = math.radians(rng.uniform(-25, 25))
-      thick = rng.uniform(4.0, 9.0) * px_per_mm
+      thick = rng.uniform(*sizes["atelectasis_thick"]) * px_per_mm
       ux, uy = math.cos(ang), math.sin(ang)
       along = (x - cx) * ux + (y - cy) * uy
       across = -(x - cx) * uy + (y - cy) * ux

@@ -39,6 +39,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.synthetic.short_side = 128  # stored image size after conversion
   c.data.synthetic.workers = 2       # processes for generation and conversion (at least 1)
   c.data.synthetic.cache_dir = ""    # parent of synthetic-<hash>/; '' = <workdir>/data
+  c.data.synthetic.variant = "realistic"  # finding sizes: realistic | calibrated (2x, localisation)
   c.data.augment = ml_collections.ConfigDict()
   c.data.augment.enabled = True            # False: train on the eval view (data_pipeline.augment)
   c.data.augment.crop = "random_resized"   # random_resized (ConVIRT/LoVT) | pad_crop (GLoRIA/MGCA)

@@ -38,6 +38,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from mmrl.evaluation import statistics as stats
 from mmrl.machine_info import cpu_model
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,10 @@ _SMALL_ARG = {"convirt": "smoke"}  # every other method config takes 'tiny'
 
 # Headline metrics (regexes, in table order); every metric is in comparison.json.
 LOCALISATION_METRICS = (
-    r"^loc/synthetic/pointing$", r"^loc/synthetic/iou$", r"^loc/synthetic_templated/pointing$",
-    r"^loc/synthetic_templated/iou$", r"^loc/nih_templated/pointing$", r"^loc/nih_templated/iou$")
+    r"^loc/synthetic/pointing$", r"^loc/synthetic/pointing_cell$",
+    r"^loc/synthetic_templated/pointing$", r"^loc/synthetic_templated/pointing_cell$",
+    r"^loc/synthetic_nolocation/pointing$", r"^loc/nih_templated/pointing$",
+    r"^loc/nih_templated/pointing_cell$", r"^loc/nih_nolocation/pointing$")
 GLOBAL_METRICS = (
     r"^retrieval/i2t_R@1$", r"^retrieval/i2t_R@10$", r"^retrieval/t2i_R@1$",
     r"^retrieval/t2i_R@10$", r"^zero_shot/mean_auc$", r"^linear_probe/.*macro_auroc$")
@@ -71,6 +74,27 @@ class Budget:
   synthetic_short_side: int = 96    # stored size after conversion
   nih_items: int = 0                # convert only the first N NIH images (0 = all 902)
   nih_splits: tuple[str, ...] = ("validate", "test")
+  image_tower: str = "resnet_small"  # resnet_small (stride 32) | resnet_small_s16 (stride 16)
+  variant: str = "realistic"         # synthetic finding sizes: realistic | calibrated
+  text_layers: int = 2               # first N layers of the pretrained MiniLM text tower
+  freeze_text: bool = True           # freeze the text tower (False: it trains with the rest)
+  lovt_cell_threshold: float = 0.0   # > 0: LoVT image-side positives within this many grid
+                                     # cells (absolute) instead of 0.5 of the grid diagonal
+
+
+# Named budgets of `python -m experiments.compare --preset=...` (docs/localisation.md).
+PRESETS: dict[str, Budget] = {
+    "default": Budget(),
+    # The localisation benchmark: calibrated finding sizes, 128 px, a stride-16 tower (8 x 8
+    # grid, grid oracle >= 0.8), the text tower trained, LoVT positives within one cell.
+    "localisation": Budget(steps=150, batch_size=16, image_size=128, patients=600, lr=2e-3,
+                           warmup_steps=20, eval_examples=128, synthetic_image_size=256,
+                           synthetic_short_side=128, image_tower="resnet_small_s16",
+                           variant="calibrated", freeze_text=False, lovt_cell_threshold=1.0),
+}
+# The localisation preset compares these (ConVIRT, the four local methods the issue names).
+PRESET_METHODS = {"default": ALL_METHODS,
+                  "localisation": ("convirt", "gloria", "lovt", "mgca", "lrclr")}
 
 
 def method_config(method: str, budget: Budget, *, seed: int, dataset_dir: str = "",
@@ -88,16 +112,18 @@ def method_config(method: str, budget: Budget, *, seed: int, dataset_dir: str = 
   c.data.synthetic.image_size = int(budget.synthetic_image_size)
   c.data.synthetic.short_side = int(budget.synthetic_short_side)
   c.data.synthetic.cache_dir = data_cache
+  c.data.synthetic.variant = str(budget.variant)
   c.data.image_size = int(budget.image_size)
+  c.data.sentence_sampling = "all"  # identical inputs for every method (ConVIRT: not one sentence)
   c.data.max_tokens = d.data.max_tokens
   c.data.max_sentences = d.data.max_sentences
   c.data.augment = d.data.augment
   c.data.num_workers = 0
   c.model.dtype = "float32"
-  c.model.image.name = "resnet_small"
+  c.model.image.name = str(budget.image_tower)
   c.model.image.norm = "batch"
   c.model.text.weights = d.model.text.weights
-  c.model.text.num_layers = d.model.text.num_layers
+  c.model.text.num_layers = int(budget.text_layers)
   c.model.text.global_pool = "mean_tokens"
   c.method.embed_dim = 64
   c.method.projection_hidden = 128
@@ -110,7 +136,15 @@ def method_config(method: str, budget: Budget, *, seed: int, dataset_dir: str = 
   c.optim.lr = float(budget.lr)
   c.optim.weight_decay = d.optim.weight_decay
   c.optim.warmup_steps = min(int(budget.warmup_steps), max(int(budget.steps) - 1, 0))
-  c.optim.freeze.text = True
+  c.optim.freeze.text = bool(budget.freeze_text)
+  if not budget.freeze_text:
+    c.optim.freeze.text_embeddings = False
+    c.optim.freeze.text_first_n_layers = 0
+  if method == "lovt" and budget.lovt_cell_threshold > 0:
+    for o in c.method.objectives:
+      if o.name == "intra_local_nce" and o.side == "image":
+        o.threshold = float(budget.lovt_cell_threshold)
+        o.threshold_type = "absolute"
   c.train.batch_size = int(budget.batch_size)
   c.train.num_steps = int(budget.steps)
   c.train.log_every = max(1, int(budget.steps) // 10)
@@ -122,6 +156,41 @@ def method_config(method: str, budget: Budget, *, seed: int, dataset_dir: str = 
   c.eval.max_examples = int(budget.eval_examples)
   _set_in_loop_eval(c, False)
   return c
+
+
+def fallbacks(method: str, budget: Budget) -> list[str]:
+  """What the common small model changes in `method` relative to its own config (the header of
+  comparison.md lists these for every method compared)."""
+  from experiments.configs.demo import get_config as demo_config  # pylint: disable=g-import-not-at-top
+  if method == BASELINE:
+    return ["no training: ConVIRT's model at initialisation"]
+  own = importlib.import_module(f"experiments.configs.{method}").get_config()
+  c = method_config(method, budget, seed=0)
+  out = []
+  if str(own.model.image.name) != str(c.model.image.name):
+    out.append(f"image tower {own.model.image.name} -> {c.model.image.name}")
+  if str(own.data.get("sentence_sampling", "all")) != "all":
+    out.append(f"text view {own.data.sentence_sampling} -> all (every method reads the whole "
+               "report)")
+  if str(own.model.text.global_pool) != "mean_tokens":
+    out.append(f"text tower pooling {own.model.text.global_pool} -> mean_tokens")
+  layers = "all" if int(own.model.text.get("num_layers", -1)) <= 0 else own.model.text.num_layers
+  out.append(f"text tower {own.model.text.weights or 'random'} ({layers} layers) -> "
+             f"{c.model.text.weights} first {c.model.text.num_layers} layers"
+             + (", frozen" if c.optim.freeze.text else ", trained"))
+  if str(own.model.image.get("name", "")).startswith("vit") and method in ("mgca", "mlip"):
+    out.append("token weights: the image side has no [CLS] attention under a ResNet, so "
+               "MGCA's patch weights fall back to uniform (as the authors' ResNet code does)")
+  elif method in ("mgca", "mlip"):
+    out.append("patch weights uniform (ResNet has no [CLS] attention, as in MGCA's ResNet code)")
+  if method == "lovt" and budget.lovt_cell_threshold > 0:
+    out.append(f"image-side local NCE positives: within {budget.lovt_cell_threshold:g} grid "
+               "cell(s) (absolute) instead of 0.5 of the grid diagonal (degenerate on small "
+               "grids: most cells are positives)")
+  out.append(f"embed_dim {own.method.embed_dim} -> {c.method.embed_dim}, projection_hidden "
+             f"{own.method.projection_hidden} -> {c.method.projection_hidden}")
+  del demo_config
+  return out
 
 
 def _set_in_loop_eval(c, enabled: bool) -> None:
@@ -309,20 +378,22 @@ def run_one(method: str, seed: int, budget: Budget, *, dataset_dir: str, nih_dir
 
 
 def summarise(results: Sequence[dict]) -> dict[str, dict[str, dict[str, float]]]:
-  """method -> metric -> {mean, std (ddof 0 over seeds), n}, NaNs left out."""
-  by: dict[str, dict[str, list[float]]] = {}
+  """method -> metric -> `statistics.describe` over seeds as a dict (mean, sample std with
+  ddof 1, n, 95 % t-interval ci_low / ci_high), NaNs left out; plus 'by_seed' {seed: value}
+  for the paired tests."""
+  by: dict[str, dict[str, dict[int, float]]] = {}
   for r in results:
     for k, v in r["metrics"].items():
       if isinstance(v, (int, float)):
-        by.setdefault(r["method"], {}).setdefault(k, []).append(float(v))
+        by.setdefault(r["method"], {}).setdefault(k, {})[int(r.get("seed", 0))] = float(v)
   out = {}
   for method, metrics in by.items():
     out[method] = {}
     for k, vals in metrics.items():
-      vals = [v for v in vals if not math.isnan(v)]
-      if vals:
-        out[method][k] = {"mean": float(np.mean(vals)), "std": float(np.std(vals)),
-                          "n": len(vals)}
+      d = stats.describe(list(vals.values()))
+      if d.n:
+        out[method][k] = {**d.as_dict(), "by_seed": {str(s): v for s, v in vals.items()
+                                                     if not math.isnan(v)}}
   return out
 
 
@@ -335,7 +406,10 @@ def _cell(summary, method, key, digits=3) -> str:
   v = summary.get(method, {}).get(key)
   if v is None:
     return "–"
-  return f"{v['mean']:.{digits}f} ± {v['std']:.{digits}f}"
+  if v["n"] < 2 or v["std"] is None or math.isnan(v["std"]):
+    return f"{v['mean']:.{digits}f} (n={v['n']})"
+  return (f"{v['mean']:.{digits}f} ± {v['std']:.{digits}f} "
+          f"[{v['ci_low']:.{digits}f}, {v['ci_high']:.{digits}f}]")
 
 
 def _table(summary, methods, keys) -> list[str]:
@@ -347,33 +421,55 @@ def _table(summary, methods, keys) -> list[str]:
   return lines
 
 
-def _diff(summary, a, b, key) -> Optional[tuple[float, float]]:
-  """(mean_a - mean_b, max(std_a, std_b)) or None when either is missing; the spread is inf
-  with fewer than 2 seeds on either side (no spread, so no difference is called clear)."""
+# Model-free rows of the localisation table: (row name, metric suffix replacing '/pointing').
+REFERENCE_ROWS = (("grid oracle", "grid_oracle/pointing"), ("best fixed cell", "best_fixed_cell/pointing"),
+                  ("random map", "random_map/pointing"))
+
+
+def _reference_table(summary, sets: Sequence[str]) -> list[str]:
+  """The grid oracle, best-fixed-cell and random-map pointing (pixel and cell level) of each
+  localisation set, read from the random_init runs (they depend only on the boxes and the
+  grid, the same for every method)."""
+  src = summary.get(BASELINE) or next(iter(summary.values()), {})
+  head = ["| reference | " + " | ".join(f"`loc/{x}/pointing`" for x in sets)
+          + " | " + " | ".join(f"`loc/{x}/pointing_cell`" for x in sets) + " |",
+          "|---|" + "---|" * (2 * len(sets))]
+  for name, suffix in REFERENCE_ROWS:
+    px = [src.get(f"loc/{x}/{suffix}") for x in sets]
+    cell_suffix = suffix.replace("/pointing", "/pointing_cell")
+    cl = [src.get(f"loc/{x}/{cell_suffix}") if "oracle" not in suffix else None for x in sets]
+    fmt = lambda v: "–" if v is None else f"{v['mean']:.3f}"
+    head.append(f"| {name} | " + " | ".join(fmt(v) for v in px) + " | "
+                + " | ".join(fmt(v) if "oracle" not in suffix else "1.000" for v in cl) + " |")
+  return head
+
+
+def paired(summary, a: str, b: str, key: str) -> Optional[stats.PairedTest]:
+  """The paired t-test of method a vs b on `key` over the seeds both have (None if missing)."""
   va, vb = summary.get(a, {}).get(key), summary.get(b, {}).get(key)
   if va is None or vb is None:
     return None
-  spread = max(va["std"], vb["std"]) if min(va["n"], vb["n"]) >= 2 else math.inf
-  return va["mean"] - vb["mean"], spread
+  seeds = sorted(set(va["by_seed"]) & set(vb["by_seed"]), key=int)
+  if not seeds:
+    return None
+  return stats.paired_t_test([va["by_seed"][s] for s in seeds],
+                             [vb["by_seed"][s] for s in seeds])
 
 
-def _verdict(d: Optional[tuple[float, float]], what: str) -> str:
-  if d is None:
+def _verdict(test: Optional[stats.PairedTest], what: str) -> str:
+  if test is None:
     return f"{what}: not measured"
-  delta, spread = d
-  if math.isinf(spread):
-    return f"{what} {delta:+.3f} (one seed: no spread, not judged)"
-  if abs(delta) <= spread or abs(delta) < 1e-9:
-    return f"{what} {delta:+.3f} (within the seed spread {spread:.3f}: no clear difference)"
-  return f"{what} {delta:+.3f} ({'better' if delta > 0 else 'worse'}; seed spread {spread:.3f})"
+  return stats.format_test(test, name=what)
 
 
 def analysis(summary) -> list[str]:
   """Plain sentences answering 'do local methods localise better than ConVIRT, and at what cost
-  in global metrics?', written from the numbers. A difference counts only when it is larger than
-  the larger of the two seed standard deviations."""
+  in global metrics?', written from the numbers. A difference is called better / worse only when
+  the paired t-test over seeds gives p < 0.05 (`mmrl.evaluation.statistics`); otherwise it is
+  'not distinguishable with N seeds'."""
   lines = []
-  loc_keys = [k for k in ("loc/synthetic/pointing", "loc/nih_templated/pointing")
+  loc_keys = [k for k in ("loc/synthetic/pointing", "loc/synthetic_templated/pointing",
+                          "loc/nih_templated/pointing")
               if any(k in s for s in summary.values())]
   glob_keys = [k for k in ("retrieval/i2t_R@1", "zero_shot/mean_auc")
                if any(k in s for s in summary.values())]
@@ -382,46 +478,50 @@ def analysis(summary) -> list[str]:
     return ["ConVIRT was not run, so the question cannot be answered from this table."]
   seeds = min((v["n"] for m in summary.values() for v in m.values()), default=0)
   if seeds < 2:
-    lines.append("- Only one seed per method: differences are listed, none is judged clear "
-                 "(run with --seeds >= 2).")
+    lines.append("- Only one seed per method: differences are listed, none can be called "
+                 "(run with --seeds >= 2; 3 or more for a paired test with any power).")
   better = {k: [] for k in loc_keys}
   for m in [m for m in LOCAL_METHODS if m in summary]:
-    parts = [_verdict(_diff(summary, m, "convirt", k), f"`{k}`") for k in loc_keys]
-    parts += [_verdict(_diff(summary, m, "convirt", k), f"`{k}`") for k in glob_keys]
+    parts = [_verdict(paired(summary, m, "convirt", k), f"`{k}`") for k in loc_keys + glob_keys]
     lines.append(f"- **{m} vs ConVIRT**: " + "; ".join(parts) + ".")
     for k in loc_keys:
-      d = _diff(summary, m, "convirt", k)
-      if d is not None and d[0] > d[1] and d[0] > 0:
+      t = paired(summary, m, "convirt", k)
+      if t is not None and stats.verdict(t) == "better":
         better[k].append(m)
   for k in loc_keys:
     conv = summary["convirt"].get(k)
-    chance_key = k.replace("/pointing", "/gt_area")
-    chance = summary["convirt"].get(chance_key)
+    ref = summary.get(BASELINE) or summary["convirt"]
+    oracle = ref.get(k.replace("/pointing", "/grid_oracle/pointing"))
+    rnd_map = ref.get(k.replace("/pointing", "/random_map/pointing"))
+    best = ref.get(k.replace("/pointing", "/best_fixed_cell/pointing"))
     rnd = summary.get(BASELINE, {}).get(k)
     ctx = []
     if conv is not None:
       ctx.append(f"ConVIRT {conv['mean']:.3f}")
     if rnd is not None:
       ctx.append(f"random init {rnd['mean']:.3f}")
-    if chance is not None:
-      ctx.append(f"chance (mean box area) {chance['mean']:.3f}")
-    below = [m for m in ("convirt",) + LOCAL_METHODS if m in summary and k in summary[m]
-             and chance is not None
-             and summary[m][k]["mean"] + summary[m][k]["std"] < chance["mean"]]
-    if below:
-      ctx.append(f"below chance: {', '.join(below)}")
+    if rnd_map is not None:
+      ctx.append(f"random map {rnd_map['mean']:.3f}")
+    if best is not None:
+      ctx.append(f"best fixed cell {best['mean']:.3f}")
+    if oracle is not None:
+      ctx.append(f"grid oracle {oracle['mean']:.3f}")
     n_local = len([m for m in LOCAL_METHODS if m in summary])
-    lines.append(f"- On `{k}` ({', '.join(ctx)}), {len(better[k])} of {n_local} local methods "
-                 f"localise clearly better than ConVIRT"
-                 + (f": {', '.join(better[k])}." if better[k] else "."))
+    line = (f"- On `{k}` ({', '.join(ctx)}), {len(better[k])} of {n_local} local methods "
+            f"localise better than ConVIRT by the paired t-test (p < 0.05)"
+            + (f": {', '.join(better[k])}." if better[k] else "."))
+    if oracle is not None and oracle["mean"] > 0:
+      half = [m for m in LOCAL_METHODS if m in summary and k in summary[m]
+              and summary[m][k]["mean"] >= 0.5 * oracle["mean"]]
+      line += (f" Reaching >= 50 % of the grid oracle ({0.5 * oracle['mean']:.3f}): "
+               f"{', '.join(half) if half else 'none'}.")
+    lines.append(line)
   for k in glob_keys:
-    deltas = [(m, _diff(summary, m, "convirt", k)) for m in LOCAL_METHODS if m in summary]
-    deltas = [(m, d) for m, d in deltas if d is not None]
-    if deltas:
-      worse = [m for m, (d, s) in deltas if d < -s]
-      lines.append(f"- Global cost on `{k}`: mean change of the local methods vs ConVIRT "
-                   f"{np.mean([d for _, (d, _) in deltas]):+.3f}; clearly worse: "
-                   f"{', '.join(worse) if worse else 'none'}.")
+    worse = [m for m in LOCAL_METHODS if m in summary
+             and (t := paired(summary, m, "convirt", k)) is not None
+             and stats.verdict(t) == "worse"]
+    lines.append(f"- Global cost on `{k}`: worse than ConVIRT by the paired t-test: "
+                 f"{', '.join(worse) if worse else 'none'}.")
   return lines
 
 
@@ -442,7 +542,7 @@ def plots(summary, methods: Sequence[str], out_dir: pathlib.Path) -> list[pathli
     x = np.arange(len(methods))
     for i, k in enumerate(keys):
       mean = [summary[m].get(k, {}).get("mean", np.nan) for m in methods]
-      std = [summary[m].get(k, {}).get("std", 0.0) for m in methods]
+      std = np.nan_to_num([summary[m].get(k, {}).get("std", 0.0) for m in methods])
       ax.bar(x + i * width, mean, width, yerr=std, capsize=2, label=k)
     ax.set_xticks(x + 0.4 - width / 2, methods, rotation=30)
     ax.set_ylabel("mean ± std over seeds")
@@ -460,7 +560,8 @@ def plots(summary, methods: Sequence[str], out_dir: pathlib.Path) -> list[pathli
     for m in methods:
       a, b = summary[m].get(glob_key), summary[m].get(loc_key)
       if a and b:
-        ax.errorbar(a["mean"], b["mean"], xerr=a["std"], yerr=b["std"], fmt="o", capsize=2)
+        ax.errorbar(a["mean"], b["mean"], xerr=np.nan_to_num(a["std"]),
+                    yerr=np.nan_to_num(b["std"]), fmt="o", capsize=2)
         ax.annotate(m, (a["mean"], b["mean"]), fontsize=8)
     ax.set_xlabel(glob_key)
     ax.set_ylabel(loc_key)
@@ -487,27 +588,63 @@ def markdown(summary, methods: Sequence[str], meta: dict) -> str:
       f"{meta['load_start']}, at end {meta['load_end']}; jax {meta['jax']}, "
       f"Python {platform.python_version()}",
       f"- **Budget (every method):** {meta['budget']}; seeds {meta['seeds']}",
-      "- **Common model:** resnet_small image tower, first 2 layers of the pretrained MiniLM "
-      "text tower (frozen, mean-token pooling), each method's own heads at embed_dim 64; "
-      "synthetic data made once and shared by every run; `random_init` = ConVIRT's model "
-      "without training.",
+      f"- **Common model:** {meta['budget'].get('image_tower', 'resnet_small')} image tower at "
+      f"{meta['budget'].get('image_size')} px, first {meta['budget'].get('text_layers', 2)} "
+      f"layers of the pretrained MiniLM text tower "
+      f"({'frozen' if meta['budget'].get('freeze_text', True) else 'trained'}, mean-token "
+      "pooling), each method's own heads at embed_dim 64; synthetic data "
+      f"({meta['budget'].get('variant', 'realistic')} finding sizes) made once and shared by every "
+      "run; `random_init` = ConVIRT's model without training.",
       f"- **NIH ChestX-ray14:** {meta['nih']}",
+      *([f"- **NOT RUN / NOT FINISHED (no result, not in any row):** "
+         f"{', '.join(meta['missing'])}"] if meta.get("missing") else []),
       "- **Templated sentences:** the `synthetic_templated` and `nih_templated` localisation "
       "rows score sentences WE WROTE from each box's label and position (e.g. \"There is a "
       "nodule in the right upper zone.\"), not radiologist text; NIH ChestX-ray14 has no "
       "reports. `synthetic` scores the synthetic reports' own sentences that name a boxed "
       "finding (docs/localisation.md).",
-      "- Numbers are mean ± std over seeds (std with ddof 0). `gt_area` is the chance level of "
-      "the pointing game.", "",
+      "- **Statistics** (`mmrl/evaluation/statistics.py`): each cell is mean ± sample std "
+      "(ddof 1) over seeds [95 % Student-t interval of the mean]; a method is called better or "
+      "worse than ConVIRT only when the two-sided paired t-test over seeds gives p < 0.05, "
+      "otherwise 'not distinguishable with N seeds'.",
+      "- **Identical inputs:** every method reads the whole report (`data.sentence_sampling="
+      "all`; ConVIRT's own config samples one sentence) and the same images, augmentation, "
+      "steps, batch, learning rate and seeds.",
+      "- **What the common small model changes in each method:**"]
+  for m in [m for m in list(methods) + [BASELINE] if m in summary]:
+    try:
+      changes = fallbacks(m, meta["budget_obj"]) if "budget_obj" in meta else []
+    except Exception as e:  # pylint: disable=broad-except
+      changes = [f"(could not list: {e})"]
+    lines.append(f"  - {m}: " + ("; ".join(changes) if changes else "none"))
+  lines += [
+      "- **Chance and ceiling:** `random map` is the exact expected pointing of a map of i.i.d. "
+      "random cells on the same grid, `best fixed cell` always points at the one cell best on "
+      "these very boxes (a location prior that ignores image and sentence), `grid oracle` "
+      "scores each grid cell by its overlap with the box (the best a map on this grid can do). "
+      "`pointing_cell` counts a hit when the map's maximum cell contains any box pixel. "
+      "`gt_area` (mean box area) is not the chance level of a coarse map.",
+      "- **Swap test:** `<set>_templated/swap/drop` = pointing with the true sentence minus "
+      "pointing with 'left' and 'right' swapped (same box); `swap/moved_cell` = fraction of "
+      "sentences whose maximum moves to another cell. A map that reads the side words drops.",
+      "- **Location-free templates:** `<set>_nolocation` scores \"There is a nodule.\" (no side, "
+      "no zone) on the same boxes: grounding the finding alone.", "",
       "## Localisation", ""]
   lines += _table(summary, rows, _select(summary, LOCALISATION_METRICS))
+  loc_sets = [x for x in ("synthetic", "synthetic_templated", "synthetic_nolocation",
+                          "nih_templated", "nih_nolocation")
+              if any(f"loc/{x}/pointing" in v for v in summary.values())]
+  lines += ["", "### Model-free references (same boxes, same grid)", ""]
+  lines += _reference_table(summary, loc_sets)
+  lines += ["", "### Swap test (left <-> right in the templated sentences)", ""]
+  lines += _table(summary, rows, _select(summary, (r"^loc/.*/swap/(drop|moved_cell)$",)))
   lines += ["", "## Global metrics", ""]
   lines += _table(summary, rows, _select(summary, GLOBAL_METRICS))
   lines += ["", "## Chance levels", ""]
   lines += _table(summary, rows[:1], _select(summary, CHANCE_METRICS))
   lines += ["", "## Do the local methods localise better than ConVIRT, and at what cost?", "",
-            "Written from the numbers above (a difference counts when it exceeds the larger "
-            "seed std):", ""]
+            "Written from the numbers above (paired t-test over seeds, two-sided, p < 0.05; "
+            "the interval is the 95 % t-interval of the per-seed difference):", ""]
   lines += analysis(summary)
   lines += ["", "## Where each method's maps come from", ""]
   lines += [f"- {m}: {map_source(m)}" for m in methods]
@@ -520,8 +657,13 @@ def markdown(summary, methods: Sequence[str], meta: dict) -> str:
 def run_comparison(methods: Sequence[str], seeds: Sequence[int], budget: Budget, *,
                    output: str | pathlib.Path, results_dir: str | pathlib.Path,
                    shared_data: str = "", command: str = "", data_root: str = "",
-                   progress: Callable[[str], None] = print) -> dict:
-  """Runs everything (module docstring); returns {'summary', 'results', 'meta'}."""
+                   progress: Callable[[str], None] = print, only_existing: bool = False
+                   ) -> dict:
+  """Runs everything (module docstring); returns {'summary', 'results', 'meta'}.
+
+  only_existing=True trains and evaluates nothing: it summarises the runs under `output` that
+  have a result.json (e.g. runs made by several processes side by side) and lists the missing
+  (method, seed) pairs in the table's header."""
   import jax  # pylint: disable=g-import-not-at-top
   unknown = [m for m in methods if m not in ALL_METHODS]
   if unknown:
@@ -535,10 +677,14 @@ def run_comparison(methods: Sequence[str], seeds: Sequence[int], budget: Budget,
   progress(f"data: synthetic ({budget.patients} patients) under {root}")
   dataset_dir = prepare_synthetic(budget, root)
   nih_dir = prepare_nih(shared_data, root, budget.image_size, budget.nih_items)
-  results = []
+  results, missing = [], []
   for seed in seeds:
     for method in list(methods) + [BASELINE]:
       t0 = time.time()
+      if only_existing and not (output / "runs" / method / f"seed_{seed}" /
+                                "result.json").exists():
+        missing.append(f"{method} seed {seed}")
+        continue
       heat = results_dir / "heatmaps" / method if seed == seeds[0] else None
       r = run_one(method, int(seed), budget, dataset_dir=dataset_dir, nih_dir=nih_dir,
                   workdir=output / "runs" / method / f"seed_{seed}", heatmap_dir=heat)
@@ -553,14 +699,16 @@ def run_comparison(methods: Sequence[str], seeds: Sequence[int], budget: Budget,
           "load_start": load_start,
           "load_end": ", ".join(f"{x:.2f}" for x in os.getloadavg()), "jax": jax.__version__,
           "budget": dataclasses.asdict(budget), "seeds": list(seeds), "methods": list(methods),
+          "budget_obj": budget, "missing": missing,
           "nih": (f"converted from {shared_data} (splits {'+'.join(budget.nih_splits)})"
                   if nih_dir else
                   "not found (set --shared_data or MMRL_SHARED_DATA); NIH rows are missing")}
   meta["plots"] = [str(p.relative_to(results_dir)) for p in plots(summary, list(methods) +
                                                                    [BASELINE], results_dir)]
+  (results_dir / "comparison.md").write_text(markdown(summary, methods, meta))
+  meta.pop("budget_obj")
   (results_dir / "comparison.json").write_text(json.dumps(
       {"meta": meta, "summary": summary, "runs": results}, indent=1, default=float))
-  (results_dir / "comparison.md").write_text(markdown(summary, methods, meta))
   return {"summary": summary, "results": results, "meta": meta}
 
 

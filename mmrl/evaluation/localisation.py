@@ -75,8 +75,32 @@ def boxes_to_mask(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
   return np.any(inside_y[:, :, None] & inside_x[:, None, :], axis=0)
 
 
+def _tie_centre(values: np.ndarray, rtol: float = 1e-6) -> np.ndarray:
+  """int64[N]: for values f[N, H, W], the flat index of the pixel at the maximum that lies
+  nearest the centroid of all pixels within rtol * (max - min) of the maximum (a flat peak is
+  pointed at in its middle, a constant map at the image centre)."""
+  n, h, w = values.shape
+  v = values.reshape(n, h * w)
+  hi, lo = v.max(axis=1, keepdims=True), v.min(axis=1, keepdims=True)
+  tied = v >= hi - rtol * np.maximum(hi - lo, 1e-300)
+  rows, cols = np.divmod(np.arange(h * w), w)
+  count = tied.sum(axis=1)
+  cy = (tied * rows).sum(axis=1) / count
+  cx = (tied * cols).sum(axis=1) / count
+  d2 = (rows[None] - cy[:, None]) ** 2 + (cols[None] - cx[:, None]) ** 2
+  return np.argmin(np.where(tied, d2, np.inf), axis=1)
+
+
+def pointed_pixels(maps: np.ndarray, height: int, width: int) -> np.ndarray:
+  """int64[N]: the flat pixel each map f[N, gh, gw] points at once upsampled to height x width
+  (the centre of a tied maximum, `_tie_centre`)."""
+  maps = np.asarray(maps, np.float64)
+  return _tie_centre(upsample_bilinear(maps, height, width).reshape(-1, height, width))
+
+
 def pointing_game(maps: np.ndarray, gt: np.ndarray) -> np.ndarray:
-  """f64[N]: 1 where the argmax of map i upsampled to gt's H x W lies inside gt[i].
+  """f64[N]: 1 where the maximum of map i upsampled to gt's H x W lies inside gt[i] (the
+  centre of a tied maximum: a flat peak is not read at its first pixel).
 
   Args:
     maps: f[N, gh, gw] alignment maps.
@@ -84,9 +108,61 @@ def pointing_game(maps: np.ndarray, gt: np.ndarray) -> np.ndarray:
   """
   gt = np.asarray(gt, bool)
   n, h, w = gt.shape
-  up = upsample_bilinear(maps, h, w).reshape(n, h * w)
-  idx = np.argmax(up, axis=1)
+  idx = pointed_pixels(maps, h, w)
   return gt.reshape(n, h * w)[np.arange(n), idx].astype(np.float64)
+
+
+def cell_ranges(n_cells: int, n_pixels: int) -> list[tuple[int, int]]:
+  """[start, stop) pixel range of each of n_cells equal cells along an axis of n_pixels."""
+  edges = np.floor(np.arange(n_cells + 1) * n_pixels / n_cells).astype(int)
+  return [(int(edges[i]), int(edges[i + 1])) for i in range(n_cells)]
+
+
+def cell_coverage(gt: np.ndarray, gh: int, gw: int) -> np.ndarray:
+  """f64[N, gh, gw]: the fraction of each feature-grid cell's pixels inside gt (bool[N,H,W])."""
+  gt = np.asarray(gt, bool)
+  n, h, w = gt.shape
+  out = np.zeros((n, gh, gw))
+  for i, (r0, r1) in enumerate(cell_ranges(gh, h)):
+    for j, (c0, c1) in enumerate(cell_ranges(gw, w)):
+      out[:, i, j] = gt[:, r0:r1, c0:c1].mean(axis=(1, 2)) if r1 > r0 and c1 > c0 else 0.0
+  return out
+
+
+def cell_pointing(maps: np.ndarray, gt: np.ndarray) -> np.ndarray:
+  """f64[N]: 1 where the feature-grid cell holding map i's maximum (centre of a tie, on the
+  grid itself, no upsampling) contains any ground-truth pixel."""
+  maps = np.asarray(maps, np.float64)
+  n, gh, gw = maps.shape
+  cov = cell_coverage(gt, gh, gw).reshape(n, gh * gw)
+  return (cov[np.arange(n), _tie_centre(maps)] > 0).astype(np.float64)
+
+
+def grid_oracle_maps(gt: np.ndarray, gh: int, gw: int) -> np.ndarray:
+  """The best map a gh x gw feature grid can hold: each cell scored by its overlap with gt."""
+  return cell_coverage(gt, gh, gw)
+
+
+def baseline_pointing(gt: np.ndarray, gh: int, gw: int) -> dict[str, float]:
+  """Model-free pointing baselines of a gh x gw grid on gt (bool[N,H,W]), exact expectations:
+    random_map       a map of i.i.d. random cells (its maximum is in each cell with probability
+                     1/(gh*gw)): mean over cells of the pointing of a one-hot map;
+    best_fixed_cell  always the same cell, the one best on these very pairs (an upper bound of
+                     any location prior that ignores image and sentence);
+  each as pixel pointing ('.../pointing') and cell pointing ('.../pointing_cell'); and
+    grid_oracle      the pointing of `grid_oracle_maps` (what the grid can show at best)."""
+  gt = np.asarray(gt, bool)
+  n, h, w = gt.shape
+  c = gh * gw
+  one_hot = np.eye(c).reshape(c, gh, gw)
+  pix = pointed_pixels(one_hot, h, w)                          # [C]
+  hits = gt.reshape(n, h * w)[:, pix].astype(np.float64)       # [N, C]
+  cells = (cell_coverage(gt, gh, gw).reshape(n, c) > 0).astype(np.float64)
+  return {"random_map/pointing": float(hits.mean()),
+          "random_map/pointing_cell": float(cells.mean()),
+          "best_fixed_cell/pointing": float(hits.mean(axis=0).max()),
+          "best_fixed_cell/pointing_cell": float(cells.mean(axis=0).max()),
+          "grid_oracle/pointing": float(np.mean(pointing_game(grid_oracle_maps(gt, gh, gw), gt)))}
 
 
 def threshold_maps(maps: np.ndarray, height: int, width: int,
@@ -111,21 +187,30 @@ def map_iou(maps: np.ndarray, gt: np.ndarray, threshold: float = IOU_THRESHOLD) 
 def localisation_metrics(maps: np.ndarray, gt: np.ndarray, *, prefix: str,
                          valid: Optional[np.ndarray] = None,
                          threshold: float = IOU_THRESHOLD) -> dict[str, float]:
-  """'<prefix>/pointing', '<prefix>/iou', '<prefix>/gt_area' (the chance level) and
-  '<prefix>/pairs' over the pairs where `valid` (default all) is True; NaN without pairs."""
+  """Over the pairs where `valid` (default all) is True: '<prefix>/pointing' (pixel pointing
+  game), '<prefix>/pointing_cell' (`cell_pointing`), '<prefix>/iou', '<prefix>/gt_area', the
+  model-free baselines of `baseline_pointing` for the maps' grid ('<prefix>/random_map/...',
+  '<prefix>/best_fixed_cell/...', '<prefix>/grid_oracle/pointing') and '<prefix>/pairs';
+  NaN without pairs."""
   maps = np.asarray(maps, np.float64)
   gt = np.asarray(gt, bool)
   if valid is not None:
     keep = np.asarray(valid, bool)
     maps, gt = maps[keep], gt[keep]
   n = int(gt.shape[0])
+  keys = ("pointing", "pointing_cell", "iou", "gt_area", "random_map/pointing",
+          "random_map/pointing_cell", "best_fixed_cell/pointing", "best_fixed_cell/pointing_cell",
+          "grid_oracle/pointing")
   if n == 0:
-    return {f"{prefix}/pairs": 0.0, f"{prefix}/pointing": float("nan"),
-            f"{prefix}/iou": float("nan"), f"{prefix}/gt_area": float("nan")}
-  return {f"{prefix}/pairs": float(n),
-          f"{prefix}/pointing": float(np.mean(pointing_game(maps, gt))),
-          f"{prefix}/iou": float(np.mean(map_iou(maps, gt, threshold))),
-          f"{prefix}/gt_area": float(np.mean(gt.reshape(n, -1).mean(axis=1)))}
+    return {f"{prefix}/pairs": 0.0, **{f"{prefix}/{k}": float("nan") for k in keys}}
+  out = {f"{prefix}/pairs": float(n),
+         f"{prefix}/pointing": float(np.mean(pointing_game(maps, gt))),
+         f"{prefix}/pointing_cell": float(np.mean(cell_pointing(maps, gt))),
+         f"{prefix}/iou": float(np.mean(map_iou(maps, gt, threshold))),
+         f"{prefix}/gt_area": float(np.mean(gt.reshape(n, -1).mean(axis=1)))}
+  out.update({f"{prefix}/{k}": v
+              for k, v in baseline_pointing(gt, maps.shape[1], maps.shape[2]).items()})
+  return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,23 +233,43 @@ TEMPLATE_PHRASES: dict[str, tuple[str, bool]] = {
 }
 
 
+MIDLINE_MARGIN = 0.1  # a box straddling x = 0.5 with its centre this close to it has no side
+_SWAP = {"right": "left", "left": "right"}
+
+
 def box_location(box: Sequence[float]) -> tuple[str, str]:
   """(patient side, zone) of a normalised box on a frontal film: image left is the patient's
-  right; the zone is the third of the image height holding the box centre."""
+  right ('' for a midline box: it straddles x = 0.5 and its centre is within MIDLINE_MARGIN of
+  it, e.g. an endotracheal tube); the zone is the third of the image height holding the centre."""
   xmin, ymin, xmax, ymax = (float(v) for v in box)
   cx, cy = (xmin + xmax) / 2, (ymin + ymax) / 2
   side = "right" if cx < 0.5 else "left"
+  if xmin < 0.5 < xmax and abs(cx - 0.5) < MIDLINE_MARGIN:
+    side = ""
   zone = "upper" if cy < 1 / 3 else ("mid" if cy < 2 / 3 else "lower")
   return side, zone
 
 
-def templated_sentence(label: str, box: Sequence[float]) -> str:
-  """The TEMPLATED sentence for a box, e.g. 'There is a nodule in the right upper zone.'"""
+def templated_sentence(label: str, box: Sequence[float], *, location: bool = True,
+                       swap_sides: bool = False) -> str:
+  """The TEMPLATED sentence for a box, e.g. 'There is a nodule in the right upper zone.'
+
+  location=False gives the location-free sentence ('There is a nodule.'); swap_sides=True
+  names the other side ('left' <-> 'right'), for the swap test."""
   phrase, located = TEMPLATE_PHRASES.get(label, (label.lower().replace("_", " "), True))
-  if not located:
+  if not located or not location:
     return f"There is {phrase}."
   side, zone = box_location(box)
-  return f"There is {phrase} in the {side} {zone} zone."
+  if swap_sides:
+    side = _SWAP.get(side, side)
+  where = f"{side} {zone}" if side else zone
+  return f"There is {phrase} in the {where} zone."
+
+
+def has_side(label: str, box: Sequence[float]) -> bool:
+  """Whether the templated sentence of (label, box) names a side (the swap test needs one)."""
+  _, located = TEMPLATE_PHRASES.get(label, ("", True))
+  return bool(located and box_location(box)[0])
 
 
 def finding_patterns(label_names: Sequence[str]) -> dict[int, re.Pattern]:
@@ -299,20 +404,18 @@ class LocalisationEvaluator:
     d = self.config.data
     return np.clip(np.asarray(image)[..., 0] * float(d.std) + float(d.mean), 0.0, 1.0)
 
-  def _score_queries(self, state, images: np.ndarray, queries: list[tuple[int, str]],
-                     gts: list[np.ndarray], labels: list[str], pairs: _Pairs,
-                     sheets: list, set_name: str) -> None:
-    """Maps of one-sentence query rows -> pairs (and sheets of the first images)."""
-    from mmrl.evaluation import alignment_maps, heatmaps  # pylint: disable=g-import-not-at-top
-    if not queries:
-      return
+  def _query_maps(self, state, images: np.ndarray, queries: list[tuple[int, str]]
+                  ) -> np.ndarray:
+    """f32[Q, gh, gw]: the map of each (image index, sentence) query."""
+    from mmrl.evaluation import alignment_maps  # pylint: disable=g-import-not-at-top
     d = self.config.data
     batches = alignment_maps.make_query_batch(
         images, queries, self.tokenizer, max_tokens=int(d.max_tokens),
         max_sentences=int(d.max_sentences), batch_size=self.batch_size)
-    maps = np.concatenate([self._maps(state, b)[0][:, 0] for b in batches])[:len(queries)]
-    for m, g, label in zip(maps, gts, labels):
-      pairs.add(m, g, label)
+    return np.concatenate([self._maps(state, b)[0][:, 0] for b in batches])[:len(queries)]
+
+  def _sheets(self, images, queries, maps, gts, sheets, set_name) -> None:
+    from mmrl.evaluation import heatmaps  # pylint: disable=g-import-not-at-top
     shown: dict[int, list[int]] = {}
     for j, (i, _) in enumerate(queries):
       if i in shown or len(shown) < self.num_heatmaps:
@@ -322,13 +425,55 @@ class LocalisationEvaluator:
           self._display(images[i]), maps[js], [queries[j][1] for j in js],
           np.ones(len(js), bool), boxes=[gts[j] for j in js])))
 
+  def _templated(self, state, images: list, items: list[tuple[int, np.ndarray, str]],
+                 set_name: str, scalars: dict, sheets: list) -> Optional[_Pairs]:
+    """Scores the templated sentences of `items` (image index, box, label name) as
+    '<set>_templated' (with location words), '<set>_nolocation' ('There is a nodule.') and the
+    swap test '<set>_templated/swap/...' (left <-> right in the sentences that name a side:
+    'pointing' of the swapped sentence against the true box, 'drop' = original - swapped
+    pointing on those queries, 'moved_cell' = fraction whose maximum changes cell)."""
+    size = int(self.config.data.image_size)
+    imgs = np.stack(images) if images else np.zeros([0, size, size, 1], np.float32)
+    gts = [boxes_to_mask(box, size, size) for _, box, _ in items]
+    labels = [name for _, _, name in items]
+    result = None
+    for variant, kw in (("templated", {}), ("nolocation", {"location": False})):
+      queries = [(i, templated_sentence(name, box, **kw)) for i, box, name in items]
+      pairs = _Pairs()
+      if queries:
+        maps = self._query_maps(state, imgs, queries)
+        for m, g, label in zip(maps, gts, labels):
+          pairs.add(m, g, label)
+        self._sheets(imgs, queries, maps, gts, sheets, f"{set_name}_{variant}")
+      scalars.update(pairs.metrics(f"loc/{set_name}_{variant}"))
+      if variant == "templated":
+        result = pairs
+    sided = [j for j, (_, box, name) in enumerate(items) if has_side(name, box)]
+    prefix = f"loc/{set_name}_templated/swap"
+    scalars[f"{prefix}/pairs"] = float(len(sided))
+    if sided and result is not None:
+      swapped = [(items[j][0], templated_sentence(items[j][2], items[j][1], swap_sides=True))
+                 for j in sided]
+      smaps = self._query_maps(state, imgs, swapped)
+      omaps = np.stack([result.maps[j] for j in sided])
+      g = np.stack([gts[j] for j in sided])
+      orig, swap = pointing_game(omaps, g), pointing_game(smaps, g)
+      gh, gw = omaps.shape[1:]
+      moved = _tie_centre(omaps.astype(np.float64)) != _tie_centre(smaps.astype(np.float64))
+      scalars[f"{prefix}/pointing"] = float(swap.mean())
+      scalars[f"{prefix}/drop"] = float(orig.mean() - swap.mean())
+      scalars[f"{prefix}/moved_cell"] = float(moved.mean()) if gh * gw > 1 else 0.0
+      self._sheets(imgs, swapped, smaps, [gts[j] for j in sided], sheets,
+                   f"{set_name}_templated_swapped")
+    return result
+
   # -- the sets --------------------------------------------------------------------------------
 
   def _synthetic(self, state, batches_fn, scalars, sheets) -> None:
     from mmrl.evaluation import heatmaps  # pylint: disable=g-import-not-at-top
     size = int(self.config.data.image_size)
-    report, templated = _Pairs(), _Pairs()
-    images, queries, gts, qlabels = [], [], [], []
+    report = _Pairs()
+    images, items = [], []
     for host in batches_fn():
       maps, smask = self._maps(state, host)
       valid = np.asarray(host["valid"], bool)
@@ -356,14 +501,10 @@ class LocalisationEvaluator:
           images.append(np.asarray(host["image"][b]))
           for box, label in zip(boxes, blabels):
             name = self.label_names[int(label)] if 0 <= int(label) < len(self.label_names) else ""
-            queries.append((len(images) - 1, templated_sentence(name, box)))
-            gts.append(boxes_to_mask(box, size, size))
-            qlabels.append(name)
+            items.append((len(images) - 1, box, name))
     scalars.update(report.metrics("loc/synthetic"))
     if self.templated_synthetic:
-      self._score_queries(state, np.stack(images) if images else np.zeros([0, size, size, 1]),
-                          queries, gts, qlabels, templated, sheets, "synthetic_templated")
-      scalars.update(templated.metrics("loc/synthetic_templated"))
+      self._templated(state, images, items, "synthetic", scalars, sheets)
 
   def _nih(self, state, scalars, sheets) -> None:
     import ml_collections  # pylint: disable=g-import-not-at-top
@@ -371,8 +512,7 @@ class LocalisationEvaluator:
     data_cfg = ml_collections.ConfigDict(self.config.data.to_dict())
     data_cfg.dataset_dir = self.nih_dataset_dir
     names = pipeline.dataset_info(self.nih_dataset_dir)["label_names"]
-    size = int(data_cfg.image_size)
-    images, queries, gts, labels = [], [], [], []
+    images, items = [], []
     for split in self.nih_splits:
       for host in pipeline.make_eval_batches(data_cfg, split=split, batch_size=self.batch_size,
                                              max_examples=self.nih_max_examples):
@@ -382,15 +522,9 @@ class LocalisationEvaluator:
           for j in np.flatnonzero(np.asarray(host["box_mask"][b], bool)):
             label = int(host["box_labels"][b, j])
             name = names[label] if 0 <= label < len(names) else ""
-            box = np.asarray(host["boxes"][b, j])
-            queries.append((len(images) - 1, templated_sentence(name, box)))
-            gts.append(boxes_to_mask(box, size, size))
-            labels.append(name)
-    pairs = _Pairs()
-    self._score_queries(state, np.stack(images) if images else np.zeros([0, size, size, 1]),
-                        queries, gts, labels, pairs, sheets, "nih_templated")
-    scalars.update(pairs.metrics("loc/nih_templated"))
-    if pairs.maps:
+            items.append((len(images) - 1, np.asarray(host["boxes"][b, j]), name))
+    pairs = self._templated(state, images, items, "nih", scalars, sheets)
+    if pairs is not None and pairs.maps:
       hits = pointing_game(np.stack(pairs.maps), np.stack(pairs.gt))
       for name in sorted(set(pairs.labels)):
         sel = np.array([lab == name for lab in pairs.labels])
@@ -407,6 +541,8 @@ class LocalisationEvaluator:
 
 
 __all__ = ["upsample_bilinear", "boxes_to_mask", "pointing_game", "map_iou", "threshold_maps",
+           "pointed_pixels", "cell_pointing", "cell_coverage", "cell_ranges", "grid_oracle_maps",
+           "baseline_pointing", "has_side", "MIDLINE_MARGIN",
            "localisation_metrics", "templated_sentence", "box_location", "finding_patterns",
            "match_sentence", "decode_sentences", "LocalisationEvaluator", "IOU_THRESHOLD",
            "TEMPLATE_PHRASES"]

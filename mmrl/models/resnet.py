@@ -63,6 +63,9 @@ RESNETS = {
     "resnet_tiny": ResNetSpec((1, 1, 1, 1), (8, 16, 32, 32), bottleneck=False, stem_width=8),
     # CPU demo size: ~0.7 M parameters, a few ms per 64-96 px image on one core.
     "resnet_small": ResNetSpec((1, 1, 1, 1), (16, 32, 64, 128), bottleneck=False, stem_width=16),
+    # resnet_small without its last downsampling stage: stride 16 (conv4-level regions, as GLoRIA
+    # reads), a 12 x 12 grid at 192 px (the localisation benchmark, docs/localisation.md).
+    "resnet_small_s16": ResNetSpec((1, 1, 1), (16, 32, 128), bottleneck=False, stem_width=16),
 }
 
 
@@ -199,7 +202,7 @@ class ResNet(nn.Module):
 
 def resnet(name: str, *, norm: str = "batch", dtype: Any = jnp.bfloat16,
            remat: bool = False, local_stage: int = 0, resize_to: int = 0) -> ResNet:
-  """The named ResNet ('resnet18' | 'resnet50' | 'resnet_small' | 'resnet_tiny')."""
+  """The named ResNet (a key of RESNETS: 'resnet18' | 'resnet50' | 'resnet_small' | ...)."""
   if name not in RESNETS:
     raise ConfigError(f"config.model.image.name={name!r} is not a ResNet; known: "
                      f"{', '.join(sorted(RESNETS))}")
