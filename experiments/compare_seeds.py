@@ -26,12 +26,13 @@ def main(argv):
   rows = [r for r in seed_comparison.compare(load(_A.value), load(_B.value))
           if r["metric"] in _METRICS.value]
   print(f"A = {_A.value}\nB = {_B.value}\n")
-  print("| tag | metric | A mean ± std | B mean ± std | n | A - B | t | p | > spread |")
-  print("|---|---|---|---|---|---|---|---|---|")
+  print("| tag | metric | A mean ± std | B mean ± std | n | A - B | t | p | A vs B | > spread |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
   for r in rows:
     print(f"| {r['tag']} | {r['metric']} | {r['mean_a']:.4f} ± {r['std_a']:.4f} | "
           f"{r['mean_b']:.4f} ± {r['std_b']:.4f} | {int(r['n'])} | {r['mean_diff']:+.4f} | "
-          f"{r['t']:.2f} | {r['p']:.3g} | {'yes' if r['beyond_spread'] else 'no'} |")
+          f"{r['t']:.2f} | {r['p']:.3g} | {r['verdict']} | "
+          f"{'yes' if r['beyond_spread'] else 'no'} |")
 
 
 if __name__ == "__main__":

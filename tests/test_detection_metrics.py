@@ -170,14 +170,16 @@ def test_froc_without_detections_is_zero_and_without_boxes_is_one():
   assert dm.froc([0], gb, [0.5], [], np.zeros((0, 4)), num_images=1)[0] == 1.0
 
 
-def test_paired_t_test_matches_the_textbook_value():
+def test_seed_comparison_pairs_seeds_and_uses_the_textbook_paired_t_test():
   from mmrl.evaluation import seed_comparison as sc
   a, b = [0.30, 0.35, 0.28, 0.40], [0.20, 0.22, 0.25, 0.21]
   d = np.subtract(a, b)
   t = d.mean() / (d.std(ddof=1) / 2)
-  out = sc.paired_t_test(a, b)
+  out = sc.compare({f"x/seed_{i}/map": v for i, v in enumerate(a)},
+                   {f"x/seed_{i}/map": v for i, v in enumerate(b)})[0]
   assert out["t"] == pytest.approx(t)
   assert out["p"] == pytest.approx(0.04301, abs=1e-4)  # scipy.stats.ttest_rel(a, b): t=3.382
+  assert out["verdict"] == "better"
   rows = sc.compare({"x/seed_0/map": 0.3, "x/seed_1/map": 0.4, "x/map": 0.35},
                     {"x/seed_0/map": 0.1, "x/seed_1/map": 0.15})
   assert len(rows) == 1 and rows[0]["n"] == 2 and rows[0]["beyond_spread"]

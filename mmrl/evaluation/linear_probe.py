@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mmrl.evaluation import statistics as stats
 from mmrl.evaluation.zero_shot import roc_auc
 
 
@@ -211,9 +212,10 @@ def finetune_probe(apply_image: Callable[[Any, jax.Array], jax.Array], tower_par
 
 
 def mean_and_std(values: Sequence[float]) -> tuple[float, Optional[float]]:
-  """Mean and sample standard deviation (ddof=1; None with fewer than two values)."""
-  v = np.asarray(values, np.float64)
-  return float(v.mean()), (float(v.std(ddof=1)) if len(v) >= 2 else None)
+  """Mean and sample standard deviation (ddof=1; None with fewer than two values), from
+  `mmrl.evaluation.statistics.describe`."""
+  s = stats.describe(values)
+  return s.mean, (s.std if s.n >= 2 else None)
 
 
 def aggregate_seeds(runs: Sequence[Mapping[str, float]], tag: str,
