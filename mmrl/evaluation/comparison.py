@@ -263,7 +263,7 @@ def _fallback_global(config, state, mesh, shardings) -> dict[str, float]:
   from mmrl.train import step as step_lib  # pylint: disable=g-import-not-at-top
   eval_step = step_lib.make_eval_step(config, mesh, shardings)
   names = pipeline.dataset_info(config.data.dataset_dir)["label_names"]
-  images, texts, labels, masks = [], [], [], []
+  images, texts, labels, masks, studies = [], [], [], [], []
   for b in pipeline.make_eval_batches(config.data, split=config.data.eval_split,
                                       batch_size=int(config.eval.batch_size),
                                       max_examples=int(config.eval.max_examples)):
@@ -273,8 +273,12 @@ def _fallback_global(config, state, mesh, shardings) -> dict[str, float]:
     texts.append(np.asarray(out["text_embed"])[ok])
     labels.append(np.asarray(b["labels"])[ok])
     masks.append(np.asarray(b["label_mask"], bool)[ok])
+    if "study_id" in b:
+      studies.append(np.asarray(b["study_id"])[ok])
   img, lab, lmask = np.concatenate(images), np.concatenate(labels), np.concatenate(masks)
-  metrics = retrieval_metrics(img, np.concatenate(texts), labels=(lab == 1) & lmask)
+  groups = np.concatenate(studies) if len(studies) == len(images) else None
+  metrics = retrieval_metrics(img, np.concatenate(texts), labels=(lab == 1) & lmask,
+                              groups=groups)
   tok = tokenization.ReportTokenizer(str(config.data.tokenizer))
   size = int(config.data.image_size)
   text_embed = jax.jit(lambda variables, batch: state.apply_fn(variables, batch,
