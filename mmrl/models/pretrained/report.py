@@ -13,6 +13,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from mmrl.models.param_tree import flatten, unflatten
+
 
 @dataclasses.dataclass
 class ImportReport:
@@ -51,25 +53,8 @@ class WeightsMismatchError(ValueError):
     self.report = report
 
 
-def flatten(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
-  """{'a': {'b': x}} -> {('a', 'b'): x}."""
-  out: dict[tuple[str, ...], Any] = {}
-  for k, v in tree.items():
-    if isinstance(v, Mapping):
-      out.update(flatten(v, prefix + (k,)))
-    else:
-      out[prefix + (k,)] = v
-  return out
 
 
-def unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict[str, Any]:
-  tree: dict[str, Any] = {}
-  for path, v in flat.items():
-    node = tree
-    for k in path[:-1]:
-      node = node.setdefault(k, {})
-    node[path[-1]] = v
-  return tree
 
 
 def check_fit(converted: Mapping[tuple[str, ...], np.ndarray],

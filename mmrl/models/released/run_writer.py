@@ -28,6 +28,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from mmrl.models.param_tree import flatten, unflatten
 from mmrl.models.released.source import SourceError
 
 Flat = dict[tuple[str, ...], np.ndarray]
@@ -37,24 +38,8 @@ class OutputExistsError(FileExistsError):
   """--output already holds a run (or other files) and overwrite was not asked for."""
 
 
-def flatten(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, Mapping):
-      out.update(flatten(v, prefix + (k,)))
-    else:
-      out[prefix + (k,)] = v
-  return out
 
 
-def unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict[str, Any]:
-  tree: dict[str, Any] = {}
-  for path, v in flat.items():
-    node = tree
-    for k in path[:-1]:
-      node = node.setdefault(k, {})
-    node[path[-1]] = v
-  return tree
 
 
 def fill(ours: Mapping[str, Any], converted: Flat, *, what: str, source: str) -> dict[str, Any]:

@@ -97,7 +97,7 @@ def convert_vit(state: Mapping[str, np.ndarray], prefix: str, ledger: Ledger, pa
 
 
 def _record(variables, report, ledger: Ledger, params: Flat, stats: Flat) -> None:
-  from mmrl.models.released.run_writer import flatten  # pylint: disable=import-outside-toplevel
+  from mmrl.models.param_tree import flatten  # pylint: disable=import-outside-toplevel
   for path, value in flatten(variables.get("params", {})).items():
     params[("image_tower",) + path] = np.asarray(value, np.float32)
   for path, value in flatten(variables.get("batch_stats", {})).items():
