@@ -41,6 +41,10 @@ _RESULTS = flags.DEFINE_string("results", "results", "where the tables and plots
 _ONLY_EXISTING = flags.DEFINE_bool(
     "only_existing", False, "train nothing: summarise the finished runs under --output and "
     "list the missing ones")
+_REANALYSE = flags.DEFINE_bool(
+    "reanalyse", False, "train nothing: rewrite --results/comparison.md from the per-seed runs "
+    "stored in --results/comparison.json with the current statistics")
+_NOTE = flags.DEFINE_string("note", "", "with --reanalyse: a note for the table's header")
 _SHARED = flags.DEFINE_string("shared_data", os.environ.get("MMRL_SHARED_DATA", "../shared/data"),
                               "../shared/data (for NIH ChestX-ray14 boxes); '' = skip NIH")
 
@@ -49,6 +53,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   import dataclasses  # pylint: disable=g-import-not-at-top
+  command = "python -m experiments.compare " + " ".join(sys.argv[1:])
+  if _REANALYSE.value:
+    comparison.reanalyse(_RESULTS.value, command=command.strip(), note=_NOTE.value)
+    print(f"\nrewrote {_RESULTS.value}/comparison.md from {_RESULTS.value}/comparison.json")
+    return
   preset = comparison.PRESETS[_PRESET.value]
   given = {name for name in ("steps", "batch_size", "image_size", "patients", "lr",
                              "eval_examples", "variant", "methods")
@@ -63,7 +72,6 @@ def main(argv):
       warmup_steps=min(preset.warmup_steps, max(steps // 10, 1)))
   methods = (_METHODS.value if "methods" in given
              else list(comparison.PRESET_METHODS[_PRESET.value]))
-  command = "python -m experiments.compare " + " ".join(sys.argv[1:])
   out = comparison.run_comparison(methods, list(range(_SEEDS.value)), budget,
                                   output=_OUTPUT.value, results_dir=_RESULTS.value,
                                   shared_data=_SHARED.value, command=command.strip(),

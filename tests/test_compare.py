@@ -86,3 +86,25 @@ def test_every_method_reads_the_whole_report_in_the_comparison():
     assert c.data.synthetic.variant == "calibrated"
   assert any("sentence" in f for f in comparison.fallbacks("convirt", budget))
   assert any("uniform" in f for f in comparison.fallbacks("mgca", budget))
+
+
+def test_reanalyse_rewrites_a_stored_comparison_with_paired_tests_and_keeps_its_runs(tmp_path):
+  runs = []
+  for seed, (a, b) in enumerate([(0.10, 0.30), (0.12, 0.33), (0.11, 0.31)]):
+    runs.append({"method": "convirt", "seed": seed, "step": 8,
+                 "metrics": {"loc/synthetic/pointing": a}})
+    runs.append({"method": "gloria", "seed": seed, "step": 8,
+                 "metrics": {"loc/synthetic/pointing": b}})
+  meta = {"command": "old command", "start": "2026-11-23 17:52", "end": "2026-11-23 18:15",
+          "wall_s": 60.0, "nproc": 2, "cpu": "cpu", "load_start": "0", "load_end": "0",
+          "jax": "0", "budget": {"steps": 8}, "seeds": [0, 1, 2],
+          "methods": ["convirt", "gloria"], "nih": "not used", "plots": []}
+  (tmp_path / "comparison.json").write_text(json.dumps({"meta": meta, "summary": {}, "runs": runs}))
+  comparison.reanalyse(tmp_path, command="reanalyse cmd", note="an old run")
+  md = (tmp_path / "comparison.md").read_text()
+  assert "reanalyse cmd" in md and "an old run" in md and "old command" in md
+  assert "gloria vs ConVIRT" in md and "paired t-test" in md and "): better" in md
+  assert "Identical inputs" not in md  # today's protocol lines do not describe an old run
+  data = json.loads((tmp_path / "comparison.json").read_text())
+  assert data["runs"] == runs
+  assert data["summary"]["gloria"]["loc/synthetic/pointing"]["n"] == 3

@@ -716,5 +716,39 @@ def run_comparison(methods: Sequence[str], seeds: Sequence[int], budget: Budget,
   return {"summary": summary, "results": results, "meta": meta}
 
 
+def reanalyse(results_dir: str | pathlib.Path, *, command: str = "",
+              note: str = "") -> dict:
+  """Rewrites `results_dir`/comparison.md (and the summary in comparison.json) from the per-seed
+  runs stored in comparison.json with this module's current statistics; trains nothing. The
+  table's header keeps the original run's command, date, machine and budget and adds
+  `command` (the re-analysis) and `note`."""
+  results_dir = pathlib.Path(results_dir)
+  doc = json.loads((results_dir / "comparison.json").read_text())
+  meta, runs = doc["meta"], doc["runs"]
+  summary = summarise(runs)
+  meta = {**meta, "reanalysis": {"command": command, "note": note}}
+  text = markdown(summary, meta["methods"], meta)
+  # Header lines that describe how today's code runs a comparison, not how these runs were made.
+  today_only = ("- **Identical inputs:**", "- **What the common small model changes",
+                "- **Chance and ceiling:**", "- **Swap test:**", "- **Location-free templates:**")
+  kept, skipping = [], False
+  for line in text.split("\n"):
+    if line.startswith("- **"):
+      skipping = line.startswith(today_only)
+    elif not line.startswith("  "):
+      skipping = False
+    if not skipping:
+      kept.append(line)
+  head, _, rest = "\n".join(kept).partition("\n\n")
+  extra = [f"- **Re-analysed** with the current statistics (`{command}`): sample std (ddof 1), "
+           "95 % t-intervals and paired t-tests over seeds; the runs themselves are unchanged."]
+  if note:
+    extra.append(f"- **Note:** {note}")
+  (results_dir / "comparison.md").write_text(head + "\n\n" + "\n".join(extra) + "\n" + rest)
+  (results_dir / "comparison.json").write_text(json.dumps(
+      {"meta": meta, "summary": summary, "runs": runs}, indent=1, default=float))
+  return {"summary": summary, "meta": meta}
+
+
 __all__ = ["ALL_METHODS", "BASELINE", "Budget", "method_config", "run_comparison", "summarise",
-           "analysis", "markdown", "plots", "evaluate_state", "run_one"]
+           "analysis", "markdown", "plots", "evaluate_state", "run_one", "reanalyse"]
