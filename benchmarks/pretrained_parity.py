@@ -35,24 +35,31 @@ def _torch_in(x):
   return torch.from_numpy(rgb).permute(0, 3, 1, 2)
 
 
-def resnet_rows(size):
+def seeded_torchvision_resnet(name: str, size: int):
+  """torchvision's `name` (resnet18 | resnet50) with seeded random weights, a random BatchNorm
+  affine and running statistics from one train-mode batch of `size` px; in eval mode."""
   import torch  # pylint: disable=import-outside-toplevel
   import torchvision  # pylint: disable=import-outside-toplevel
+  torch.manual_seed(0)
+  model = getattr(torchvision.models, name)(weights=None)
+  for m in model.modules():
+    if isinstance(m, torch.nn.BatchNorm2d):
+      torch.nn.init.normal_(m.weight, 1.0, 0.2)
+      torch.nn.init.normal_(m.bias, 0.0, 0.2)
+      m.momentum = 1.0
+  model.train()
+  with torch.no_grad():
+    model(torch.randn(4, 3, size, size))
+  return model.eval()
+
+
+def resnet_rows(size):
+  import torch  # pylint: disable=import-outside-toplevel
   from mmrl.models.pretrained import resnet_params_from_torchvision  # pylint: disable=import-outside-toplevel
   from mmrl.models.resnet import resnet  # pylint: disable=import-outside-toplevel
   rows = []
   for name in ("resnet18", "resnet50"):
-    torch.manual_seed(0)
-    tv = getattr(torchvision.models, name)(weights=None)
-    for m in tv.modules():
-      if isinstance(m, torch.nn.BatchNorm2d):
-        torch.nn.init.normal_(m.weight, 1.0, 0.2)
-        torch.nn.init.normal_(m.bias, 0.0, 0.2)
-        m.momentum = 1.0
-    tv.train()
-    with torch.no_grad():
-      tv(torch.randn(4, 3, size, size))
-    tv.eval()
+    tv = seeded_torchvision_resnet(name, size)
     state = _state(tv)
     model = resnet(name, dtype=jnp.float32)
     fwd = jax.jit(lambda v, x, model=model: model.apply(v, x, train=False,

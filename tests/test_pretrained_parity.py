@@ -38,17 +38,8 @@ def _grey(channels=1, seed=0, b=2, size=SIZE):
 
 @functools.lru_cache(maxsize=None)
 def _torchvision(name):
-  torch.manual_seed(0)
-  model = getattr(torchvision.models, name)(weights=None)
-  for m in model.modules():  # random affine, and running statistics from one batch
-    if isinstance(m, torch.nn.BatchNorm2d):
-      torch.nn.init.normal_(m.weight, 1.0, 0.2)
-      torch.nn.init.normal_(m.bias, 0.0, 0.2)
-      m.momentum = 1.0
-  model.train()
-  with torch.no_grad():
-    model(torch.randn(4, 3, SIZE, SIZE))
-  return model.eval()
+  from benchmarks.pretrained_parity import seeded_torchvision_resnet  # pylint: disable=g-import-not-at-top
+  return seeded_torchvision_resnet(name, SIZE)
 
 
 def _torch_stages(model, x_nhwc):
@@ -267,3 +258,18 @@ def test_train_state_starts_from_the_imported_weights_teacher_included(tmp_path,
   c.model.image.name = "resnet50"
   with pytest.raises(WeightsMismatchError, match="missing"):
     state_lib.create_train_state(c, jax.random.key(0), mesh)
+
+
+def test_stem_kernel_keeps_the_checkpoints_channels_sums_rgb_for_one_and_refuses_others():
+  from mmrl.models.pretrained import stems  # pylint: disable=g-import-not-at-top
+  w = np.random.default_rng(0).normal(size=(4, 3, 3, 3)).astype(np.float32)
+  same, offset, note = stems.stem_kernel(w, 3, what="stem")
+  assert same is w and offset is None and note is None
+  one, offset, note = stems.stem_kernel(w, 1, what="stem")
+  np.testing.assert_allclose(one, w.sum(axis=1, keepdims=True), rtol=1e-6)
+  assert not np.any(offset) and note.startswith("stem: 1-channel kernel")
+  with pytest.raises(ValueError, match="only 1"):
+    stems.stem_kernel(w, 2, what="stem")
+  with pytest.raises(ValueError, match="normalise the input per channel"):
+    stems.stem_kernel(w, 3, what="stem", source_norm=(stems.HALF, stems.HALF),
+                      input_norm=(0.5, 0.25))

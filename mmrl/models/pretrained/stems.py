@@ -53,3 +53,31 @@ def one_channel_kernel(weight_oihw: np.ndarray, *, source_norm: tuple[Sequence[f
   kernel = (w * (s_in / std_c).reshape(per_channel)).sum(axis=1, keepdims=True)
   offset = (w * ((m_in - mean_c) / std_c).reshape(per_channel)).reshape(w.shape[0], -1).sum(1)
   return kernel.astype(np.float32), offset.astype(np.float32)
+
+
+def stem_kernel(weight_oihw: np.ndarray, in_channels: int, *, what: str,
+                source_norm: tuple[Sequence[float], Sequence[float]] | None = None,
+                input_norm: tuple[float, float] | None = None
+                ) -> tuple[np.ndarray, np.ndarray | None, str | None]:
+  """The first conv of an imported tower for `in_channels` inputs: (weight, offset, note).
+
+  The checkpoint's own channel count keeps the weight (offset and note None; `input_norm` is
+  then an error: normalise the input per channel instead); 1 sums the RGB kernels with the
+  normalisation folded in (`one_channel_kernel`), and `note` says so for the import report
+  (`what` names the layer, e.g. 'stem'). Any other count is an error.
+  """
+  if in_channels == weight_oihw.shape[1]:
+    if input_norm is not None:
+      raise ValueError("input_norm folds a normalisation into a 1-channel stem; with "
+                       f"in_channels={in_channels} normalise the input per channel instead")
+    return weight_oihw, None, None
+  if in_channels != 1:
+    raise ValueError(f"in_channels={in_channels}: only 1 (summed RGB kernels) or the "
+                     f"checkpoint's own {weight_oihw.shape[1]} are supported")
+  kernel, offset = one_channel_kernel(weight_oihw, source_norm=source_norm,
+                                      input_norm=input_norm)
+  note = f"{what}: 1-channel kernel = sum of the RGB kernels" + (
+      f", normalisation {source_norm} folded for input (g - {input_norm[0]}) / {input_norm[1]}"
+      if input_norm else "")
+  return kernel, offset, note
+

@@ -190,24 +190,16 @@ def vit_params_from_timm(
       continue
     if module == "patch_embed.proj":
       if leaf == "weight":
-        if in_channels != value.shape[1]:
-          if in_channels != 1:
-            raise ValueError(f"in_channels={in_channels}: only 1 (summed RGB kernels) or the "
-                             f"checkpoint's own {value.shape[1]} are supported")
-          value, offset = stems.one_channel_kernel(value, source_norm=source_norm,
-                                                   input_norm=input_norm)
-          report.notes.append("patch embedding: 1-channel kernel = sum of the RGB kernels"
-                              + (f", normalisation {source_norm} folded into its bias for input "
-                                 f"(g - {input_norm[0]}) / {input_norm[1]}" if input_norm else ""))
+        value, offset, note = stems.stem_kernel(value, in_channels, what="patch embedding",
+                                                source_norm=source_norm, input_norm=input_norm)
+        if note:
+          report.notes.append(note + (" (offset into its bias)" if input_norm else ""))
           bias_name = name.replace("weight", "bias")
           if bias_name in tensors and np.any(offset):
             b_src, b = tensors[bias_name]
             tensors[bias_name] = (b_src, b + offset)
             if ("params", "patch_embedding", "bias") in converted:
               converted[("params", "patch_embedding", "bias")] = b + offset
-        elif input_norm is not None:
-          raise ValueError("input_norm folds a normalisation into a 1-channel stem; with "
-                           f"in_channels={in_channels} normalise the input per channel instead")
         put(("patch_embedding", "kernel"), src, np.transpose(value, (2, 3, 1, 0)))
       else:
         put(("patch_embedding", "bias"), src, value)

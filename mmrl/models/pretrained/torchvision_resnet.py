@@ -100,18 +100,12 @@ def resnet_params_from_torchvision(
       if leaf != "weight":
         report.unused[full_name] = "torchvision ResNet convs have no bias"
         continue
-      if ours == ("stem_conv",) and in_channels != value.shape[1]:
-        if in_channels != 1:
-          raise ValueError(f"in_channels={in_channels}: only 1 (summed RGB kernels) or the "
-                           f"checkpoint's own {value.shape[1]} are supported")
-        value, stem_offset = stems.one_channel_kernel(value, source_norm=source_norm,
-                                                      input_norm=input_norm)
-        report.notes.append("stem: 1-channel kernel = sum of the RGB kernels"
-                            + (f", normalisation {source_norm} folded for input "
-                               f"(g - {input_norm[0]}) / {input_norm[1]}" if input_norm else ""))
-      elif ours == ("stem_conv",) and input_norm is not None:
-        raise ValueError("input_norm folds a normalisation into a 1-channel stem; with "
-                         f"in_channels={in_channels} normalise the input per channel instead")
+      if ours == ("stem_conv",):
+        value, stem_offset, note = stems.stem_kernel(value, in_channels, what="stem",
+                                                     source_norm=source_norm,
+                                                     input_norm=input_norm)
+        if note:
+          report.notes.append(note)
       path = ("params",) + ours + ("kernel",)
       converted[path] = np.transpose(value, (2, 3, 1, 0))
     else:
