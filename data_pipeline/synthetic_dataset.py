@@ -54,10 +54,10 @@ def prepare_synthetic_dataset(synth_cfg, root: str | os.PathLike, *, progress: b
     if tree.exists():
       shutil.rmtree(tree)  # an interrupted generation: start again
     log.info("generating %d synthetic patients under %s", params["num_patients"], tree)
-    with phantom.variant_scope(params.get("variant", "realistic")):
-      summary = write_mimic_tree(tree, num_patients=params["num_patients"],
-                                 seed=params["seed"], image_size=params["image_size"],
-                                 workers=max(1, int(synth_cfg.workers)))
+    summary = write_mimic_tree(tree, num_patients=params["num_patients"],
+                               seed=params["seed"], image_size=params["image_size"],
+                               workers=max(1, int(synth_cfg.workers)),
+                               variant=params.get("variant", "realistic"))
     marker.write_text(json.dumps({"params": params, "summary": summary}, indent=1, default=str))
   dataset = convert_lib.load_layout("mimic", tree)
   options = convert_lib.ConvertOptions(short_side=params["short_side"], bit_depth=8,

@@ -51,9 +51,8 @@ def test_the_realistic_variant_keeps_todays_sizes_and_the_calibrated_one_is_larg
     sizes[variant] = (min(nodules), max(nodules))
   assert 8 <= sizes["realistic"][0] and sizes["realistic"][1] <= 30
   assert sizes["calibrated"][0] >= 28
-  with phantom.variant_scope("calibrated"):
-    assert phantom.current_variant() == "calibrated"
-  assert phantom.current_variant() == "realistic"
+  with pytest.raises(ValueError, match="not known"):
+    phantom.sample_findings(np.random.default_rng(0), variant="huge")
 
 
 # LoVT on the reduced calibrated set. The margin: the diagnostic runs (docs/localisation.md)

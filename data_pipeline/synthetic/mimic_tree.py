@@ -329,9 +329,9 @@ def _study_date(day: int) -> str:
   return str(np.datetime64("2110-01-01") + np.timedelta64(day, "D")).replace("-", "")
 
 
-def _write_patient(job: tuple[str, dict, int, int, float]) -> dict[str, list]:
+def _write_patient(job: tuple[str, dict, int, int, float, str]) -> dict[str, list]:
   """Renders and writes all studies of one patient; returns its CSV rows and annotation lines."""
-  out_dir, plan, seed, image_size, lateral_fraction = job
+  out_dir, plan, seed, image_size, lateral_fraction, variant = job
   out = pathlib.Path(out_dir)
   rng = np.random.default_rng([seed, 1, plan["index"]])
   subject = plan["subject_id"]
@@ -350,7 +350,7 @@ def _write_patient(job: tuple[str, dict, int, int, float]) -> dict[str, list]:
     else:
       procedure = "CHEST (PA AND LAT)" if len(views) > 1 else "CHEST (PA)"
       technique = "Chest PA and lateral" if len(views) > 1 else "Chest PA"
-    findings = phantom.sample_findings(rng, view=frontal)
+    findings = phantom.sample_findings(rng, view=frontal, variant=variant)
     images = []
     for view in views:
       dicom_id = "-".join(f"{int(v):08x}" for v in rng.integers(0, 2**32, size=5))
@@ -360,7 +360,8 @@ def _write_patient(job: tuple[str, dict, int, int, float]) -> dict[str, list]:
       rows_px = int(round(long_side if aspect <= 1 else long_side / aspect))
       cols_px = int(round(long_side * aspect if aspect <= 1 else long_side))
       spacing = round(rng.uniform(350.0, 430.0) / max(rows_px, cols_px), 4)
-      ph = phantom.render(rng, view, rows_px, cols_px, findings, pixel_spacing_mm=spacing)
+      ph = phantom.render(rng, view, rows_px, cols_px, findings, pixel_spacing_mm=spacing,
+                          variant=variant)
       if view != "LATERAL":
         findings = [r.finding for r in ph.findings]  # sizes as drawn, for the report
       images.append((view, dicom_id, ph))
@@ -421,7 +422,7 @@ def _write_patient(job: tuple[str, dict, int, int, float]) -> dict[str, list]:
 def write_mimic_tree(out_dir: str | os.PathLike, *, num_patients: int,
                      studies_per_patient: Sequence[int] = (1, 3), seed: int = 0,
                      image_size: int = 512, lateral_fraction: float = 0.2,
-                     workers: int = 1) -> dict[str, Any]:
+                     workers: int = 1, variant: str = "realistic") -> dict[str, Any]:
   """Writes a synthetic MIMIC-CXR style data set (layout in the module docstring).
 
   Args:
@@ -432,6 +433,7 @@ def write_mimic_tree(out_dir: str | os.PathLike, *, num_patients: int,
     image_size: approximate long side of each image in pixels (>= 96).
     lateral_fraction: probability that a study also has a lateral image.
     workers: processes rendering patients in parallel (output is identical for any value).
+    variant: finding sizes, 'realistic' | 'calibrated' (data_pipeline/synthetic/phantom.py).
 
   Returns:
     A summary: counts of patients, studies, images (frontal/lateral), normal studies, findings
@@ -450,6 +452,7 @@ def write_mimic_tree(out_dir: str | os.PathLike, *, num_patients: int,
     raise ValueError(f"lateral_fraction={lateral_fraction} is not a probability; use 0..1")
   if workers < 1:
     raise ValueError(f"workers={workers}; use 1 (in-process) or more processes")
+  phantom.check_variant(variant)
   if num_patients > 10_000_000:
     raise ValueError(f"num_patients={num_patients} exceeds the 8-digit subject id space; "
                      "use at most 10,000,000")
@@ -459,7 +462,7 @@ def write_mimic_tree(out_dir: str | os.PathLike, *, num_patients: int,
                      "files would mix with the new ones: choose an empty folder or delete it")
   (out / MASKS_DIR).mkdir(parents=True, exist_ok=True)
   plans = _plan(seed, num_patients, lo_hi)
-  jobs = [(str(out), p, seed, image_size, float(lateral_fraction)) for p in plans]
+  jobs = [(str(out), p, seed, image_size, float(lateral_fraction), variant) for p in plans]
   if workers == 1:
     results = [_write_patient(j) for j in jobs]
   else:

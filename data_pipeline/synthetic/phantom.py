@@ -16,19 +16,15 @@ Conventions:
 Variants (`VARIANTS`): `realistic` (the default) draws findings at clinical sizes (a nodule
 8-30 mm); `calibrated` draws them about twice as large and 1.3x denser, so that a 12 x 12
 feature grid can point at them (the localisation benchmark, docs/localisation.md: its grid
-oracle reaches >= 0.8 pointing). The variant is chosen by `sample_findings(variant=...)` /
-`render_frontal(variant=...)`, defaulting to `current_variant()`: the `MMRL_PHANTOM_VARIANT`
-environment variable (set by `variant_scope`, inherited by the generator's worker processes),
-else `realistic`. The environment carries it because the tree writer (mimic_tree.py) calls this
-module without a variant argument.
+oracle reaches >= 0.8 pointing). The variant is an argument of `sample_findings`,
+`render_frontal` and `render` (default `realistic`); the tree writer passes
+`write_mimic_tree(variant=...)` through to them.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-import os
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -42,7 +38,6 @@ FRONTAL_VIEWS = ("PA", "AP")
 VIEWS = FRONTAL_VIEWS + ("LATERAL",)
 
 VARIANTS = ("realistic", "calibrated")
-VARIANT_ENV = "MMRL_PHANTOM_VARIANT"
 # Per variant: (nodule, consolidation, effusion (3 bands), pneumothorax (2 bands), atelectasis
 # length) size ranges in mm, atelectasis thickness range, and a contrast factor on every lesion.
 _SIZES = {
@@ -57,28 +52,11 @@ _SIZES = {
 }
 
 
-def current_variant() -> str:
-  """The phantom variant in force: $MMRL_PHANTOM_VARIANT, else 'realistic'."""
-  name = os.environ.get(VARIANT_ENV, "") or "realistic"
-  if name not in VARIANTS:
-    raise ValueError(f"{VARIANT_ENV}={name!r} is not a phantom variant; use one of {VARIANTS}")
-  return name
-
-
-@contextlib.contextmanager
-def variant_scope(name: str) -> Iterator[None]:
-  """Makes `name` the default variant inside the block (and in processes spawned in it)."""
+def check_variant(name: str) -> str:
+  """`name` if it is a phantom variant, else a ValueError listing them."""
   if name not in VARIANTS:
     raise ValueError(f"phantom variant {name!r} is not known; use one of {VARIANTS}")
-  old = os.environ.get(VARIANT_ENV)
-  os.environ[VARIANT_ENV] = name
-  try:
-    yield
-  finally:
-    if old is None:
-      os.environ.pop(VARIANT_ENV, None)
-    else:
-      os.environ[VARIANT_ENV] = old
+  return name
 
 
 # Relative frequency of each finding in a non-normal study.
@@ -151,18 +129,18 @@ def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
 
 
 def sample_findings(rng: np.random.Generator, *, view: str = "PA",
-                    variant: Optional[str] = None) -> list[Finding]:
+                    variant: str = "realistic") -> list[Finding]:
   """Draws 0-3 distinct findings for one study (about 28 % of studies are normal).
 
   Args:
     rng: the study's generator.
     view: the frontal view; portable AP studies carry support devices more often.
-    variant: 'realistic' | 'calibrated' sizes (module docstring); None = current_variant().
+    variant: 'realistic' | 'calibrated' sizes (module docstring).
 
   Returns:
     Findings with side, zone, size and certainty; no finding name repeats.
   """
-  sizes = _SIZES[variant or current_variant()]
+  sizes = _SIZES[check_variant(variant)]
   count = int(rng.choice(len(_COUNT_PROBS), p=_COUNT_PROBS))
   names = list(_FINDING_WEIGHTS)
   weights = np.array([_FINDING_WEIGHTS[n] for n in names])
@@ -343,7 +321,7 @@ def _image_side(finding: Finding, rng: np.random.Generator) -> int:
 
 def render_frontal(rng: np.random.Generator, height: int, width: int,
                    findings: Sequence[Finding], *, pixel_spacing_mm: float,
-                   view: str = "PA", variant: Optional[str] = None) -> Phantom:
+                   view: str = "PA", variant: str = "realistic") -> Phantom:
   """Draws a frontal (PA/AP) chest radiograph with `findings` and their masks.
 
   Args:
@@ -354,7 +332,7 @@ def render_frontal(rng: np.random.Generator, height: int, width: int,
     pixel_spacing_mm: mm per pixel, converts the findings' sizes.
     view: "PA" or "AP" (AP: slightly magnified heart, lower inspiration).
     variant: lesion contrast and atelectasis thickness of 'realistic' | 'calibrated' (module
-      docstring); None = current_variant().
+      docstring).
 
   Returns:
     The phantom; `findings` keep their order, each with a non-empty mask and its tight box.
@@ -365,7 +343,7 @@ def render_frontal(rng: np.random.Generator, height: int, width: int,
                      "render_lateral for LATERAL")
   if min(height, width) < 64:
     raise ValueError(f"image size {height}x{width} is too small to draw anatomy; use >= 64 px")
-  sizes = _SIZES[variant or current_variant()]
+  sizes = _SIZES[check_variant(variant)]
   names = [f.name for f in findings]
   cardio = "cardiomegaly" in names
   ctr = rng.uniform(0.56, 0.68) if cardio else rng.uniform(0.40, 0.48)
@@ -681,11 +659,12 @@ def render_lateral(rng: np.random.Generator, height: int, width: int,
 
 
 def render(rng: np.random.Generator, view: str, height: int, width: int,
-           findings: Sequence[Finding], *, pixel_spacing_mm: float) -> Phantom:
-  """Dispatches to `render_frontal` (PA/AP) or `render_lateral` (LATERAL)."""
+           findings: Sequence[Finding], *, pixel_spacing_mm: float,
+           variant: str = "realistic") -> Phantom:
+  """Dispatches to `render_frontal` (PA/AP, with `variant`) or `render_lateral` (LATERAL)."""
   if view == "LATERAL":
     return render_lateral(rng, height, width, findings, pixel_spacing_mm=pixel_spacing_mm)
   if view in FRONTAL_VIEWS:
     return render_frontal(rng, height, width, findings, pixel_spacing_mm=pixel_spacing_mm,
-                          view=view)
+                          view=view, variant=variant)
   raise ValueError(f"unknown view {view!r}; use one of {VIEWS}")
