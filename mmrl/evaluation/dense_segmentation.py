@@ -15,7 +15,6 @@ BatchNorm keeps its running statistics). Minibatches of `batch_size` rows follow
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -24,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mmrl.evaluation.linear_probe import minibatch_order
 from mmrl.heads.setr_decoder import SETRPUPDecoder
 from mmrl.heads.unet_decoder import UNetDecoder
 from mmrl.models import stage_features
@@ -88,14 +88,6 @@ def _decode(decoder: nn.Module, head: str, params, feats: Sequence[jax.Array],
   return decoder.apply({"params": params}, x, out_hw)[..., 0]
 
 
-def _order(rows: np.ndarray, steps: int, batch_size: int, seed: int) -> np.ndarray:
-  """[steps, batch_size] row indices: seeded epochs over `rows`, concatenated."""
-  rng = np.random.default_rng(seed)
-  reps = math.ceil(steps * batch_size / max(len(rows), 1)) + 1
-  order = np.concatenate([rng.permutation(rows) for _ in range(reps)])
-  return order[:steps * batch_size].reshape(steps, batch_size)
-
-
 def fit_predict_dense(encode: Callable, encoder_params: Any, decoder: nn.Module, head: str,
                       train_images: np.ndarray, train_targets: np.ndarray,
                       test_images: np.ndarray, runs: Sequence[tuple[np.ndarray, int]], *,
@@ -155,7 +147,7 @@ def fit_predict_dense(encode: Callable, encoder_params: Any, decoder: nn.Module,
     if finetune:
       params["encoder"] = encoder_params
     opt = tx.init(params)
-    for idx in _order(np.asarray(rows), int(steps), bs, int(seed)):
+    for idx in minibatch_order(np.asarray(rows), int(steps), bs, int(seed)):
       params, opt = update(params, opt, [jnp.asarray(a[idx]) for a in train_in],
                            jnp.asarray(train_targets[idx], jnp.float32))
     prob = [np.asarray(predict(params, [jnp.asarray(a[i:i + bs]) for a in test_in]))

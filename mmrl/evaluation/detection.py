@@ -27,7 +27,6 @@ Protocol (docs/evaluation.md, Detection; METHODS.md §4.4, §5.4, §10.1 `yolo_d
 from __future__ import annotations
 
 import logging
-import math
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -37,8 +36,8 @@ import numpy as np
 import optax
 
 from mmrl.evaluation import detection_metrics as dm
-from mmrl.evaluation.linear_probe import (aggregate_seeds, fraction_tag, stratified_subset,
-                                          subset_digest)
+from mmrl.evaluation.linear_probe import (aggregate_seeds, fraction_tag, minibatch_order,
+                                          stratified_subset, subset_digest)
 from mmrl.heads import yolo_head
 from mmrl.models import multiscale
 
@@ -169,15 +168,10 @@ class DetectorTrainer:
     """Adam on `steps` minibatches of `batch_size` rows (seeded order, rows repeat when few);
     returns (params, last loss)."""
     opt = self._init_opt(params)
-    rng = np.random.default_rng(seed)
-    rows = np.asarray(rows)
-    order = np.concatenate([rng.permutation(rows)
-                            for _ in range(math.ceil(steps * batch_size / len(rows)) + 1)])
     loss = float("nan")
     take = (lambda idx: [x[idx] for x in inputs]) if not self.finetune else (
         lambda idx: inputs[idx])
-    for s in range(steps):
-      idx = order[s * batch_size:(s + 1) * batch_size]
+    for idx in minibatch_order(rows, steps, batch_size, seed):
       params, opt, loss, _ = self._update(params, opt, take(idx), boxes[idx], labels[idx],
                                           mask[idx])
     return params, float(loss)

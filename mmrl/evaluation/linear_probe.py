@@ -12,6 +12,7 @@ end to end on each fraction's subset, for `finetune_seeds` seeds (seed config.se
 subsets of seed config.seed are the probe's own), reported as the mean over seeds, '_std' (sample
 std, ddof=1), 'num_seeds' and each seed's macro AUROC.
 
+- `minibatch_order`: the seeded fixed-shape minibatches of every trained downstream head.
 - `stratified_subset`, `fit_logistic`, `predict_logistic`, `probe_auroc`, `linear_probe`: math.
 - `finetune_probe`: image tower + linear head trained end to end (JAX, small data).
 - `mean_and_std`, `aggregate_seeds`: the over-seeds summary (also used by detection);
@@ -40,6 +41,17 @@ def known_and_positive(labels: np.ndarray, label_mask: np.ndarray
   labels = np.asarray(labels)
   known = np.asarray(label_mask, bool) & (labels != -1)
   return known, known & (labels == 1)
+
+
+def minibatch_order(rows: np.ndarray, steps: int, batch_size: int, seed: int) -> np.ndarray:
+  """[steps, batch_size] row indices: seeded permutations of `rows` (epochs) concatenated, so
+  every minibatch has a fixed shape and rows repeat when there are few. Shared by every trained
+  downstream head (fine-tuning here, detection, dense segmentation)."""
+  rng = np.random.default_rng(seed)
+  rows = np.asarray(rows)
+  reps = math.ceil(steps * batch_size / max(len(rows), 1)) + 1
+  order = np.concatenate([rng.permutation(rows) for _ in range(reps)])
+  return order[:steps * batch_size].reshape(steps, batch_size)
 
 
 def stratified_subset(positive: np.ndarray, known: np.ndarray, fraction: float, seed: int
@@ -197,12 +209,7 @@ def finetune_probe(apply_image: Callable[[Any, jax.Array], jax.Array], tower_par
     params = {"tower": tower_params, "w": jnp.zeros((d, k), jnp.float32),
               "b": jnp.zeros((k,), jnp.float32)}
     opt = tx.init(params)
-    rng = np.random.default_rng(seed)
-    rows = np.asarray(rows)
-    order = np.concatenate([rng.permutation(rows)
-                            for _ in range(math.ceil(steps * batch_size / len(rows)) + 1)])
-    for s in range(steps):
-      idx = order[s * batch_size:(s + 1) * batch_size]  # fixed shape: rows repeat when few
+    for idx in minibatch_order(rows, steps, batch_size, seed):
       params, opt = update(params, opt, jnp.asarray(train_images[idx]),
                            jnp.asarray(train_pos[idx]), jnp.asarray(train_known[idx]))
     out = [np.asarray(predict(params, jnp.asarray(test_images[i:i + batch_size])))
@@ -305,4 +312,4 @@ class LinearProbeEvaluator:
 
 __all__ = ["known_and_positive", "stratified_subset", "fit_logistic", "predict_logistic",
            "probe_auroc", "linear_probe", "finetune_probe", "LinearProbeEvaluator",
-           "fraction_tag", "mean_and_std", "aggregate_seeds", "subset_digest"]
+           "fraction_tag", "minibatch_order", "mean_and_std", "aggregate_seeds", "subset_digest"]
