@@ -45,6 +45,12 @@ _REANALYSE = flags.DEFINE_bool(
     "reanalyse", False, "train nothing: rewrite --results/comparison.md from the per-seed runs "
     "stored in --results/comparison.json with the current statistics")
 _NOTE = flags.DEFINE_string("note", "", "with --reanalyse: a note for the table's header")
+_BUDGET = flags.DEFINE_list(
+    "budget", [], "other Budget fields as name=value (e.g. text_lr_mult=1,gloria_exact=false) "
+    "over the preset's: the ablations of docs/localisation.md")
+_JOBS = flags.DEFINE_integer("jobs", 1, "worker processes, one seed each, side by side (a "
+                             "single run leaves a 2-core CPU partly idle: input pipeline, "
+                             "evaluation)")
 _SHARED = flags.DEFINE_string("shared_data", os.environ.get("MMRL_SHARED_DATA", "../shared/data"),
                               "../shared/data (for NIH ChestX-ray14 boxes); '' = skip NIH")
 
@@ -70,12 +76,13 @@ def main(argv):
       lr=pick("lr", _LR), eval_examples=pick("eval_examples", _EVAL),
       variant=pick("variant", _VARIANT),
       warmup_steps=min(preset.warmup_steps, max(steps // 10, 1)))
+  budget = comparison.budget_with(budget, _BUDGET.value)
   methods = (_METHODS.value if "methods" in given
              else list(comparison.PRESET_METHODS[_PRESET.value]))
   out = comparison.run_comparison(methods, list(range(_SEEDS.value)), budget,
                                   output=_OUTPUT.value, results_dir=_RESULTS.value,
                                   shared_data=_SHARED.value, command=command.strip(),
-                                  only_existing=_ONLY_EXISTING.value)
+                                  only_existing=_ONLY_EXISTING.value, jobs=_JOBS.value)
   print(f"\nwrote {_RESULTS.value}/comparison.md ({out['meta']['wall_s'] / 60:.1f} min)")
 
 

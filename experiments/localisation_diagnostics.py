@@ -4,7 +4,9 @@
                  (its config.json and last checkpoint; report sentences of the held-out
                  synthetic split and templated one-sentence queries of its boxes): share of
                  constant maps, median max-min, median normalised entropy of the map made a
-                 distribution, and the share of maps whose maximum is the most common cell.
+                 distribution, the share of maps whose maximum is the most common cell, and
+                 the share whose maximum lies on the grid's outer ring (beside that ring's
+                 share of the cells: a map that ignores the image peaks there more often).
   --text_probe   does the first N layers of the pretrained MiniLM (mean pooling) separate
                  location words? Cosines of templated sentences, raw and centred.
 
@@ -36,9 +38,14 @@ def map_statistics(maps: np.ndarray) -> dict[str, float]:
   p = p / np.maximum(p.sum(1, keepdims=True), 1e-30)
   ent = -(p * np.log(np.maximum(p, 1e-30))).sum(1) / np.log(f.shape[1])
   top = np.bincount(f.argmax(1)).max() / len(f)
+  gh, gw = maps.shape[1:]
+  ring = np.ones((gh, gw), bool)
+  ring[1:-1, 1:-1] = False  # the outermost ring of cells (where zero padding reaches)
   return {"maps": float(len(f)), "constant_share": float(np.mean(span < 1e-6)),
           "median_span": float(np.median(span)), "median_entropy": float(np.median(ent)),
-          "most_common_max_cell_share": float(top), "cells": float(f.shape[1])}
+          "most_common_max_cell_share": float(top), "cells": float(f.shape[1]),
+          "border_max_share": float(np.mean(ring.reshape(-1)[f.argmax(1)])),
+          "border_cells_share": float(ring.mean())}
 
 
 def _run_stats(run: pathlib.Path) -> None:

@@ -108,3 +108,39 @@ def test_reanalyse_rewrites_a_stored_comparison_with_paired_tests_and_keeps_its_
   data = json.loads((tmp_path / "comparison.json").read_text())
   assert data["runs"] == runs
   assert data["summary"]["gloria"]["loc/synthetic/pointing"]["n"] == 3
+
+
+@pytest.mark.slow
+def test_compare_with_one_worker_per_seed_gives_the_runs_a_single_process_gives(
+    tmp_path, synthetic_cache):
+  budget = comparison.Budget(steps=2, batch_size=8, image_size=32, patients=24, warmup_steps=1,
+                             eval_examples=16, synthetic_image_size=96, synthetic_short_side=48,
+                             nih_splits=())
+  results = tmp_path / "results"
+  out = comparison.run_comparison(["convirt"], [0, 1], budget, output=tmp_path / "par",
+                                  results_dir=results, data_root=str(synthetic_cache),
+                                  progress=lambda _: None, jobs=2)
+  assert sorted((r["method"], r["seed"]) for r in out["results"]) == [
+      ("convirt", 0), ("convirt", 1), ("random_init", 0), ("random_init", 1)]
+  assert list((results / "heatmaps" / "convirt").glob("*.png"))  # seed 0's heat maps
+  # Seed 1 again, in this process: the same training and the same metrics.
+  ds = comparison.prepare_synthetic(budget, synthetic_cache)
+  alone = comparison.run_one("convirt", 1, budget, dataset_dir=ds, nih_dir="",
+                             workdir=tmp_path / "alone", heatmap_dir=None)["metrics"]
+  par = next(r for r in out["results"] if r["method"] == "convirt" and r["seed"] == 1)["metrics"]
+  assert alone["train/final_loss"] == pytest.approx(par["train/final_loss"], abs=1e-5)
+  for k in ("loc/synthetic/pointing", "retrieval/i2t_R@10"):
+    assert alone[k] == pytest.approx(par[k], abs=1e-6), k
+
+
+def test_budget_fields_can_be_set_by_name_with_their_types_and_a_bad_name_is_refused():
+  preset = comparison.PRESETS["localisation"]
+  b = comparison.budget_with(preset, ["text_lr_mult=1", "gloria_exact=false", "steps=40",
+                                      "nih_splits=validate+test", "variant=realistic"])
+  assert (b.text_lr_mult, b.gloria_exact, b.steps, b.nih_splits, b.variant) == (
+      1.0, False, 40, ("validate", "test"), "realistic")
+  assert b.image_tower == preset.image_tower  # untouched fields keep the preset's values
+  with pytest.raises(ValueError, match="name one of"):
+    comparison.budget_with(preset, ["text_lr=1"])
+  with pytest.raises(ValueError, match="true or false"):
+    comparison.budget_with(preset, ["gloria_exact=maybe"])

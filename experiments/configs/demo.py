@@ -55,6 +55,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   if arg == "quick":  # a 1-minute look at the whole path
     c.data.synthetic.num_patients = 60
     c.train.num_steps = 40
+    c.optim.warmup_steps = 4  # must stay below num_steps
     c.train.eval_every = 20
     c.train.checkpoint_every = 20
   elif arg:
