@@ -1,6 +1,7 @@
 """RSNA Pneumonia Detection Challenge (Kaggle, 2018) -> convert.Dataset.
 
-Owns reading the official download (kaggle competitions download rsna-pneumonia-detection-challenge):
+Owns reading the official download
+(`kaggle competitions download rsna-pneumonia-detection-challenge`):
 ```
 <root>/stage_2_train_labels.csv     patientId,x,y,width,height,Target   (one row per box; a
                                     Target=0 image has one row with empty x/y/width/height)

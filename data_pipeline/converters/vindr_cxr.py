@@ -21,8 +21,9 @@ the consensus row. A missing image_labels file leaves labels empty (logged).
 No reports.
 
 Splits (`split_source`): `official` (default): train/ -> train, test/ -> test (no validation set).
-`benchx`: BenchX's 3000 validation images from train (data_pipeline/split_lists/vindr_cxr_benchx.txt;
-its 3000 test ids are the official test set). LoVT does not use VinDr-CXR.
+`benchx`: BenchX's 3000 validation images from train
+(data_pipeline/split_lists/vindr_cxr_benchx.txt; its 3000 test ids are the official test set).
+LoVT does not use VinDr-CXR.
 """
 from __future__ import annotations
 
