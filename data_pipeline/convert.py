@@ -322,8 +322,15 @@ class _ShardTask:
         "spec": record_spec.SPEC_VERSION, "short_side": o.short_side, "bit_depth": o.bit_depth,
         "views": list(o.views), "require_report": self.require_report,
         "label_names": list(self.label_names),
-        "items": [dataclasses.astuple(it) for it in self.items]}, sort_keys=True, default=str)
+        "items": [_item_key(it) for it in self.items]}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def _item_key(item: Item) -> tuple:
+  """The item's fields for the shard fingerprint. `rle_masks` (the last field, added later) is
+  left out when empty, so shards converted before it existed keep their fingerprints."""
+  key = dataclasses.astuple(item)
+  return key[:-1] if not item.rle_masks else key
 
 
 def done_path(shard_path) -> pathlib.Path:
