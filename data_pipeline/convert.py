@@ -85,6 +85,9 @@ class Item:
   masks: tuple[tuple[str, str], ...] = ()      # (label, path of a binary PNG mask)
   rle_masks: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (label, SIIM RLE strings, OR-ed;
                                                # () or '-1' = empty) in the source image frame
+  shape_masks: tuple[tuple[str, tuple[tuple[float, ...], ...]], ...] = ()  # (label, polygons
+                                               # (x1, y1, x2, y2, ...) in source pixels, filled
+                                               # and OR-ed; () = empty): data_pipeline.mask_shapes
 
 
 @dataclasses.dataclass
@@ -240,7 +243,18 @@ def _rle_mask_png(item: Item, rles: Sequence[str], frame: tuple[int, int],
   """SIIM RLE strings (data_pipeline.mask_rle) decoded in the source `frame` (height, width), OR-ed
   -> 8-bit 0/255 PNG of `size` (width, height), nearest-neighbour."""
   from data_pipeline import mask_rle  # pylint: disable=import-outside-toplevel
-  mask = mask_rle.decode_union(rles, *frame, item=item.item_id)
+  return _binary_png(mask_rle.decode_union(rles, *frame, item=item.item_id), size)
+
+
+def _shape_mask_png(shapes: Sequence[Sequence[float]], frame: tuple[int, int],
+                    size: tuple[int, int]) -> bytes:
+  """Polygons (data_pipeline.mask_shapes) filled in the source `frame` (height, width) -> 8-bit
+  0/255 PNG of `size` (width, height), nearest-neighbour."""
+  from data_pipeline import mask_shapes  # pylint: disable=import-outside-toplevel
+  return _binary_png(mask_shapes.rasterise(shapes, *frame), size)
+
+
+def _binary_png(mask: np.ndarray, size: tuple[int, int]) -> bytes:
   binary = Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L")
   if binary.size != size:
     binary = binary.resize(size, resample=Image.Resampling.NEAREST)
@@ -274,6 +288,8 @@ def convert_item(item: Item, options: ConvertOptions, *, split: str,
   masks = [_mask_png(item, label, path, (width, height)) for label, path in item.masks]
   masks += [_rle_mask_png(item, rles, (original_h, original_w), (width, height))
             for _, rles in item.rle_masks]
+  masks += [_shape_mask_png(shapes, (original_h, original_w), (width, height))
+            for _, shapes in item.shape_masks]
   rec = StudyRecord(
       image_png=image_codec.encode_png(resized, options.bit_depth),
       height=height, width=width, bit_depth=options.bit_depth,
@@ -289,7 +305,7 @@ def convert_item(item: Item, options: ConvertOptions, *, split: str,
       sentence_sections=list(report.sentence_sections) if report else [],
       labels=None if item.labels is None else np.asarray(item.labels, np.float32),
       boxes=boxes,
-      mask_labels=[label for label, _ in item.masks] + [label for label, _ in item.rle_masks],
+      mask_labels=[label for label, _ in item.masks + item.rle_masks + item.shape_masks],
       masks_png=masks)
   return rec, warnings
 
@@ -326,11 +342,17 @@ class _ShardTask:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
+_LATER_FIELDS = ("rle_masks", "shape_masks")  # Item fields added after the first shards
+
+
 def _item_key(item: Item) -> tuple:
-  """The item's fields for the shard fingerprint. `rle_masks` (the last field, added later) is
-  left out when empty, so shards converted before it existed keep their fingerprints."""
+  """The item's fields for the shard fingerprint. Fields added later (_LATER_FIELDS, the last
+  ones) are left out while empty, so shards converted before they existed keep their
+  fingerprints."""
   key = dataclasses.astuple(item)
-  return key[:-1] if not item.rle_masks else key
+  if not any(getattr(item, name) for name in _LATER_FIELDS):
+    key = key[:-len(_LATER_FIELDS)]
+  return key
 
 
 def done_path(shard_path) -> pathlib.Path:

@@ -230,9 +230,39 @@ def test_rsna_has_no_official_labelled_split(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # object_cxr.
 
+def triangle_mask(vertices, height, width) -> np.ndarray:
+  """Independent rasteriser: pixel centres inside or within half a pixel of the triangle."""
+  (x0, y0), (x1, y1), (x2, y2) = vertices
+  ys, xs = np.mgrid[0:height, 0:width].astype(float)
+  inside = np.ones((height, width), bool)
+  for (ax, ay), (bx, by), (cx, cy) in (((x0, y0), (x1, y1), (x2, y2)),
+                                       ((x1, y1), (x2, y2), (x0, y0)),
+                                       ((x2, y2), (x0, y0), (x1, y1))):
+    side = (bx - ax) * (ys - ay) - (by - ay) * (xs - ax)
+    sign = np.sign((bx - ax) * (cy - ay) - (by - ay) * (cx - ax))
+    distance = side * sign / np.hypot(bx - ax, by - ay)
+    inside &= distance >= -0.5
+  return inside
+
+
+def test_shape_masks_fill_polygons_with_their_boundary():
+  from data_pipeline import mask_shapes  # pylint: disable=import-outside-toplevel
+  rect = mask_shapes.rasterise([mask_shapes.rectangle(2, 3, 6, 5)], 8, 9)
+  expected = np.zeros((8, 9), bool)
+  expected[3:6, 2:7] = True
+  np.testing.assert_array_equal(rect, expected)
+  tri = [(2, 2), (28, 6), (10, 25)]
+  got = mask_shapes.rasterise([sum(tri, ())], 30, 32)
+  ours = triangle_mask(tri, 30, 32)
+  assert (got != ours).mean() < 0.03  # only edge pixels may differ between rasterisers
+  assert got[10, 12] and not got[25, 30]
+
+
 def test_object_cxr_shapes_become_bounding_boxes():
   shapes = object_cxr.parse_annotation("0 1 2 5 6;1 10 12 20 30;2 3 4 9 1 7 8")
-  assert shapes == [(0, (1, 2, 5, 6)), (1, (10, 12, 20, 30)), (2, (3, 1, 9, 8))]
+  assert [(kind, box) for kind, box, _ in shapes] == [
+      (0, (1, 2, 5, 6)), (1, (10, 12, 20, 30)), (2, (3, 1, 9, 8))]
+  assert shapes[0][2] == (1, 2, 5, 2, 5, 6, 1, 6) and shapes[2][2] == (3, 4, 9, 1, 7, 8)
   assert object_cxr.parse_annotation("") == []
   for bad in ("3 1 2 3 4", "0 1 2 3", "2 1 2 3 4", "x 1 2 3 4"):
     with pytest.raises(ValueError):
@@ -243,7 +273,8 @@ def test_object_cxr_official_and_lovt_splits(tmp_path):
   root = tmp_path / "object-CXR"
   h, w = 24, 20
   lovt_val = first_listed("object_cxr", "lovt", "validate")
-  train_rows = [["00001.jpg", "0 2 3 10 12;2 1 1 5 2 3 9"], ["00002.jpg", ""],
+  train_rows = [["00001.jpg", "0 2 3 10 12;2 1 14 6 14 6 16 3 16 3 20 1 20"],  # box, L
+                ["00002.jpg", ""],
                 [f"{lovt_val}.jpg", "1 4 4 8 8"], ["00004.jpg", "7 1 1 2 2"],
                 ["00005.jpg", ""]]
   dev_rows = [["08001.jpg", "1 0 0 20 24"]]
@@ -252,20 +283,29 @@ def test_object_cxr_official_and_lovt_splits(tmp_path):
   for k, (name, _) in enumerate(train_rows[:4]):
     write_image(root / "train" / name, h, w, seed=k)
   write_image(root / "dev" / "08001.jpg", h, w, seed=7)
+  write_csv(root / "test.csv", ["image_path", "annotation"], [["test/09001.jpg", ""]])  # quirk
+  write_image(root / "test" / "09001.jpg", h, w, seed=8)
   info, recs, errs = converted(convert.load_layout("object_cxr", root), tmp_path / "out")
   assert box_tuples(recs["00001"]) == rounded([  # rectangle, polygon
       ("Foreign object", 2 / 20, 3 / 24, 10 / 20, 12 / 24),
-      ("Foreign object", 1 / 20, 1 / 24, 5 / 20, 9 / 24)])
+      ("Foreign object", 1 / 20, 14 / 24, 6 / 20, 20 / 24)])
   assert box_tuples(recs[lovt_val]) == rounded([  # ellipse: its bounding box
       ("Foreign object", 4 / 20, 4 / 24, 8 / 20, 8 / 24)])
   assert recs["00002"].boxes == [] and recs["00002"].labels.tolist() == [0.0]
+  assert recs["00002"].mask_labels == ["Foreign object"] and not mask_of(recs["00002"]).any()
+  expected = np.zeros((h, w), bool)
+  expected[3:13, 2:11] = True                       # rectangle 2 3 10 12, boundary included
+  expected[14:17, 1:7] = True                      # the L: rows 14-16 x cols 1-6,
+  expected[16:21, 1:4] = True                      # rows 16-20 x cols 1-3
+  np.testing.assert_array_equal(mask_of(recs["00001"]), expected)
   assert recs["08001"].split == "validate" and recs["00001"].split == "train"
+  assert recs["09001"].split == "test"
   failed = {e["item"]: e["kind"] for e in errs if e["skipped"]}
   assert failed == {"00004": "bad_annotation", "00005": "missing_file"}
   lovt = convert.load_layout("object_cxr", root, split_source="lovt")
   assign = {it.item_id: it.split for it in lovt.items}
   assert assign[lovt_val] == "validate" and assign["08001"] == "test"
-  assert assign["00001"] == "train"
+  assert assign["00001"] == "train" and "09001" not in assign
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,13 +6,17 @@ Owns reading the official release (github.com/jfhealthcare/object-CXR):
 <root>/train/00001.jpg ...           the folder LoVT reads)
 <root>/dev/08001.jpg ...
 <root>/test.csv + <root>/test/       optional: the test set's labels, released after the challenge
+                                     (its column is image_path, 'test/09001.jpg', not image_name)
 ```
 `annotation` is '' for an image without foreign objects, else shapes separated by ';', each
 `type x y ...` in image pixels: 0 = rectangle `x1 y1 x2 y2`, 1 = ellipse given by its bounding box
 `x1 y1 x2 y2`, 2 = polygon `x1 y1 x2 y2 x3 y3 ...`. Every shape becomes its axis-aligned bounding
 box (as LoVT's `sample_to_bboxes` and the challenge's FROC do), label 'Foreign object';
-labels/values ('Foreign object',) is 1 when there is a shape. A shape that does not parse is a
-`bad_annotation` error for its image. No reports.
+labels/values ('Foreign object',) is 1 when there is a shape; one 'Foreign object' mask per record
+(all zero for negatives): rectangles and ellipses filled as their box, polygons filled, boundary
+pixels included (data_pipeline.mask_shapes; BenchX's OpenCV drawing, which LoVT's masks match up to
+the last row/column). A shape that does not parse is a `bad_annotation` error for its image.
+No reports.
 
 Splits (`split_source`): `official` (default) = `benchx`: train.csv -> train, dev.csv ->
 validate, test.csv -> test (BenchX's lists are exactly these files: 00001-08000, 08001-09000,
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import pathlib
 
+from data_pipeline import mask_shapes
 from data_pipeline import splits as split_lists
 from data_pipeline.convert import Dataset, Item, SourceBox, error_entry
 from data_pipeline.converters import download_files
@@ -32,8 +37,10 @@ SOURCES = ("official", "benchx", "lovt")
 _FILES = (("train", "train"), ("dev", "validate"), ("test", "test"))
 
 
-def parse_annotation(text: str) -> list[tuple[int, tuple[float, float, float, float]]]:
-  """'' -> []; 'type x y ...;...' -> [(type, (xmin, ymin, xmax, ymax))]. Raises ValueError."""
+def parse_annotation(text: str
+                     ) -> list[tuple[int, tuple[float, float, float, float], tuple[float, ...]]]:
+  """'' -> []; 'type x y ...;...' -> [(type, (xmin, ymin, xmax, ymax), polygon)], the polygon
+  being the box's 4 corners for a rectangle / ellipse. Raises ValueError."""
   shapes = []
   for part in (p.strip() for p in str(text or "").split(";")):
     if not part:
@@ -54,7 +61,8 @@ def parse_annotation(text: str) -> list[tuple[int, tuple[float, float, float, fl
       raise ValueError(f"shape {part!r}: type {kind} is not 0 (rectangle), 1 (ellipse) or 2 "
                        "(polygon)")
     xs, ys = coords[0::2], coords[1::2]
-    shapes.append((kind, (min(xs), min(ys), max(xs), max(ys))))
+    box = (min(xs), min(ys), max(xs), max(ys))
+    shapes.append((kind, box, tuple(coords) if kind == 2 else mask_shapes.rectangle(*box)))
   return shapes
 
 
@@ -77,9 +85,12 @@ def list_object_cxr(root: str | pathlib.Path, *, split_source: str = "",
                                     f"the {stem} images are not converted", str(csv_path)))
       continue
     read_any = True
-    for row in download_files.read_csv(csv_path, ("image_name", "annotation"),
-                                       what="Object-CXR annotation file"):
-      name = row["image_name"]
+    rows = download_files.read_csv(csv_path, ("annotation",), what="Object-CXR annotation file")
+    if rows and "image_name" not in rows[0] and "image_path" not in rows[0]:
+      raise ValueError(f"Object-CXR annotation file {str(csv_path)!r} has neither an image_name "
+                       "nor an image_path column")
+    for row in rows:
+      name = row.get("image_name") or pathlib.Path(row.get("image_path", "")).name
       image_id = pathlib.Path(name).stem
       try:
         shapes = parse_annotation(row.get("annotation", ""))
@@ -114,7 +125,8 @@ def list_object_cxr(root: str | pathlib.Path, *, split_source: str = "",
     items.append(Item(
         item_id=image_id, image=image, source=str(pathlib.Path(image).relative_to(root)),
         split=assign[image_id], labels=(1.0 if shapes else 0.0,),
-        boxes=tuple(SourceBox(LABEL, *box) for _, box in shapes)))
+        boxes=tuple(SourceBox(LABEL, *box) for _, box, _ in shapes),
+        shape_masks=((LABEL, tuple(polygon for _, _, polygon in shapes)),)))
   return Dataset(
       name="object_cxr", source=str(root), items=items, label_names=(LABEL,),
       listing_errors=problems, require_report=False,
