@@ -427,7 +427,7 @@ def test_ms_cxr_boxes_are_rescaled_from_the_annotation_frame(tmp_path):
   write_csv(tmp_path / "MS_CXR_Local_Alignment_v1.1.0.csv", MS_CXR_HEADER, [
       ["img-a", "Pleural Effusion", "small left effusion", f"{rel}/img-a.jpg", 8, 20, 16, 10,
        80, 60, "test"],
-      ["img-a", "Pleural Effusion", "small left effusion", f"{rel}/img-a.jpg", 40, 30, 20, 20,
+      ["img-a", "Pleural effusion", "small left effusion", f"{rel}/img-a.jpg", 40, 30, 20, 20,
        80, 60, "test"],
       ["img-a", "Cardiomegaly", "enlarged heart", f"{rel}/img-a.jpg", 20, 10, 40, 30, 80, 60,
        "test"],

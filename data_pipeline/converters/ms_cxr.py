@@ -33,6 +33,7 @@ from data_pipeline.converters import download_files
 
 CATEGORIES = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Lung Opacity",
               "Pleural Effusion", "Pneumonia", "Pneumothorax")
+_CANONICAL = {c.lower(): c for c in CATEGORIES}
 SOURCES = ("official",)
 CSV_GLOB = "MS_CXR_Local_Alignment_v*.csv"
 _SEPARATOR = ": "
@@ -109,11 +110,14 @@ def list_ms_cxr(root: str | pathlib.Path, *, split_source: str = "", split_seed:
         if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
           raise ValueError(f"line {r['__line__']}: box x={r['x']} y={r['y']} w={r['w']} "
                            f"h={r['h']} is not a positive-size box")
-        if r["category_name"] not in CATEGORIES:
-          raise ValueError(f"line {r['__line__']}: category {r['category_name']!r} is not one "
-                           f"of {CATEGORIES}")
-        boxes.append(SourceBox(box_label(r["category_name"], r["label_text"]), x, y, x + w,
-                               y + h))
+        category = _CANONICAL.get(r["category_name"].strip().lower())
+        if category is None:
+          category = r["category_name"].strip()
+          problems.append(error_entry(dicom_id, "unknown_label", f"{csv_path.name}:"
+                                      f"{r['__line__']}: category {category!r} is not one of "
+                                      f"{CATEGORIES}; its box is kept, labels/values has no "
+                                      "entry for it", str(csv_path), skipped=False))
+        boxes.append(SourceBox(box_label(category, r["label_text"]), x, y, x + w, y + h))
     except ValueError as e:
       problems.append(error_entry(dicom_id, "bad_annotation", f"{csv_path.name}: {e}",
                                   str(csv_path)))
@@ -123,7 +127,7 @@ def list_ms_cxr(root: str | pathlib.Path, *, split_source: str = "", split_seed:
     assign[dicom_id] = split
     report = (root / "files" / f"p{subject[:2]}" / f"p{subject}" / f"s{study}.txt"
               if subject else None)
-    categories = {r["category_name"] for r in group}
+    categories = {parse_box_label(b.label)[0] for b in boxes}
     items.append(Item(
         item_id=dicom_id, image=str(image), source=rel, patient_id=subject, study_id=study,
         split=split, report_path=str(report) if report else "",
