@@ -5,8 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -504,3 +505,55 @@ def test_shipped_split_lists_carry_source_licence_and_their_authors_counts(path)
   listed = {s: sum(v == s for v in lst.assign.values()) for s in ("validate", "test")}
   assert {s: lst.expected[s] for s in listed} == listed
   assert lst.header["unlisted"] == "train" and lst.expected["train"] > 0
+
+
+@pytest.mark.realdata
+def test_siim_acr_mask_lines_up_with_a_real_non_square_chest_dicom(shared_data, tmp_path):
+  source = shared_data / "dicom" / "RG1_half_MONO1_RLE.dcm"   # real CR chest, 977 rows x 920
+  if not source.is_file():
+    pytest.skip(f"{source} is not in the shared data")
+  root = tmp_path / "siim"
+  target = root / "dicom-images-train" / "1.2.7" / "1.2.8" / "1.2.3.99.dcm"
+  target.parent.mkdir(parents=True)
+  target.write_bytes(source.read_bytes())
+  truth = np.zeros((977, 920), bool)
+  truth[100:400, 50:300] = True        # tall block, left
+  truth[700:720, 600:900] = True       # wide strip, low right
+  write_csv(root / "train-rle.csv", ["ImageId", " EncodedPixels"],
+            [["1.2.3.99", " " + encode_siim_rle(truth)]])
+  ds = convert.load_layout("siim_acr", root, split_source="lovt")
+  info = convert.convert(ds, tmp_path / "out", convert.ConvertOptions(progress=False,
+                                                                      short_side=1024))
+  assert info["errors"]["count"] == 0
+  rec = records.parse_record(next(tfrecord.iterate_records(
+      tmp_path / "out" / info["splits"]["train"]["shards"][0]["path"])))
+  assert (rec.original_height, rec.original_width) == (977, 920)
+  np.testing.assert_array_equal(mask_of(rec), truth)
+
+
+def test_cli_converts_chexpert_5x200_and_writes_its_selection(tmp_path):
+  root = tmp_path / "CheXpert-v1.0-small"
+  header = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA"] + CHEXPERT_LABELS
+  rows = []
+  for k, cls in enumerate(chexpert_5x200.CLASSES):
+    rel = f"train/patient{k + 1:05d}/study1/view1_frontal.jpg"
+    rows.append([f"CheXpert-v1.0-small/{rel}", "F", "40", "Frontal", "AP"]
+                + ["1.0" if n == cls else "" for n in CHEXPERT_LABELS])
+    write_image(root / rel, 16, 16, seed=k)
+  write_csv(root / "train.csv", header, rows)
+  write_csv(root / "valid.csv", header, [])
+  out = tmp_path / "out"
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.convert", "--layout=chexpert_5x200",
+       f"--input={root}", f"--output={out}", "--split_seed=3"],
+      capture_output=True, text=True, timeout=120, cwd=pathlib.Path(__file__).resolve().parents[1])
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "5 records" in proc.stdout and '"source": "official"' in proc.stdout
+  selection = splits.read_split_list(out / chexpert_5x200.SPLIT_FILE_NAME)
+  assert sorted(selection.assign) == sorted(f"patient{k:05d}_study1_view1_frontal"
+                                            for k in range(1, 6))
+  refused = subprocess.run(
+      [sys.executable, "-m", "experiments.convert", "--layout=covidx", f"--input={root}",
+       f"--output={out}", "--annotations=x.csv"],
+      capture_output=True, text=True, timeout=120, cwd=pathlib.Path(__file__).resolve().parents[1])
+  assert refused.returncode != 0 and "--annotations is for --layout=ms_cxr only" in refused.stderr
