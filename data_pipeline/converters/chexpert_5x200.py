@@ -6,8 +6,9 @@ labels read as 0; for each class of (Atelectasis, Cardiomegaly, Consolidation, E
 Effusion), the candidates are the images with that label == 1 and **every other label except
 No Finding == 0** (so uncertain -1 anywhere else excludes an image); 200 are drawn per class.
 GLoRIA draws with pandas' unseeded `sample`; here the draw is seeded (`split_seed`): the
-candidates sorted by Path, numpy's PCG64 generator `default_rng(seed).choice(n, 200,
-replace=False)` -- the same construction, a different (reproducible) 1000 images than GLoRIA's
+candidates sorted by Path, numpy's PCG64 generator
+`default_rng([seed, class index]).choice(n, 200, replace=False)` -- the same construction, a
+different (reproducible) 1000 images than GLoRIA's
 `chexpert_5x200.csv`, which is not published. With `split_file` (a file `write_split_file` wrote)
 the listed images are used instead of a draw.
 
