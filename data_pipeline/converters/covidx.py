@@ -15,6 +15,9 @@ Splits (`split_source`): `official` (default) = `benchx`: train.txt -> train, va
 validate, test.txt -> test (BenchX's lists are CXR-4's three files). A release without val.txt
 gets a validation set of 10 % of the train **patients**, by sha256(split_seed/patient id)
 (`splits.hash_fraction_split`); the metadata says so. LoVT does not use COVIDx.
+Every line of a list is an image: the lists have no header. (BenchX's copies hold one line fewer
+than the lists they come from -- 67862 / 8472 / 8481 -- as its `pd.read_csv(path, sep=' ')` reads
+the first line as a header; `official` keeps that image.)
 """
 from __future__ import annotations
 
