@@ -216,6 +216,11 @@ def test_rsna_boxes_negatives_and_benchx_split(tmp_path):
   assert box_tuples(recs[val_id]) == rounded([("Pneumonia", 2 / 16, 4 / 20, 8 / 16, 12 / 20),
                                               ("Pneumonia", 8 / 16, 10 / 20, 12 / 16, 16 / 20)])
   assert recs[val_id].split == "validate" and recs["pos-0003"].split == "train"
+  expected = np.zeros((h, w), bool)
+  expected[4:13, 2:9] = True      # box x 2..8, y 4..12 (boundary included)
+  expected[10:17, 8:13] = True    # box x 8..12, y 10..16
+  np.testing.assert_array_equal(mask_of(recs[val_id]), expected)
+  assert recs["neg-0001"].mask_labels == ["Pneumonia"] and not mask_of(recs["neg-0001"]).any()
   assert [(e["item"], e["kind"]) for e in errs if e["skipped"]] == [("no-image-4", "missing_file")]
   assert info["converter"]["split"]["expected"] == {"train": 18678, "validate": 4003,
                                                     "test": 4003}

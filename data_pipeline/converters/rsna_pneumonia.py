@@ -11,7 +11,10 @@ Owns reading the official download
 (`stage_1_*` names of the first release are read when the stage 2 ones are absent.)
 Each patientId is one image (one patient). Records: label_names ('Pneumonia',), labels/values 1
 for Target=1 else 0; one 'Pneumonia' box per Target=1 row (x, y, width, height in DICOM pixels
--> normalised corners); negatives are kept, with no box. No reports (require_report=False).
+-> normalised corners); negatives are kept, with no box. One 'Pneumonia' mask per record: the
+boxes filled (data_pipeline.mask_shapes, boundary pixels included as OpenCV's filled rectangle
+draws them; MGCA's `mask[y:y+h, x:x+w]` leaves out the last row and column), all zero for
+negatives -- the RSNA segmentation target of MGCA / BenchX. No reports (require_report=False).
 
 Splits (`split_source`): the stage 2 test labels were never published, so there is no official
 labelled test split. `benchx` (default): BenchX's 70/15/15 lists; `lovt`: LoVT's 60/20/20 lists
@@ -23,6 +26,7 @@ from __future__ import annotations
 import math
 import pathlib
 
+from data_pipeline import mask_shapes
 from data_pipeline import splits as split_lists
 from data_pipeline.convert import Dataset, Item, SourceBox, error_entry
 from data_pipeline.converters import download_files
@@ -74,7 +78,9 @@ def list_rsna_pneumonia(root: str | pathlib.Path, *, split_source: str = "",
                                            dict.fromkeys(target, "train"), split_list=split_list)
   items = [Item(item_id=pid, image=str(image_dir / f"{pid}.dcm"),
                 source=f"{image_dir.name}/{pid}.dcm", patient_id=pid, study_id=pid,
-                split=assign[pid], labels=(target[pid],), boxes=tuple(boxes[pid]))
+                split=assign[pid], labels=(target[pid],), boxes=tuple(boxes[pid]),
+                shape_masks=((LABEL, tuple(mask_shapes.rectangle(b.xmin, b.ymin, b.xmax, b.ymax)
+                                           for b in boxes[pid])),))
            for pid in sorted(target)]
   return Dataset(
       name="rsna_pneumonia", source=str(root), items=items, label_names=(LABEL,),
