@@ -12,7 +12,9 @@ Owns everything between "a converter listed the inputs" and "the shards are on d
   `<out>/dataset_info.json` + `features.json` (data_pipeline/tfds_metadata.py: the folder is a
   TFDS dataset directory) and, last, mmrl's `<out>/mmrl_dataset_info.json`
   (record_spec.INFO_FILE). A failed item is logged and counted; it never stops the conversion.
-* `load_layout`: layout name (mimic | manifest | nih_cxr14 | covid_cxr | chexpert) -> Dataset.
+* `load_layout`: layout name (mimic | manifest | nih_cxr14 | covid_cxr | chexpert, and the
+  downstream layouts rsna_pneumonia | siim_acr | object_cxr | vindr_cxr | chexpert_5x200 | ms_cxr
+  | covidx, which take split_source / split_seed) -> Dataset.
 Format documentation: docs/data_format.md.
 """
 from __future__ import annotations
@@ -81,6 +83,11 @@ class Item:
   box_frame: Optional[tuple[int, int]] = None  # (height, width) of the boxes' pixel frame;
                                                # None = the source image as decoded
   masks: tuple[tuple[str, str], ...] = ()      # (label, path of a binary PNG mask)
+  rle_masks: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (label, SIIM RLE strings, OR-ed;
+                                               # () or '-1' = empty) in the source image frame
+  shape_masks: tuple[tuple[str, tuple[tuple[float, ...], ...]], ...] = ()  # (label, polygons
+                                               # (x1, y1, x2, y2, ...) in source pixels, filled
+                                               # and OR-ed; () = empty): data_pipeline.mask_shapes
 
 
 @dataclasses.dataclass
@@ -231,6 +238,31 @@ def _mask_png(item: Item, label: str, path: str, size: tuple[int, int]) -> bytes
   return buf.getvalue()
 
 
+def _rle_mask_png(item: Item, rles: Sequence[str], frame: tuple[int, int],
+                  size: tuple[int, int]) -> bytes:
+  """SIIM RLE strings (data_pipeline.mask_rle) decoded in the source `frame` (height, width), OR-ed
+  -> 8-bit 0/255 PNG of `size` (width, height), nearest-neighbour."""
+  from data_pipeline import mask_rle  # pylint: disable=import-outside-toplevel
+  return _binary_png(mask_rle.decode_union(rles, *frame, item=item.item_id), size)
+
+
+def _shape_mask_png(shapes: Sequence[Sequence[float]], frame: tuple[int, int],
+                    size: tuple[int, int]) -> bytes:
+  """Polygons (data_pipeline.mask_shapes) filled in the source `frame` (height, width) -> 8-bit
+  0/255 PNG of `size` (width, height), nearest-neighbour."""
+  from data_pipeline import mask_shapes  # pylint: disable=import-outside-toplevel
+  return _binary_png(mask_shapes.rasterise(shapes, *frame), size)
+
+
+def _binary_png(mask: np.ndarray, size: tuple[int, int]) -> bytes:
+  binary = Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L")
+  if binary.size != size:
+    binary = binary.resize(size, resample=Image.Resampling.NEAREST)
+  buf = io.BytesIO()
+  binary.save(buf, format="PNG", compress_level=6)
+  return buf.getvalue()
+
+
 class ViewFiltered(Exception):
   """The item's view (known only after decoding) is not among the requested views."""
 
@@ -254,6 +286,10 @@ def convert_item(item: Item, options: ConvertOptions, *, split: str,
                                 item.report_path or item.image, skipped=False))
   boxes = _normalise_boxes(item, item.box_frame or (original_h, original_w), warnings)
   masks = [_mask_png(item, label, path, (width, height)) for label, path in item.masks]
+  masks += [_rle_mask_png(item, rles, (original_h, original_w), (width, height))
+            for _, rles in item.rle_masks]
+  masks += [_shape_mask_png(shapes, (original_h, original_w), (width, height))
+            for _, shapes in item.shape_masks]
   rec = StudyRecord(
       image_png=image_codec.encode_png(resized, options.bit_depth),
       height=height, width=width, bit_depth=options.bit_depth,
@@ -269,7 +305,7 @@ def convert_item(item: Item, options: ConvertOptions, *, split: str,
       sentence_sections=list(report.sentence_sections) if report else [],
       labels=None if item.labels is None else np.asarray(item.labels, np.float32),
       boxes=boxes,
-      mask_labels=[label for label, _ in item.masks],
+      mask_labels=[label for label, _ in item.masks + item.rle_masks + item.shape_masks],
       masks_png=masks)
   return rec, warnings
 
@@ -302,8 +338,21 @@ class _ShardTask:
         "spec": record_spec.SPEC_VERSION, "short_side": o.short_side, "bit_depth": o.bit_depth,
         "views": list(o.views), "require_report": self.require_report,
         "label_names": list(self.label_names),
-        "items": [dataclasses.astuple(it) for it in self.items]}, sort_keys=True, default=str)
+        "items": [_item_key(it) for it in self.items]}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+_LATER_FIELDS = ("rle_masks", "shape_masks")  # Item fields added after the first shards
+
+
+def _item_key(item: Item) -> tuple:
+  """The item's fields for the shard fingerprint. Fields added later (_LATER_FIELDS, the last
+  ones) are left out while empty, so shards converted before they existed keep their
+  fingerprints."""
+  key = dataclasses.astuple(item)
+  if not any(getattr(item, name) for name in _LATER_FIELDS):
+    key = key[:-len(_LATER_FIELDS)]
+  return key
 
 
 def done_path(shard_path) -> pathlib.Path:
@@ -589,13 +638,40 @@ def _chexpert(input_path: str, **kw) -> Dataset:
   return chexpert.list_chexpert(input_path, **kw)
 
 
+def _downstream(module: str, function: str) -> Callable[..., Dataset]:
+  """A downstream layout (data_pipeline/converters/<module>.py), imported when used."""
+  def lister(input_path: str, **kw) -> Dataset:
+    import importlib  # pylint: disable=import-outside-toplevel
+    mod = importlib.import_module(f"data_pipeline.converters.{module}")
+    return getattr(mod, function)(input_path, **kw)
+  lister.__name__ = f"_{module}"
+  return lister
+
+
 LAYOUTS: dict[str, Callable[..., Dataset]] = {
     "mimic": _mimic, "manifest": _manifest, "nih_cxr14": _nih, "covid_cxr": _covid,
-    "chexpert": _chexpert}
+    "chexpert": _chexpert,
+    "rsna_pneumonia": _downstream("rsna_pneumonia", "list_rsna_pneumonia"),
+    "siim_acr": _downstream("siim_acr", "list_siim_acr"),
+    "object_cxr": _downstream("object_cxr", "list_object_cxr"),
+    "vindr_cxr": _downstream("vindr_cxr", "list_vindr_cxr"),
+    "chexpert_5x200": _downstream("chexpert_5x200", "list_chexpert_5x200"),
+    "ms_cxr": _downstream("ms_cxr", "list_ms_cxr"),
+    "covidx": _downstream("covidx", "list_covidx")}
+# Layouts that take split_source= / split_seed= (data_pipeline/splits.py).
+SPLIT_LAYOUTS = ("rsna_pneumonia", "siim_acr", "object_cxr", "vindr_cxr", "chexpert_5x200",
+                 "ms_cxr", "covidx")
 
 
 def load_layout(layout: str, input_path: str | os.PathLike, **kwargs) -> Dataset:
-  """Lists the items of `input_path` read as `layout` (one of LAYOUTS)."""
+  """Lists the items of `input_path` read as `layout` (one of LAYOUTS).
+
+  kwargs go to the layout's lister; split_source / split_seed only to SPLIT_LAYOUTS (a ValueError
+  names the layout otherwise)."""
   if layout not in LAYOUTS:
     raise ValueError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
+  split_keys = {"split_source", "split_seed"} & set(kwargs)
+  if split_keys and layout not in SPLIT_LAYOUTS:
+    raise ValueError(f"layout {layout!r} takes no {'/'.join(sorted(split_keys))} (its split is "
+                     f"its own); only {', '.join(SPLIT_LAYOUTS)} do")
   return LAYOUTS[layout](str(input_path), **kwargs)

@@ -7,6 +7,10 @@ COMMAND: python -m experiments.convert --layout=mimic --input=/data/mimic-cxr \
          python -m experiments.convert --layout=covid_cxr --input=../shared/data --output=out/covid
          python -m experiments.convert --layout=chexpert --input=/data/CheXpert-v1.0-small \
            --output=/data/chexpert_tfr --views=PA,AP
+         python -m experiments.convert --layout=rsna_pneumonia --input=/data/rsna \
+           --output=/data/rsna_tfr --split_source=benchx
+         (downstream layouts: rsna_pneumonia, siim_acr, object_cxr, vindr_cxr, chexpert_5x200,
+         ms_cxr [--annotations=MS_CXR_Local_Alignment_v1.1.0.csv], covidx; docs/data_format.md)
 SMOKE:   add --max_items=50
 Thin: parses flags, calls data_pipeline.convert, prints a summary. Re-running resumes (finished
 shards are kept); failed inputs are listed in <output>/errors.jsonl.
@@ -39,6 +43,19 @@ _ARRAY_RECORD = flags.DEFINE_bool(
     "array_record", False, "Also write an ArrayRecord copy of each shard (twice the disk), so that "
     "TensorFlow Datasets' random access (tfds.data_source) works on the folder; mmrl never needs "
     "it.")
+_SPLIT_SOURCE = flags.DEFINE_enum(
+    "split_source", None, ["official", "lovt", "benchx"], "Downstream layouts only: whose "
+    "train/validate/test split (data_pipeline/splits.py; default: the layout's own, see "
+    "docs/data_format.md).")
+_SPLIT_SEED = flags.DEFINE_integer(
+    "split_seed", None, "Downstream layouts only: seed of the splits that are drawn, not listed "
+    "(siim_acr benchx, chexpert_5x200, covidx without val.txt). Default 0.")
+_ANNOTATIONS = flags.DEFINE_string(
+    "annotations", None, "ms_cxr only: the MS_CXR_Local_Alignment_v*.csv (default: found in "
+    "--input or its parent).")
+_SPLIT_FILE = flags.DEFINE_string(
+    "split_file", None, "chexpert_5x200 only: convert the images of this selection (a "
+    "chexpert_5x200_split.txt an earlier run wrote) instead of drawing them.")
 _REQUIRE_REPORT = flags.DEFINE_bool(
     "require_report", None, "Items without a usable report are errors (default: true; false for "
     "nih_cxr14 and for chexpert without CheXpert-Plus reports, which have no reports).")
@@ -54,16 +71,27 @@ def main(argv):
   start = time.perf_counter()
   try:
     options.validate()
-    dataset = convert.load_layout(_LAYOUT.value, _INPUT.value)
+    kwargs = {"split_source": _SPLIT_SOURCE.value, "split_seed": _SPLIT_SEED.value,
+              "annotations": _ANNOTATIONS.value, "split_file": _SPLIT_FILE.value}
+    for name, only in (("annotations", "ms_cxr"), ("split_file", "chexpert_5x200")):
+      if kwargs[name] is not None and _LAYOUT.value != only:
+        raise ValueError(f"--{name} is for --layout={only} only")
+    dataset = convert.load_layout(_LAYOUT.value, _INPUT.value,
+                                  **{k: v for k, v in kwargs.items() if v is not None})
   except (FileNotFoundError, ValueError) as e:
     sys.exit(f"convert: {e}")
   info = convert.convert(dataset, _OUTPUT.value, options)
+  if _LAYOUT.value == "chexpert_5x200":
+    from data_pipeline.converters import chexpert_5x200  # pylint: disable=import-outside-toplevel
+    print(f"  selection: {chexpert_5x200.write_split_file(dataset, _OUTPUT.value)}")
   seconds = time.perf_counter() - start
   out = pathlib.Path(_OUTPUT.value)
   written = info["num_records"] - info["records_reused"]
   print(f"{info['num_records']} records from {len(dataset.items)} listed items of {info['name']}: "
         f"{written} converted in {seconds:.1f} s ({written / max(seconds, 1e-9):.1f} records/s), "
         f"{info['records_reused']} kept from an earlier run")
+  if "split" in info["converter"]:
+    print(f"  split: {json.dumps(info['converter']['split'])}")
   for split, s in info["splits"].items():
     print(f"  {split:9s} {s['num_records']:7d} records in {len(s['shards'])} shards; "
           f"views {json.dumps(info['counts'][split]['views'])}")
