@@ -90,6 +90,37 @@ def summarise(runs: Mapping[str, Mapping[str, Mapping[str, Any]]], metrics: Sequ
   return out
 
 
+def paired_lines(doc: Mapping[str, Any]) -> list[str]:
+  """'Checkpoint vs random init' paired t-tests over the shared seeds (same seed = same subset,
+  head init and batch order on both sides), per fraction and metric; [] when there is no pair."""
+  out = []
+  entries = doc["entries"]
+  for key, a in entries.items():
+    pa = a["provenance"]
+    if pa["init"] != "checkpoint":
+      continue
+    b = entries.get(f"{pa['run_name']}@{pa['step']}/random/{a['mode']}")
+    if b is None:
+      continue
+    for f in sorted(set(a.get("runs", {})) & set(b.get("runs", {})), key=float):
+      seeds = sorted(set(a["runs"][f]) & set(b["runs"][f]), key=int)
+      for m in doc["metrics"]:
+        va = [_nan(a["runs"][f][s]["metrics"].get(m)) for s in seeds]
+        vb = [_nan(b["runs"][f][s]["metrics"].get(m)) for s in seeds]
+        test = statistics.paired_t_test(va, vb)
+        out.append(f"| {pa['run_name']}@{pa['step']} {a['mode']} | {f} | {m} | "
+                   f"{statistics.format_test(test)} | {','.join(seeds)} |")
+  if not out:
+    return []
+  return (["Checkpoint minus random init, paired by seed (statistics.paired_t_test, two-sided, "
+           "alpha 0.05):", "", "| checkpoint | train % | metric | difference | seeds |",
+           "|---|---|---|---|---|"] + out + [""])
+
+
+def _nan(v: Any) -> float:
+  return float("nan") if v is None else float(v)
+
+
 def _json_float(v: Any) -> Any:
   return None if isinstance(v, float) and math.isnan(v) else v
 
@@ -134,6 +165,7 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
                    f"{prov['init']} | {entry['mode']} | {f} | {n_train} | "
                    + " | ".join(cells) + f" | {','.join(map(str, row['seeds']))} |")
   lines.append("")
+  lines += paired_lines(doc)
   for key, entry in doc["entries"].items():
     prov = entry["provenance"]
     lines += [f"## {key}", "",
