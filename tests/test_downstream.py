@@ -131,3 +131,21 @@ def test_leaderboard_gathers_methods_by_tasks_with_mean_and_sample_std(tmp_path)
   assert leaderboard.plot(rows, cols, tmp_path / "lb.png").stat().st_size > 0
   with pytest.raises(ValueError, match="in both"):
     leaderboard.gather(files + [tmp_path / "a" / "nih_detection.json"])
+
+
+def test_segmentation_subsets_from_the_file_leave_out_rows_without_a_mask():
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from mmrl.evaluation import segmentation  # pylint: disable=g-import-not-at-top
+  c = convirt.get_config("smoke")
+  c.eval.segmentation.fractions = (0.5,)
+  ev = segmentation.SegmentationEvaluator(c, label_names=("A",))
+  calls = []
+  ev.subset_fn = lambda f, seed, n: calls.append((f, seed, n)) or np.array([0, 1, 3])
+  kept = np.array([True, False, True, True, False])  # whole-split rows with a mask
+  runs = ev.runs(np.ones((3, 2, 2), bool), kept)
+  rows, seed = runs[0.5][0]
+  assert calls == [(0.5, c.seed, 5)] and seed == c.seed
+  np.testing.assert_array_equal(rows, [0, 2])  # split rows 0 and 3 are kept rows 0 and 2
+  ev.subset_fn = lambda f, seed, n: np.array([1, 4])  # no masked row in the subset
+  with pytest.raises(ValueError, match="no training image with a target mask"):
+    ev.runs(np.ones((3, 2, 2), bool), kept)
