@@ -2,7 +2,8 @@
 
 `checkpoint_provenance(run, step)`: the run directory, its config's method and image tower, the
 step, and for a run written by experiments/import_checkpoint.py its import source (format, input
-file, counts from import_report.json). `machine()`: CPU model, core count and JAX backend.
+file, counts from import_report.json). `machine()`: CPU model, core count, JAX backend and the
+1-minute load average when the entry was last updated (shared machines: wall times vary).
 """
 from __future__ import annotations
 
@@ -37,8 +38,9 @@ def checkpoint_provenance(run: str | os.PathLike, step: Optional[int], *, init: 
 def machine() -> str:
   import jax  # pylint: disable=g-import-not-at-top
   devices = jax.devices()
+  load = f"; load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
   return (f"{machine_info.cpu_model()}, {os.cpu_count()} cores; JAX {jax.__version__} on "
-          f"{len(devices)} {devices[0].platform} device(s)")
+          f"{len(devices)} {devices[0].platform} device(s){load}")
 
 
 __all__ = ["checkpoint_provenance", "machine"]

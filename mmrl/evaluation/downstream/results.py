@@ -168,6 +168,8 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
   lines += paired_lines(doc)
   for key, entry in doc["entries"].items():
     prov = entry["provenance"]
+    seconds = sum(r.get("seconds", 0) for per in entry.get("runs", {}).values()
+                  for r in per.values())
     lines += [f"## {key}", "",
               f"- checkpoint: `{prov['run_dir']}` (method {prov.get('method', '?')}, image tower "
               f"{prov.get('image_tower', '?')}, step {prov['step']}, init {prov['init']})"]
@@ -180,8 +182,7 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
               f"- subsets: `{entry.get('subsets_file') or 'none (no trained head)'}`",
               f"- budget: {entry.get('budget', '')}",
               f"- machine: {entry['machine']}",
-              f"- updated: {entry['updated']}; run seconds: "
-              f"{sum(r.get('seconds', 0) for per in entry.get('runs', {}).values() for r in per.values()):.0f}",
+              f"- updated: {entry['updated']}; wall seconds of its runs: {seconds:.0f}",
               "- commands:"]
     lines += [f"  - `{c}`" for c in entry.get("commands", [])]
     lines.append("")

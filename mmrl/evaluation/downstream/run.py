@@ -166,7 +166,8 @@ def _restore(cfg, checkpoint: str, step: Optional[int], init: str):
 
 def run_task(task: tasks_lib.Task | str, checkpoint: str, data_dir: str, *,
              fractions: Sequence[float] = (1, 10, 100), seeds: Sequence[int] = (0, 1, 2),
-             finetune: bool = False, init: str = "checkpoint", results_dir: str = "results/downstream",
+             finetune: bool = False, init: str = "checkpoint",
+             results_dir: str = "results/downstream",
              step: Optional[int] = None, overrides: Optional[Mapping[str, Any]] = None,
              split_source: str = "", budget: str = "", command: Optional[str] = None,
              progress: bool = True) -> dict:
