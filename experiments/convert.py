@@ -79,7 +79,9 @@ def main(argv):
   print(f"  shards + .index: {out}/<split>-SSSSS-of-NNNNN.tfrecord; info: "
         f"{out / 'mmrl_dataset_info.json'} (TFDS: dataset_info.json, features.json); errors: "
         f"{out / 'errors.jsonl'}")
-  if _SUBSET_FRACTIONS.value:
+  if _SUBSET_FRACTIONS.value and not info["splits"].get("train", {}).get("num_records"):
+    print("  subsets: not written: the train split is empty")
+  elif _SUBSET_FRACTIONS.value:
     from data_pipeline import subsets  # pylint: disable=g-import-not-at-top
     doc = subsets.ensure_subsets(out, [float(f) for f in _SUBSET_FRACTIONS.value],
                                  [int(s) for s in _SUBSET_SEEDS.value])
