@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import textwrap
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -104,7 +105,9 @@ def plot(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]],
            for c in columns]
     ax.bar(x + i * width, mean, width, yerr=std, capsize=2,
            label=f"{r['method']} {r['label']} {r['init']} {r['mode']}")
-  ax.set_xticks(x + 0.4 - width / 2, [f"{t}\n{f} % {m}" for t, f, m in columns], fontsize=7)
+  names = ["\n".join(textwrap.wrap(t.replace("_", " "), 14)) for t, _, _ in columns]
+  ax.set_xticks(x + 0.4 - width / 2, [f"{n}\n{f} % {m}" for n, (_, f, m) in zip(names, columns)],
+                fontsize=7)
   ax.set_ylabel("mean ± sample std over seeds")
   ax.set_title("downstream tasks")
   ax.legend(fontsize=7)
