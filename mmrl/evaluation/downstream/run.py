@@ -200,29 +200,33 @@ def run_task(task: tasks_lib.Task | str, checkpoint: str, data_dir: str, *,
   key = results_lib.entry_key(prov, mode)
   entry = doc["entries"].setdefault(key, {"provenance": prov, "mode": mode, "runs": {},
                                           "metrics": list(task.metrics), "commands": []})
+  todo = [(f, s) for f in fractions for s in seeds if not results_lib.is_done(entry, f, s)]
+  if not todo:
+    log.info("%s / %s: every (fraction, seed) is done; nothing to run", task.name, key)
+    return doc
   command = command if command is not None else " ".join(
       ["python -m experiments.downstream"] + [shlex.quote(a) for a in sys.argv[1:]])
   if command and command not in entry["commands"]:
     entry["commands"].append(command)
+  settings = {k: v for k, v in {**dict(task.overrides), **dict(overrides or {})}.items()}
+  if entry.get("overrides", settings) != settings:
+    log.warning("%s: earlier runs of this entry used config.eval.%s overrides %s, these use %s; "
+                "each run records its own", key, task.config_block, entry["overrides"], settings)
   entry.update(data_dir=data_dir, train_split=task.train_split, test_split=task.test_split,
                split_source=split_source or task.split_source, machine=prov_lib.machine(),
                updated=results_lib.now(), budget=budget or entry.get("budget", ""),
-               overrides={k: v for k, v in {**dict(task.overrides),
-                                              **dict(overrides or {})}.items()})
-  todo = [(f, s) for f in fractions for s in seeds if not results_lib.is_done(entry, f, s)]
+               overrides=settings)
   subset_fn = None
   if task.trains:
     sdoc = subsets_lib.ensure_subsets(data_dir, fractions, seeds, split=task.train_split)
     entry["subsets_file"] = str(subsets_lib.subsets_path(data_dir, task.train_split))
-    entry["subset_counts"] = {f"{f:g}": {str(s): sdoc["subsets"][str(s)][f"{f:g}"]["count"]
-                                         for s in seeds} for f in fractions}
-    if todo:
-      split_ids, _ = subsets_lib.read_split_examples(data_dir, task.train_split)
-      subset_fn = subset_rows_fn(sdoc, split_ids)
+    counts = entry.setdefault("subset_counts", {})
+    for f in fractions:
+      counts.setdefault(f"{f:g}", {}).update(
+          {str(s): sdoc["subsets"][str(s)][f"{f:g}"]["count"] for s in seeds})
+    split_ids, _ = subsets_lib.read_split_examples(data_dir, task.train_split)
+    subset_fn = subset_rows_fn(sdoc, split_ids)
   results_lib.save(results_dir, doc)
-  if not todo:
-    log.info("%s / %s: every (fraction, seed) is done; nothing to run", task.name, key)
-    return doc
 
   state, mesh, shardings, _ = _restore(cfg, checkpoint, ckpt_step, init)
   runner = runner_lib.EvalRunner(cfg, mesh, shardings)
@@ -240,6 +244,7 @@ def run_task(task: tasks_lib.Task | str, checkpoint: str, data_dir: str, *,
       metrics = {m: _num(scalars.get(f"{prefix}/{m}")) for m in task.metrics}
       run = {"metrics": metrics, "num_train": _num(scalars.get(f"{prefix}/num_train")),
              "seconds": round(time.time() - t0, 2), "date": results_lib.now(),
+             "overrides": settings,
              "all": {k: _num(v) for k, v in sorted(scalars.items()) if k.startswith(prefix)}}
       results_lib.record_run(entry, fraction, seed, run)
       entry["updated"] = results_lib.now()
