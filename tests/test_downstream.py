@@ -149,3 +149,19 @@ def test_segmentation_subsets_from_the_file_leave_out_rows_without_a_mask():
   ev.subset_fn = lambda f, seed, n: np.array([1, 4])  # no masked row in the subset
   with pytest.raises(ValueError, match="no training image with a target mask"):
     ev.runs(np.ones((3, 2, 2), bool), kept)
+
+
+def test_provenance_names_the_method_step_and_import_source(tmp_path):
+  from mmrl.evaluation.downstream import provenance  # pylint: disable=g-import-not-at-top
+  run_dir = tmp_path / "gloria_released"
+  run_dir.mkdir()
+  (run_dir / "config.json").write_text(json.dumps(
+      {"method": {"name": "gloria"}, "model": {"image": {"name": "resnet50"}}}))
+  (run_dir / "import_report.json").write_text(json.dumps(
+      {"format": "gloria", "source": "/w/chexpert_resnet50.ckpt", "counts": {"imported": 3},
+       "notes": ["x"]}))
+  p = provenance.checkpoint_provenance(run_dir / "checkpoints", 0, init="checkpoint")
+  assert p["run_dir"] == str(run_dir) and p["run_name"] == "gloria_released"
+  assert (p["method"], p["image_tower"], p["step"]) == ("gloria", "resnet50", 0)
+  assert p["imported"] == {"format": "gloria", "source": "/w/chexpert_resnet50.ckpt",
+                           "counts": {"imported": 3}}
