@@ -17,7 +17,9 @@ std, ddof=1), 'num_seeds' and each seed's macro AUROC.
 - `finetune_probe`: image tower + linear head trained end to end (JAX, small data).
 - `mean_and_std`, `aggregate_seeds`: the over-seeds summary (also used by detection);
   `subset_digest`: the CRC32 recorded for each seed's subset ('.../seed_<s>/subset_crc32').
-- `LinearProbeEvaluator`: reads the two splits with the feature step and calls them.
+- `LinearProbeEvaluator`: reads the two splits with the feature step and calls them; its
+  `subset_fn` (set by the downstream runner from the subsets file next to the shards,
+  `data_pipeline.subsets`) replaces the stratified subsets of the probe and the fine-tune.
 """
 from __future__ import annotations
 
