@@ -40,6 +40,7 @@ def tiny_run(tmp_path_factory, synthetic_cache):
   return run_dir, data_dir, tmp
 
 
+@pytest.mark.slow
 def test_downstream_writes_tables_resumes_and_draws_nested_subsets(tiny_run, monkeypatch):
   run_dir, data_dir, tmp = tiny_run
   out = tmp / "results"
