@@ -12,6 +12,8 @@ COMMAND: python -m experiments.convert --layout=mimic --input=/data/mimic-cxr \
          (downstream layouts: rsna_pneumonia, siim_acr, object_cxr, vindr_cxr, chexpert_5x200,
          ms_cxr [--annotations=MS_CXR_Local_Alignment_v1.1.0.csv], covidx; docs/data_format.md)
 SMOKE:   add --max_items=50
+SUBSETS: add --subset_fractions=1,10,100 --subset_seeds=0,1,2 to also write the nested training
+         subsets (<output>/subsets_train.json; data_pipeline/subsets.py, docs/downstream.md)
 Thin: parses flags, calls data_pipeline.convert, prints a summary. Re-running resumes (finished
 shards are kept); failed inputs are listed in <output>/errors.jsonl.
 """
@@ -59,6 +61,10 @@ _SPLIT_FILE = flags.DEFINE_string(
 _REQUIRE_REPORT = flags.DEFINE_bool(
     "require_report", None, "Items without a usable report are errors (default: true; false for "
     "nih_cxr14 and for chexpert without CheXpert-Plus reports, which have no reports).")
+_SUBSET_FRACTIONS = flags.DEFINE_list(
+    "subset_fractions", [], "After converting, write nested training subsets of these "
+    "percentages (e.g. 1,10,100) to <output>/subsets_train.json (empty = none).")
+_SUBSET_SEEDS = flags.DEFINE_list("subset_seeds", ["0"], "Seeds of the training subsets.")
 
 
 def main(argv):
@@ -101,6 +107,16 @@ def main(argv):
   print(f"  shards + .index: {out}/<split>-SSSSS-of-NNNNN.tfrecord; info: "
         f"{out / 'mmrl_dataset_info.json'} (TFDS: dataset_info.json, features.json); errors: "
         f"{out / 'errors.jsonl'}")
+  if _SUBSET_FRACTIONS.value and not info["splits"].get("train", {}).get("num_records"):
+    print("  subsets: not written: the train split is empty")
+  elif _SUBSET_FRACTIONS.value:
+    from data_pipeline import subsets  # pylint: disable=g-import-not-at-top
+    doc = subsets.ensure_subsets(out, [float(f) for f in _SUBSET_FRACTIONS.value],
+                                 [int(s) for s in _SUBSET_SEEDS.value])
+    counts = {f"{f:g}%": doc["subsets"][str(doc["seeds"][0])][f"{f:g}"]["count"]
+              for f in doc["fractions"]}
+    print(f"  subsets of train ({doc['num_examples']} examples), seeds {doc['seeds']}: "
+          f"{json.dumps(counts)} -> {subsets.subsets_path(out)}")
 
 
 if __name__ == "__main__":

@@ -402,12 +402,16 @@ def test_dataset_info_lists_shards_counts_and_errors(bad_mimic):
 def test_cli_prints_a_summary_and_writes_the_shards(mimic_root, tmp_path):
   proc = subprocess.run(
       [sys.executable, "-m", "experiments.convert", "--layout=mimic", f"--input={mimic_root}",
-       f"--output={tmp_path}", "--short_side=32", "--views=PA,AP", "--num_shards=1"],
+       f"--output={tmp_path}", "--short_side=32", "--views=PA,AP", "--num_shards=1",
+       "--subset_fractions=10,100", "--subset_seeds=0,1"],
       capture_output=True, text=True, check=True, timeout=120,
       cwd=pathlib.Path(__file__).resolve().parents[1])
   assert "3 records" in proc.stdout and "3 converted" in proc.stdout
   assert "errors: 0" in proc.stdout
   assert (tmp_path / "train-00000-of-00001.tfrecord.index").exists()
+  subsets = json.loads((tmp_path / "subsets_train.json").read_text())  # --subset_fractions
+  n = subsets["num_examples"]
+  assert subsets["seeds"] == [0, 1] and f'"10%": 1, "100%": {n}' in proc.stdout
 
 
 # ----------------------------------------------------------------------------- real data

@@ -18,6 +18,9 @@ Protocol (docs/evaluation.md, Detection; METHODS.md §4.4, §5.4, §10.1 `yolo_d
 5. Reported per mode and fraction: the mean over seeds, `_std` (sample std, ddof=1, when >= 2
    seeds), `num_seeds`, each seed's value (`seed_<s>/...`, for paired tests) and subset
    (`seed_<s>/subset_crc32`, `linear_probe.subset_digest`), `num_train`.
+   `subset_fn`, when set (the downstream runner sets it from the subsets file next to the
+   shards, `data_pipeline.subsets`), replaces the stratified subsets: (fraction, seed, number of
+   train images) -> sorted train rows.
    A class without a test box is a counted skip (`num_classes_skipped`), never a NaN.
 
 - `clean_boxes`, `nms`, `postprocess`: numpy helpers (pure).
@@ -235,6 +238,8 @@ class DetectionEvaluator:
       if not 0 < float(f) <= 1:
         raise ValueError(f"config.eval.detection.fractions has {f}; each must be in (0, 1]")
     self.modes = ("frozen", "finetune") if mode == "both" else (mode,)
+    # (fraction, seed, n_train) -> sorted train rows; None = stratified_subset (module docstring)
+    self.subset_fn: Optional[Callable[[float, int, int], np.ndarray]] = None
 
   def __call__(self, state, features_fn) -> tuple[dict[str, float], dict]:
     c = self.cfg
@@ -305,7 +310,8 @@ class DetectionEvaluator:
         for i in range(int(c.seeds)):
           seed = self.seed + i
           t0 = time.time()
-          rows = stratified_subset(has_class, known, float(fraction), seed)
+          rows = (np.asarray(self.subset_fn(float(fraction), seed, len(tr_boxes)))
+                  if self.subset_fn else stratified_subset(has_class, known, float(fraction), seed))
           params = trainer.init(sample, seed)
           params, loss = trainer.fit(params, tr_in, tr_boxes, tr_labels, tr_mask, rows,
                                      steps=int(c.steps), batch_size=bs, seed=seed)

@@ -17,7 +17,9 @@ std, ddof=1), 'num_seeds' and each seed's macro AUROC.
 - `finetune_probe`: image tower + linear head trained end to end (JAX, small data).
 - `mean_and_std`, `aggregate_seeds`: the over-seeds summary (also used by detection);
   `subset_digest`: the CRC32 recorded for each seed's subset ('.../seed_<s>/subset_crc32').
-- `LinearProbeEvaluator`: reads the two splits with the feature step and calls them.
+- `LinearProbeEvaluator`: reads the two splits with the feature step and calls them; its
+  `subset_fn` (set by the downstream runner from the subsets file next to the shards,
+  `data_pipeline.subsets`) replaces the stratified subsets of the probe and the fine-tune.
 """
 from __future__ import annotations
 
@@ -167,12 +169,14 @@ def linear_probe(train_x: np.ndarray, train_pos: np.ndarray, train_known: np.nda
                  test_x: np.ndarray, test_pos: np.ndarray, test_known: np.ndarray, *,
                  names: Sequence[str], fractions: Sequence[float] = (0.01, 0.1, 1.0),
                  l2: float = 1e-3, steps: int = 500, lr: float = 0.05, seed: int = 0,
-                 prefix: str = "linear_probe") -> dict[str, float]:
+                 prefix: str = "linear_probe",
+                 subsets: Optional[Callable[[float], np.ndarray]] = None) -> dict[str, float]:
   """Probe AUROCs for each label fraction: '<prefix>/<pct>/auroc/<name>', '.../macro_auroc',
-  '.../num_train'."""
+  '.../num_train'. `subsets(fraction) -> sorted train rows` replaces the stratified subsets."""
   out = {}
   for fraction in fractions:
-    idx = stratified_subset(train_pos, train_known, fraction, seed)
+    idx = (np.asarray(subsets(fraction)) if subsets
+           else stratified_subset(train_pos, train_known, fraction, seed))
     params = fit_logistic(train_x, train_pos, train_known, l2=l2, steps=steps, lr=lr, rows=idx)
     tag = f"{prefix}/{fraction_tag(fraction)}"
     out.update(probe_auroc(predict_logistic(params, test_x), test_pos, test_known, names, tag))
@@ -252,6 +256,9 @@ class LinearProbeEvaluator:
     self.data = config.data
     self.names = tuple(label_names)
     self.seed = int(config.seed)
+    # (fraction, seed, n_train) -> sorted train rows; None = stratified_subset. Set by the
+    # downstream runner from the subsets file next to the shards (data_pipeline.subsets).
+    self.subset_fn: Optional[Callable[[float, int, int], np.ndarray]] = None
 
   def __call__(self, state, features_fn, images_fn=None) -> tuple[dict[str, float], dict]:
     c = self.cfg
@@ -263,7 +270,9 @@ class LinearProbeEvaluator:
     te_known, te_pos = known_and_positive(test["labels"], test["label_mask"])
     out = linear_probe(train["image_global"], tr_pos, tr_known, test["image_global"], te_pos,
                        te_known, names=self.names, fractions=tuple(c.fractions), l2=c.l2,
-                       steps=c.steps, lr=c.lr, seed=self.seed)
+                       steps=c.steps, lr=c.lr, seed=self.seed,
+                       subsets=(lambda f: self.subset_fn(f, self.seed, len(tr_pos)))
+                       if self.subset_fn else None)
     out["linear_probe/num_test"] = float(len(test["image_global"]))
     if c.finetune:
       if images_fn is None:
@@ -292,7 +301,8 @@ class LinearProbeEvaluator:
     out: dict[str, float] = {}
     for i in range(num_seeds):
       seed = self.seed + i  # seed config.seed: the linear probe's own subsets
-      subsets = [stratified_subset(tr_pos, tr_known, f, seed) for f in fractions]
+      subsets = [np.asarray(self.subset_fn(f, seed, len(tr_pos))) if self.subset_fn
+                 else stratified_subset(tr_pos, tr_known, f, seed) for f in fractions]
       all_logits = finetune_probe(apply_image, variables["params"]["image_tower"], tr_img,
                                   tr_pos, tr_known, te_img, subsets, steps=c.finetune_steps,
                                   lr=c.finetune_lr, batch_size=c.finetune_batch_size, seed=seed)

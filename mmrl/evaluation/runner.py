@@ -95,6 +95,17 @@ class EvalRunner:
       self._cache.clear()  # features are per state; keep no host copies between calls
     return scalars, images
 
+  def run_one(self, name: str, evaluator: Any, state: Any
+              ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Runs `evaluator` (kind `name`, built by the caller, e.g. with a per-run config) on
+    `state`, reusing the features earlier `run_one` calls extracted; `clear()` when the state
+    changes. The downstream runner scores many (fraction, seed) runs this way."""
+    return self._run(name, evaluator, state)
+
+  def clear(self) -> None:
+    """Drops the cached features (call when the state changes)."""
+    self._cache.clear()
+
   def _run(self, name: str, evaluator: Any, state: Any):
     if name in ("retrieval", "segmentation"):
       return evaluator(state, self._features_fn(state))

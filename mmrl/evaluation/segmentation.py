@@ -25,11 +25,14 @@ an example is the union of its masks ('any') or of the masks of one finding (`ta
 - `mask_targets`: batch masks -> per-example targets.
 - `subset_rows`: the nested, stratified, seeded train subsets.
 - `fit_seg_head`, `predict_seg_head`: the linear / mlp head (JAX).
-- `SegmentationEvaluator`: reads the splits with masks and runs the configured protocol.
+- `SegmentationEvaluator`: reads the splits with masks and runs the configured protocol. Its
+  `subset_fn`, when set ((fraction, seed, number of train rows) -> sorted rows of the whole train
+  split; the downstream runner's subsets file), replaces `subset_rows`; rows without a target
+  mask are then left out of the given subset.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -168,6 +171,7 @@ class SegmentationEvaluator:
     self.num_seeds = int(self.cfg.get("num_seeds", 1))
     if self.num_seeds < 1:
       raise ValueError(f"config.eval.segmentation.num_seeds={self.num_seeds} must be >= 1")
+    self.subset_fn: Optional[Callable[[float, int, int], np.ndarray]] = None
 
   def _split(self, split: str, max_examples: int, images: bool = False):
     f = self.features_fn(split, max_examples, with_masks=True, images=images)
@@ -177,11 +181,29 @@ class SegmentationEvaluator:
     keep = t.any(axis=(1, 2)) if self.cfg.require_mask else np.ones(len(t), bool)
     return f, t, keep
 
-  def runs(self, train_targets: np.ndarray) -> dict[float, list[tuple[np.ndarray, int]]]:
-    """fraction -> [(train rows, seed)] for seeds config.seed + 0 .. num_seeds - 1."""
-    nonempty = train_targets.any(axis=(1, 2))
-    return {f: [(subset_rows(nonempty, f, self.seed + i), self.seed + i)
-                for i in range(self.num_seeds)] for f in self.fractions}
+  def runs(self, train_targets: np.ndarray, kept: Optional[np.ndarray] = None
+           ) -> dict[float, list[tuple[np.ndarray, int]]]:
+    """fraction -> [(train rows, seed)] for seeds config.seed + 0 .. num_seeds - 1.
+
+    `kept`: bool over the whole train split, True for the rows of `train_targets` (needed with
+    `subset_fn`, whose rows index the whole split)."""
+    if self.subset_fn is None:
+      nonempty = train_targets.any(axis=(1, 2))
+      return {f: [(subset_rows(nonempty, f, self.seed + i), self.seed + i)
+                  for i in range(self.num_seeds)] for f in self.fractions}
+    kept = np.ones(len(train_targets), bool) if kept is None else np.asarray(kept, bool)
+    kept_rows = np.flatnonzero(kept)
+    out = {}
+    for f in self.fractions:
+      out[f] = []
+      for i in range(self.num_seeds):
+        rows = np.flatnonzero(np.isin(kept_rows, np.asarray(self.subset_fn(f, self.seed + i,
+                                                                           len(kept)))))
+        if not len(rows):
+          raise ValueError(f"segmentation: the {100 * f:g} % subset of seed {self.seed + i} "
+                           "holds no training image with a target mask; use a larger fraction")
+        out[f].append((rows, self.seed + i))
+    return out
 
   def _linear(self, train_local, train_t, test_local, out_hw, runs):
     c = self.cfg
@@ -208,7 +230,7 @@ class SegmentationEvaluator:
       out["segmentation/skipped"] = 1.0  # reported, never a NaN Dice
       return out, {}
     train_t = train_t[train_keep]
-    runs = self.runs(train_t)
+    runs = self.runs(train_t, train_keep)
     flat = [r for f in self.fractions for r in runs[f]]
     if is_dense:
       if state is None:
