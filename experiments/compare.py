@@ -3,8 +3,9 @@ each (global metrics and localisation) plus a random-initialisation baseline, an
 
 COMMAND: python -m experiments.compare --output=runs/compare
 LOCALISATION: python -m experiments.compare --preset=localisation --output=runs/compare_loc \
-           --results=results/localisation   (calibrated synthetic set, 192 px, stride-16 tower,
-           ConVIRT, GLoRIA, LoVT, MGCA, LRCLR x 3 seeds + random init; docs/localisation.md)
+           --results=results/localisation --jobs=3   (calibrated synthetic set, 128 px,
+           stride-16 tower, 300 steps, ConVIRT, GLoRIA, LoVT, MGCA, LRCLR x 3 seeds + random
+           init; 59 min on the shared 2-core CPU, about 3,000 CPU-s; docs/localisation.md)
 SHORT:   python -m experiments.compare --methods=convirt,lovt --seeds=1 --steps=20 \
            --output=/tmp/compare --results=/tmp/compare/results
 EXPECT:  about 30-35 min on an idle 2-core CPU for 8 methods x 3 seeds at the defaults (80 steps;
