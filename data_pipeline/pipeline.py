@@ -27,14 +27,16 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import grain
 import numpy as np
 
 from data_pipeline import batch_spec
+from data_pipeline import errors
 from data_pipeline import grain_source
 from data_pipeline import record_spec
+from data_pipeline import records
 from data_pipeline import transforms
 
 _SKIPPED = "_num_skipped"
@@ -362,9 +364,32 @@ class EvalBatches:
     return _stack(examples)
 
 
+def box_label_vocabulary(dataset_dir: str | os.PathLike, split: str,
+                         info: Optional[dict] = None) -> tuple[tuple[str, ...], int]:
+  """(sorted distinct `boxes/label` strings of a split's records, most boxes in one record).
+
+  For data sets whose box labels are not class names but phrases (MS-CXR's
+  '<category>: <phrase>', one string per phrase shared by its boxes): pass the names to
+  `make_eval_batches(box_label_names=...)` and `box_labels` index into them; the count tells
+  the config.data.max_boxes that keeps every box. Unreadable records are skipped here (the
+  batches report them under config.data.on_bad_record)."""
+  source = split_source(dataset_dir, split, info)
+  names: set[str] = set()
+  most = 0
+  for i in range(len(source)):
+    try:
+      rec = records.parse_record(source[i], item=source.item_name(i))
+    except errors.InputError:
+      continue
+    names.update(b.label for b in rec.boxes)
+    most = max(most, len(rec.boxes))
+  return tuple(sorted(names)), most
+
+
 def make_eval_batches(data_cfg, *, split: str, batch_size: int,
                       max_examples: Optional[int] = None, with_masks: bool = False,
-                      max_masks: int = 4) -> EvalBatches:
+                      max_masks: int = 4, box_label_names: Optional[Sequence[str]] = None
+                      ) -> EvalBatches:
   """Evaluation batches: no augmentation or shuffle, record order, last batch padded.
 
   Args:
@@ -375,6 +400,8 @@ def make_eval_batches(data_cfg, *, split: str, batch_size: int,
     with_masks: also return the records' segmentation masks (batch_spec.MASK_KEYS: masks
       f32[B, max_masks, S, S] in the image's evaluation view, mask_labels, mask_present).
     max_masks: masks kept per example (the first ones of the record).
+    box_label_names: the vocabulary `box_labels` index into (default the data set's
+      label_names; `box_label_vocabulary` for phrase labels).
 
   Returns:
     An iterator of batch dicts (batch_spec.BATCH_KEYS [+ MASK_KEYS]), with `.num_skipped`.
@@ -386,7 +413,8 @@ def make_eval_batches(data_cfg, *, split: str, batch_size: int,
   info = dataset_info(dataset_dir)
   source = split_source(dataset_dir, split, info)
   n = len(source) if max_examples is None else min(len(source), int(max_examples))
-  transform = transforms.RecordTransform(data_cfg, info["label_names"], train=False)
+  transform = transforms.RecordTransform(data_cfg, info["label_names"], train=False,
+                                         box_label_names=box_label_names)
   if with_masks:
     transform.enable_masks(max_masks)
   _ = transform.tokenizer  # Fail here on a bad config.data.tokenizer.

@@ -93,9 +93,13 @@ class RecordTransform:
       tokenizer, lowercase).
     label_names: the data set's label vocabulary (mmrl_dataset_info.json label_names), K entries.
     train: random training view (needs an rng) or the deterministic evaluation view.
+    box_label_names: the vocabulary `box_labels` index into (default `label_names`); e.g.
+      `pipeline.box_label_vocabulary` for boxes whose label is a phrase (MS-CXR's
+      '<category>: <phrase>'), so that the grounding evaluator can recover each box's string.
   """
 
-  def __init__(self, data_cfg: Mapping[str, Any], label_names: Sequence[str], *, train: bool):
+  def __init__(self, data_cfg: Mapping[str, Any], label_names: Sequence[str], *, train: bool,
+               box_label_names: Optional[Sequence[str]] = None):
     cfg = _plain(data_cfg)
     self.image_size = int(cfg["image_size"])
     self.max_tokens = int(cfg["max_tokens"])
@@ -121,6 +125,8 @@ class RecordTransform:
                        "(ConVIRT) or 'random_subset'")
     self.label_names = tuple(label_names)
     self._label_index = {n: i for i, n in enumerate(self.label_names)}
+    self._box_label_index = (self._label_index if box_label_names is None else
+                             {n: i for i, n in enumerate(box_label_names)})
     self.train = train
     self._tokenizer: Optional[tokenization.ReportTokenizer] = None
     self.with_masks = False  # set by `enable_masks` (evaluation only)
@@ -188,7 +194,7 @@ class RecordTransform:
     box_mask = np.zeros([nb], bool)
     kept = np.flatnonzero(keep)[:nb]
     boxes[:len(kept)] = box_arr[kept]
-    box_labels[:len(kept)] = [self._label_index.get(rec.boxes[i].label, -1) for i in kept]
+    box_labels[:len(kept)] = [self._box_label_index.get(rec.boxes[i].label, -1) for i in kept]
     box_mask[:len(kept)] = True
 
     out = {

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 import pathlib
+import shutil
 
+import numpy as np
 import pytest
 
 from data_pipeline import subsets
@@ -166,3 +168,90 @@ def test_provenance_names_the_method_step_and_import_source(tmp_path):
   assert (p["method"], p["image_tower"], p["step"]) == ("gloria", "resnet50", 0)
   assert p["imported"] == {"format": "gloria", "source": "/w/chexpert_resnet50.ckpt",
                            "counts": {"imported": 3}}
+
+
+# ---------------------------------------------------------------------------------------------
+# ms_cxr_grounding: each MS-CXR phrase against its own boxes.
+
+def _ms_cxr_shards(tmp: pathlib.Path) -> pathlib.Path:
+  """Converted MS-CXR fixture (official layout, test_downstream_converters' writers): img-a has
+  two phrases (one with two boxes), img-b one phrase; all test. Square images, so the evaluation
+  view leaves the normalised boxes as they are."""
+  import test_downstream_converters as conv  # pylint: disable=g-import-not-at-top
+  from data_pipeline import convert  # pylint: disable=g-import-not-at-top
+  root = tmp / "mimic-cxr"
+  rel_a, rel_b = "files/p10/p10000032/s50414267", "files/p11/p11000001/s51000001"
+  conv.write_dicom(root / rel_a / "img-a.dcm", 40, 40, seed=1)
+  conv.write_dicom(root / rel_b / "img-b.dcm", 40, 40, seed=2)
+  conv.write_csv(tmp / "MS_CXR_Local_Alignment_v1.1.0.csv", conv.MS_CXR_HEADER, [
+      ["img-a", "Pleural Effusion", "small left effusion", f"{rel_a}/img-a.jpg", 8, 40, 16, 20,
+       80, 80, "test"],
+      ["img-a", "Pleural Effusion", "small left effusion", f"{rel_a}/img-a.jpg", 40, 40, 20, 20,
+       80, 80, "test"],
+      ["img-a", "Cardiomegaly", "enlarged heart", f"{rel_a}/img-a.jpg", 20, 10, 40, 30, 80, 80,
+       "test"],
+      ["img-b", "Edema", "mild edema", f"{rel_b}/img-b.jpg", 0, 0, 40, 80, 80, 80, "test"]])
+  out = tmp / "ms_cxr_shards"
+  convert.convert(convert.load_layout("ms_cxr", root), out, conv.OPTIONS)
+  return out
+
+
+MS_CXR_BOXES = {  # phrase -> its normalised boxes (x / 80, y / 80)
+    "small left effusion": [(0.1, 0.5, 0.3, 0.75), (0.5, 0.5, 0.75, 0.75)],
+    "enlarged heart": [(0.25, 0.125, 0.75, 0.5)],
+    "mild edema": [(0.0, 0.0, 0.5, 1.0)]}
+
+
+def test_ms_cxr_grounding_pairs_each_phrase_with_exactly_its_own_boxes(tmp_path):
+  from data_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  from mmrl.evaluation import grounding  # pylint: disable=g-import-not-at-top
+  from mmrl.evaluation import localisation  # pylint: disable=g-import-not-at-top
+  shards = _ms_cxr_shards(tmp_path)
+  names, most = pipeline.box_label_vocabulary(shards, "test")
+  assert names == ("Cardiomegaly: enlarged heart", "Edema: mild edema",
+                   "Pleural Effusion: small left effusion") and most == 3
+  data = convirt.get_config("smoke").data
+  data.dataset_dir, data.max_boxes = str(shards), most
+  size = int(data.image_size)
+  pairs, unlabelled = [], 0
+  for host in pipeline.make_eval_batches(data, split="test", batch_size=4,
+                                         box_label_names=names):
+    got, n = grounding.phrase_pairs(host, names, size)
+    pairs += got
+    unlabelled += n
+  assert unlabelled == 0 and len(pairs) == 3
+  by_phrase = {phrase: (row, gt) for row, phrase, gt in pairs}
+  assert set(by_phrase) == set(MS_CXR_BOXES)
+  for phrase, boxes in MS_CXR_BOXES.items():
+    want = localisation.boxes_to_mask(np.asarray(boxes), size, size)
+    np.testing.assert_array_equal(by_phrase[phrase][1], want, err_msg=phrase)
+  rows = {p: r for p, (r, _) in by_phrase.items()}
+  assert rows["small left effusion"] == rows["enlarged heart"] != rows["mild edema"]
+  # Without the box-label vocabulary the phrase boxes have no label: nothing would be paired.
+  host = next(iter(pipeline.make_eval_batches(data, split="test", batch_size=4)))
+  assert grounding.phrase_pairs(host, names, size)[0] == []
+  assert grounding.phrase_of_box_label("Edema: mild: edema") == "mild: edema"
+  assert grounding.phrase_of_box_label("plain phrase") == "plain phrase"
+
+
+def test_ms_cxr_grounding_task_runs_end_to_end_on_converted_shards(tiny_run):
+  run_dir, _, tmp = tiny_run
+  # The same weights at 96 px: the smoke tower's 32 px input gives a 1 x 1 map (no contrast);
+  # its convolutions take any size, so a copy of the run with a larger image has a 3 x 3 grid.
+  big = tmp / "run96"
+  shutil.copytree(run_dir, big)
+  config = json.loads((big / "config.json").read_text())
+  config["data"]["image_size"] = 96
+  (big / "config.json").write_text(json.dumps(config))
+  shards = _ms_cxr_shards(tmp / "ms_cxr")
+  doc = run.run_task("ms_cxr_grounding", str(big), str(shards), fractions=(1, 100),
+                     seeds=(0, 1), results_dir=str(tmp / "ms_cxr_results"), command="test",
+                     progress=False)
+  (entry,) = doc["entries"].values()
+  assert set(entry["runs"]) == {"100"} and set(entry["runs"]["100"]) == {"0"}
+  one = entry["runs"]["100"]["0"]
+  assert one["all"]["grounding/phrase/pairs"] == 3.0
+  assert one["all"]["grounding/phrase/unlabelled_boxes"] == 0.0
+  assert one["all"]["grounding/phrase/skipped_gt"] == 0.0
+  assert one["metrics"]["miou"] is not None and 0.0 <= one["metrics"]["miou"] <= 1.0
+  assert one["metrics"]["cnr"] is not None and one["metrics"]["cnr"] >= 0.0, one["all"]

@@ -253,6 +253,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.grounding = ml_collections.ConfigDict(dict(
       enabled=False,               # phrase grounding CNR / mIoU / pointing of sentence maps vs boxes (mmrl.evaluation.grounding)
       every=0,                     # period in steps (0 = train.eval_every)
+      source="synthetic",          # synthetic: report sentences naming a finding vs its boxes | phrase: each box label's phrase alone vs its own boxes (MS-CXR)
       interpolation="nearest",     # grid map -> image size: nearest (hi-ml) | bilinear
       smooth_sigma=0.0,            # Gaussian smoothing of the grid map in cells before upsampling (hi-ml: 1.5)
       miou_thresholds=(0.1, 0.2, 0.3, 0.4, 0.5),  # thresholds of the min-max normalised map, IoU averaged

@@ -1,8 +1,17 @@
 """Phrase grounding: BioViL's CNR and mIoU (and the pointing game) of every method's own
 sentence -> region maps against the boxes the sentences describe.
 
-`GroundingEvaluator(config, mesh, state_shardings)` pairs sentences with boxes exactly as the
-localisation evaluator does, through its public functions (`mmrl.evaluation.localisation`):
+`GroundingEvaluator(config, mesh, state_shardings)` pairs sentences with boxes by one of two
+sources (config key eval.grounding.source).
+'phrase' (MS-CXR's protocol, BioViL / hi-ml): each box label is a phrase ('<category>: <phrase>',
+as the ms_cxr converter writes it; a label without ': ' is the phrase itself); every (image,
+phrase) is one pair: the phrase alone, encoded as a one-sentence query (the path of
+`alignment_maps.make_query_batch`), against the union of the boxes that carry that label on that
+image. The evaluator reads config.data.eval_split itself, with `box_labels` indexing the split's
+box-label vocabulary (`pipeline.box_label_vocabulary`) and max_boxes raised to the split's most
+boxes per image; metrics 'grounding/phrase/*'.
+'synthetic' (default) pairs sentences with boxes exactly as the localisation evaluator does,
+through its public functions (`mmrl.evaluation.localisation`):
   synthetic             each held-out synthetic report sentence that names a finding, against the
                         union of that finding's boxes (negated sentences skipped);
   synthetic_templated   one templated sentence per synthetic box, encoded alone with its image;
@@ -23,6 +32,37 @@ import numpy as np
 from mmrl.evaluation import grounding_metrics as gm
 from mmrl.evaluation import localisation as loc
 
+SOURCES = ("synthetic", "phrase")
+PHRASE_SEPARATOR = ": "  # data_pipeline.converters.ms_cxr.box_label's '<category>: <phrase>'
+
+
+def phrase_of_box_label(label: str) -> str:
+  """The grounding query of a box label: the part after the first ': ', else the whole label."""
+  _, sep, phrase = str(label).partition(PHRASE_SEPARATOR)
+  return phrase.strip() if sep else str(label).strip()
+
+
+def phrase_pairs(host: Mapping[str, np.ndarray], box_label_names: Sequence[str], size: int
+                 ) -> tuple[list[tuple[int, str, np.ndarray]], int]:
+  """([(row, phrase, ground truth bool[size, size])], boxes without a label) of a host batch.
+
+  One pair per valid row and distinct box label id (first-seen order); its ground truth is the
+  union of the row's boxes with that id. `box_labels` must index `box_label_names`."""
+  pairs, unlabelled = [], 0
+  valid = np.asarray(host["valid"], bool)
+  for b in np.flatnonzero(valid):
+    bm = np.asarray(host["box_mask"][b], bool)
+    boxes, ids = np.asarray(host["boxes"][b])[bm], np.asarray(host["box_labels"][b])[bm]
+    unlabelled += int(np.sum((ids < 0) | (ids >= len(box_label_names))))
+    seen: list[int] = []
+    for i in ids:
+      if 0 <= int(i) < len(box_label_names) and int(i) not in seen:
+        seen.append(int(i))
+    for i in seen:
+      pairs.append((int(b), phrase_of_box_label(box_label_names[i]),
+                    loc.boxes_to_mask(boxes[ids == i], size, size)))
+  return pairs, unlabelled
+
 
 class GroundingEvaluator:
   """`__call__(state, batches_fn) -> (scalars, {})`; `batches_fn()` yields host batches of the
@@ -35,6 +75,9 @@ class GroundingEvaluator:
     self.config = config
     self.cfg = config.eval.grounding
     self.mesh = mesh
+    self.source = str(self.cfg.get("source", "synthetic"))
+    if self.source not in SOURCES:
+      raise ValueError(f"config.eval.grounding.source={self.source!r}: use one of {SOURCES}")
     if str(self.cfg.interpolation) not in gm.INTERPOLATIONS:
       raise ValueError(f"config.eval.grounding.interpolation={self.cfg.interpolation!r}: use one "
                        f"of {gm.INTERPOLATIONS}")
@@ -108,6 +151,29 @@ class GroundingEvaluator:
       out.update(self._score(list(qmaps), qgts, "grounding/synthetic_templated"))
     return out
 
+  def _phrase(self, state) -> dict[str, float]:
+    import ml_collections  # pylint: disable=g-import-not-at-top
+    from data_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+    data_cfg = ml_collections.ConfigDict(self.config.data.to_dict())
+    split = str(data_cfg.eval_split)
+    names, most = pipeline.box_label_vocabulary(data_cfg.dataset_dir, split)
+    data_cfg.max_boxes = max(int(data_cfg.max_boxes), most, 1)
+    size = int(data_cfg.image_size)
+    max_examples = int(self.config.eval.get("max_examples", 0)) or None
+    maps, gts, unlabelled = [], [], 0
+    for host in pipeline.make_eval_batches(data_cfg, split=split, batch_size=self.batch_size,
+                                           max_examples=max_examples, box_label_names=names):
+      pairs, n = phrase_pairs(host, names, size)
+      unlabelled += n
+      if pairs:
+        qmaps = self._query_maps(state, np.asarray(host["image"]),
+                                 [(row, phrase) for row, phrase, _ in pairs])
+        maps.extend(qmaps)
+        gts.extend(gt for _, _, gt in pairs)
+    out = self._score(maps, gts, "grounding/phrase")
+    out["grounding/phrase/unlabelled_boxes"] = float(unlabelled)
+    return out
+
   def _nih(self, state) -> dict[str, float]:
     import ml_collections  # pylint: disable=g-import-not-at-top
     from data_pipeline import pipeline  # pylint: disable=g-import-not-at-top
@@ -133,10 +199,11 @@ class GroundingEvaluator:
 
   def __call__(self, state, batches_fn: Callable[[], Iterable[Mapping[str, np.ndarray]]]
                ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    scalars = self._synthetic(state, batches_fn)
+    scalars = (self._phrase(state) if self.source == "phrase"
+               else self._synthetic(state, batches_fn))
     if str(self.cfg.nih_dataset_dir):
       scalars.update(self._nih(state))
     return scalars, {}
 
 
-__all__ = ["GroundingEvaluator"]
+__all__ = ["GroundingEvaluator", "SOURCES", "phrase_of_box_label", "phrase_pairs"]

@@ -51,6 +51,10 @@ def task_config(base: Any, task: tasks_lib.Task, data_dir: str, *, finetune: boo
   cfg.data.eval_split = task.test_split
   cfg.eval.max_examples = ALL_ROWS
   block = cfg.eval[task.config_block]
+  from experiments.configs import base as base_lib  # pylint: disable=g-import-not-at-top
+  for key, value in base_lib.base_config().eval[task.config_block].items():
+    if key not in block:  # a run made before the key existed: the schema's default
+      block[key] = value
   for key in ("max_train", "max_test", "max_examples"):
     if key in block:
       block[key] = 0
@@ -102,7 +106,7 @@ def metric_prefix(task: tasks_lib.Task, cfg: Any, evaluator: Any, fraction: floa
     return f"linear_probe/finetune/{tag}" if block.finetune else f"linear_probe/{tag}"
   if task.evaluator == "zero_shot":
     return "zero_shot"
-  return "grounding/synthetic"
+  return f"grounding/{block.get('source', 'synthetic')}"
 
 
 def make_evaluator(task: tasks_lib.Task, cfg: Any, label_names: Sequence[str], mesh, shardings):

@@ -97,7 +97,8 @@ TASKS: dict[str, Task] = {t.name: t for t in (
          description="Object-CXR foreign objects (boxes; ellipses / polygons as their boxes)"),
     Task("vindr_detection", "vindr_cxr", ("image/encoded", "boxes/*", "split"), "detection",
          ("map", "map@0.5", "froc"), _MAP_DOC,
-         "official train (per-radiologist boxes) / test (consensus labels)",
+         "official train (the three radiologists' boxes fused per class: weighted box fusion, "
+         "IoU > 0.5, as BenchX) / test (consensus boxes)",
          description="VinDr-CXR local lesions, YOLOv3-style head"),
     Task("covidx_classification", "covidx", ("image/encoded", "labels/values", "split"),
          "classification", ("macro_auroc",),
@@ -111,13 +112,14 @@ TASKS: dict[str, Task] = {t.name: t for t in (
          "and its mean (mean_auc); accuracy of P >= 0.5 (mean_accuracy)",
          "the 5 x 200 images as GLoRIA builds them (seeded split file)", test_split="test",
          trains=False, description="CheXpert 5x200 zero-shot classification"),
-    Task("ms_cxr_grounding", "ms_cxr",
-         ("image/encoded", "report/sentences", "boxes/*", "split"), "grounding",
+    Task("ms_cxr_grounding", "ms_cxr", ("image/encoded", "boxes/*", "split"), "grounding",
          ("cnr", "miou"),
-         "phrase grounding: CNR of the sentence's similarity map inside vs outside the box "
-         "(BioViL / hi-ml), mIoU over thresholds 0.1:0.1:0.5 of the min-max normalised map",
-         "MS-CXR's official split", trains=False, overrides={"templated": False},
-         description="MS-CXR phrase grounding (sentence -> box)"),
+         "phrase grounding (BioViL / hi-ml): each MS-CXR phrase (the box label "
+         "'<category>: <phrase>') encoded alone as a one-sentence query; CNR of its similarity "
+         "map inside vs outside the union of its own boxes, mIoU over thresholds 0.1:0.1:0.5 "
+         "of the min-max normalised map",
+         "MS-CXR's official split", trains=False, overrides={"source": "phrase"},
+         description="MS-CXR phrase grounding (each phrase -> its own boxes)"),
 )}
 
 
