@@ -101,6 +101,13 @@ def measure_point(method: str, batch: int, fsdp: int, variant: str, *, tiny: boo
   return row
 
 
+def analytic_flops(method: str, batch: int, fsdp: int, variant: str, *, tiny: bool = False
+                   ) -> float:
+  """benchmarks/flops.py's step FLOPs for the point's config (products only, remat not counted)."""
+  from benchmarks import flops as flops_lib  # pylint: disable=g-import-not-at-top
+  return flops_lib.step_flops(point_config(method, batch, fsdp, variant, tiny=tiny), batch).total
+
+
 def _key(row) -> str:
   return f"{row['method']}:{row['batch_size']}:{row['fsdp']}:{row['variant']}"
 
@@ -154,6 +161,10 @@ def main(argv=None) -> int:
                            if "error" not in row else row["error"]), file=sys.stderr, flush=True)
   from mmrl.train import scaling_fit  # pylint: disable=g-import-not-at-top
   rows = [r for r in done.values() if "error" not in r]
+  for r in rows:  # benchmarks/flops.py's analytic count of the same config (no compilation)
+    if "analytic_flops_per_step" not in r:
+      r["analytic_flops_per_step"] = analytic_flops(r["method"], r["batch_size"], r["fsdp"],
+                                                    r["variant"], tiny=bool(r.get("tiny")))
   tables = scaling_fit.build_report(rows)
   (out / "report.json").write_text(json.dumps(tables, indent=1, sort_keys=True, default=str))
   md = scaling_fit.markdown(tables)
