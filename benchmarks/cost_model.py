@@ -19,7 +19,9 @@ Variants: 'full' (the config), 'global' (local objectives removed: only clip_nce
 soft_clip_nce kept, clip_nce when nothing is left; local share = 1 - global / full FLOPs: the
 local losses, their backward and whatever heads only they read), 'remat' / 'remat_<policy>'
 (model.{image,text}.remat on with that policy, mmrl/models/remat.py; 'products' keeps BERT at
-'dots'), 'subset<k>' (gloria_local with negatives=k).
+'dots'), 'group<G>' (gloria_local with negatives_group=G), 'chunk<C>' (the chunked form of the
+all-pairs local terms: local MI's method.critic_chunk, PLACE's set_align chunk_size, GLoRIA's
+caption_chunk = C).
 
 Points are chosen, not swept: compilation of a full-size step takes ~1-3 CPU minutes, so the
 default grid (DEFAULT_POINTS) is sized to ~40 CPU minutes on 2 cores, and per method the FLOPs
@@ -54,7 +56,7 @@ DEFAULT_POINTS = tuple(
        "place:256:1:global", "mgca:256:1:global", "convirt:1024:1:full"]
     + [f"{m}:64:8:full" for m in METHODS]
     + ["convirt:64:1:remat", "convirt:256:1:remat", "mgca:64:1:remat",
-       "gloria:256:1:subset64", "gloria:1024:1:subset64"])
+       "gloria:256:1:group64", "gloria:1024:1:group64"])
 
 
 def point_config(method: str, batch: int, fsdp: int, variant: str, *, tiny: bool = False):
@@ -73,14 +75,23 @@ def point_config(method: str, batch: int, fsdp: int, variant: str, *, tiny: bool
       kept = [ml_collections.ConfigDict(dict(name="clip_nce", weight=1.0, tau=0.1,
                                              learnable_tau=False, image_to_text_weight=0.5))]
     c.method.objectives = kept  # the EMA stays as configured (its update is cheap)
-  elif variant.startswith("subset"):
-    k = int(variant[len("subset"):])
+  elif variant.startswith("group"):
+    k = int(variant[len("group"):])
     for o in c.method.objectives:
       if o["name"] == "gloria_local":
-        o.negatives = k
+        o.negatives_group = k
+  elif variant.startswith("chunk"):  # the existing chunked forms of the all-pairs terms
+    k = int(variant[len("chunk"):])
+    if "critic_chunk" in c.method:
+      c.method.critic_chunk = k
+    for o in c.method.objectives:
+      if o["name"] == "set_align":
+        o.chunk_size = k
+      if o["name"] == "gloria_local":
+        o.caption_chunk = k
   elif variant != "full" and not remat:
     raise ValueError(f"unknown variant {variant!r}; use full | global | remat[_<policy>] | "
-                     "subset<k>")
+                     "group<G> | chunk<C>")
   c.mesh.fsdp = fsdp
   c.mesh.data = -1
   return c

@@ -100,58 +100,40 @@ def _local(words, wmask, regions, rmask, valid, **kw):
   return gloria.gloria_local(outputs, {"valid": valid}, **kw)
 
 
-def test_offset_logits_hold_each_image_against_the_next_k_captions():
-  words, wmask, regions, rmask = _gloria_inputs()
-  full = gloria.gloria_local_logits(words, wmask, regions, rmask)  # [images, captions]
-  k = 3
-  off = jax.jit(lambda *a: gloria.gloria_local_offset_logits(*a, negatives=k, caption_chunk=2))(
-      words, wmask, regions, rmask)
-  b = words.shape[0]
-  expected = np.stack([np.asarray(full)[np.arange(b), (np.arange(b) + o) % b]
-                       for o in range(k)], axis=1)
-  np.testing.assert_allclose(off, expected, rtol=1e-5, atol=1e-5)
-
-
-def test_negatives_equal_to_the_batch_reproduce_the_exact_loss_and_gradients():
-  words, wmask, regions, rmask = _gloria_inputs()
-  b = words.shape[0]
-  valid = jnp.ones((b,), bool).at[-1].set(False)  # a padding example drops out of both
-
-  def exact(w, r):
-    return _local(w, wmask, r, rmask, valid, caption_chunk=4)[0]
-
-  def offset(w, r):
-    s = gloria.gloria_local_offset_logits(w, wmask, r, rmask, negatives=b)
-    ok = valid & jnp.any(wmask, axis=1)
-    return 2.0 * gloria.offset_nce(s, ok)[0]
-
-  v_exact, g_exact = jax.jit(jax.value_and_grad(exact, argnums=(0, 1)))(words, regions)
-  v_off, g_off = jax.jit(jax.value_and_grad(offset, argnums=(0, 1)))(words, regions)
-  np.testing.assert_allclose(v_off, v_exact, rtol=1e-5)
-  for a, e in zip(g_off, g_exact):
-    np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-6)
-
-
-def test_subset_negatives_lower_the_loss_as_each_row_loses_candidates():
+def test_grouped_negatives_equal_the_exact_loss_within_each_block_in_values_and_gradients():
   words, wmask, regions, rmask = _gloria_inputs(b=8)
-  valid = jnp.ones((8,), bool)
+  valid = jnp.ones((8,), bool).at[2].set(False)  # a padding example drops out of its block
+  group = 4
 
-  @jax.jit
-  def both(w, wm, r, rm):
-    exact, _ = _local(w, wm, r, rm, valid)
-    sub, m = _local(w, wm, r, rm, valid, negatives=3, rng=jax.random.key(0))
-    return exact, sub, m["negatives"]
-  exact, sub, negatives = both(words, wmask, regions, rmask)
-  assert float(negatives) == 2.0
-  # Fewer candidates per row: each cross-entropy can only drop.
-  assert float(sub) < float(exact)
+  def grouped(w, r):
+    return _local(w, wmask, r, rmask, valid, negatives_group=group, caption_chunk=3)[0]
+
+  def reference(w, r):  # the exact loss of each block on its own, weighted by its valid rows
+    total, count = 0.0, 0.0
+    for i in range(0, 8, group):
+      sl = slice(i, i + group)
+      n = jnp.sum(valid[sl])
+      total += n * _local(w[sl], wmask[sl], r[sl], rmask[sl], valid[sl])[0]
+      count += n
+    return total / count
+
+  v_g, g_g = jax.jit(jax.value_and_grad(grouped, argnums=(0, 1)))(words, regions)
+  v_r, g_r = jax.jit(jax.value_and_grad(reference, argnums=(0, 1)))(words, regions)
+  np.testing.assert_allclose(v_g, v_r, rtol=1e-5)
+  for a, e in zip(g_g, g_r):
+    np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-6)
+  # A group of the whole batch is the exact form; fewer candidates give a smaller loss.
+  exact = _local(words, wmask, regions, rmask, valid)[0]
+  np.testing.assert_allclose(_local(words, wmask, regions, rmask, valid, negatives_group=8)[0],
+                             exact, rtol=1e-6)
+  assert float(v_g) < float(exact)
 
 
-def test_negative_negatives_is_a_config_error():
+def test_a_negatives_group_that_does_not_divide_the_batch_is_a_config_error():
   from mmrl.config_errors import ConfigError
   words, wmask, regions, rmask = _gloria_inputs()
-  with pytest.raises(ConfigError, match="negatives=-1"):
-    _local(words, wmask, regions, rmask, jnp.ones((6,), bool), negatives=-1)
+  with pytest.raises(ConfigError, match="negatives_group=4"):
+    _local(words, wmask, regions, rmask, jnp.ones((6,), bool), negatives_group=4)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -104,9 +104,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.method.projection_norm = "none"    # none | batch | layer
   # Loss terms, summed with their weights: dicts {name (mmrl.objectives.registry), weight,
   # **options}; clip_nce: tau, learnable_tau, image_to_text_weight (lambda of image->text).
-  # gloria_local: negatives=0 takes every caption of the global batch as a negative (the paper,
-  # O(B^2) cost); negatives=K > 0 only K captions per image (own + K-1 of a random permutation),
-  # O(B*K), a deviation (docs/scaling.md: its cost and its effect on the loss value).
+  # gloria_local: negatives_group=0 takes every caption of the global batch as a negative (the
+  # paper, O(B^2) cost); G > 0 only those of the image's block of G consecutive examples, O(B*G),
+  # a deviation (docs/scaling.md: its cost and its effect on the loss value).
   c.method.objectives = [
       ml_collections.ConfigDict(dict(name="clip_nce", weight=1.0, tau=0.1, learnable_tau=False,
                                      image_to_text_weight=0.75)),

@@ -13,11 +13,12 @@ Objective `gloria_local` (§3.2), for every caption i against every image b of t
 The B x B x W x R attention is the cost (§3.5): with `caption_chunk=C > 0` captions are
 processed C at a time under `lax.map` with a rematerialised body, so forward and backward hold
 O(B * C * W * R) instead of O(B^2 * W * R); the result equals the plain form. With
-`negatives=K > 0` (a deviation from the paper and code, off by default; docs/scaling.md) each image
-is scored against K captions only — its own and K - 1 others — and each caption against K images:
-after a random permutation of the batch (the objective's rng), image b meets captions b, b+1, ...,
-b+K-1 (mod B), so the pairs computed serve both directions and the cost is O(B * K * W * R), linear
-in B. K >= B is the exact form. The global loss is
+`negatives_group=G > 0` (a deviation from the paper and code, off by default; docs/scaling.md) the
+batch is cut into B / G groups of G consecutive examples and each image meets only the captions
+of its group (the loss is the exact one within each group, averaged over the valid rows of all
+groups): O(B * G * W * R), linear in B. The data pipeline shuffles, so a group is a random
+subset; with G = the per-device batch, no caption leaves its device (like clip_nce's
+negatives_group). G = B is the exact form. The global loss is
 `clip_nce` with tau 0.1, image_to_text_weight 0.5, sum_directions=True (§3.2), configured next
 to it.
 
@@ -134,66 +135,6 @@ def gloria_local_logits(words: jax.Array, word_mask: jax.Array, regions: jax.Arr
   return tau3 * z.T
 
 
-def _paired_scores(words, word_mask, regions, region_mask, **kw):
-  """Z f32[B]: caption b against image b only."""
-  def one(w, wm, r, rm):
-    return _caption_scores(w[None], wm[None], r[None], rm[None], **kw)[0][0, 0]
-  return jax.vmap(one)(words, word_mask, regions, region_mask)
-
-
-def gloria_local_offset_logits(words: jax.Array, word_mask: jax.Array, regions: jax.Array,
-                               region_mask: jax.Array, *, negatives: int, tau1: float = 4.0,
-                               tau2: float = 5.0, tau3: float = 10.0, exact: bool = False,
-                               caption_chunk: int = 0) -> jax.Array:
-  """S f32[B, K] with S[b, o] = tau3 * Z(image b, caption (b + o) mod B), o = 0 .. K-1.
-
-  Column 0 holds the positives. The K offsets run under a rematerialised `lax.map`
-  (`caption_chunk` offsets per step when > 0), so memory is O(B * max(1, C) * W * R) and FLOPs
-  O(B * K * W * R). K is clipped to B.
-  """
-  b = words.shape[0]
-  k = max(1, min(int(negatives), b))
-  word_mask = word_mask.astype(bool)
-  region_mask = region_mask.astype(bool)
-  kw = dict(tau1=tau1, tau2=tau2, exact=exact)
-  words = words.astype(jnp.float32)
-
-  @jax.checkpoint
-  def at_offset(o):
-    return _paired_scores(jnp.roll(words, -o, axis=0), jnp.roll(word_mask, -o, axis=0),
-                          regions, region_mask, **kw)
-
-  chunk = int(caption_chunk) if 0 < caption_chunk < k else None
-  z = jax.lax.map(at_offset, jnp.arange(k), batch_size=chunk)  # [K, B]
-  return tau3 * z.T
-
-
-def offset_nce(logits: jax.Array, ok: jax.Array) -> tuple[jax.Array, Metrics]:
-  """InfoNCE both ways over offset logits S[b, o] (image b, caption b+o mod B; o = 0 positive).
-
-  Image->text: row b over its K captions. Text->image: caption i over images i - o (mod B), i.e.
-  T[i, o] = S[(i - o) mod B, o]. `ok` bool[B] drops padding examples as candidates and rows.
-  Returns (0.5 * (L_i2t + L_t2i), metrics) like `symmetric_nce` with lambda 1/2.
-  """
-  b, k = logits.shape
-  offs = jnp.arange(k)[None, :]
-  rows = jnp.arange(b)[:, None]
-  cand_i2t = ok[(rows + offs) % b] & ok[:, None]
-  t_idx = (rows - offs) % b
-  t_logits = logits[t_idx, offs]
-  cand_t2i = ok[t_idx] & ok[:, None]
-
-  def ce(x, cand):
-    x = jnp.where(cand, x.astype(jnp.float32), NEG_INF)
-    return jax.nn.logsumexp(x, axis=-1) - x[:, 0], jnp.argmax(x, axis=-1) == 0
-  ce_i2t, acc_i2t = ce(logits, cand_i2t)
-  ce_t2i, acc_t2i = ce(t_logits, cand_t2i)
-  loss_i2t, loss_t2i = valid_mean(ce_i2t, ok), valid_mean(ce_t2i, ok)
-  return 0.5 * (loss_i2t + loss_t2i), {
-      "loss_i2t": loss_i2t, "loss_t2i": loss_t2i, "acc_i2t": valid_mean(acc_i2t, ok),
-      "acc_t2i": valid_mean(acc_t2i, ok)}
-
-
 def gloria_attention_maps(words: jax.Array, word_mask: jax.Array, regions: jax.Array,
                           region_mask: jax.Array, *, tau1: float = 4.0,
                           exact: bool = False) -> jax.Array:
@@ -220,7 +161,8 @@ def _valid(batch: Mapping[str, Any], b: int) -> jax.Array:
 @OBJECTIVES.register("gloria_local")
 def gloria_local(outputs: dict[str, Any], batch: dict[str, Any], *, rng: jax.Array | None = None,
                  tau1: float = 4.0, tau2: float = 5.0, tau3: float = 10.0, exact: bool = False,
-                 caption_chunk: int = 0, negatives: int = 0, words_key: str = "text_words",
+                 caption_chunk: int = 0, negatives_group: int = 0,
+                 words_key: str = "text_words",
                  word_mask_key: str = "word_mask", regions_key: str = "image_regions",
                  region_mask_key: str = "region_mask",
                  return_aux: bool = False) -> tuple[jax.Array, Metrics]:
@@ -235,40 +177,36 @@ def gloria_local(outputs: dict[str, Any], batch: dict[str, Any], *, rng: jax.Arr
     tau1, tau2, tau3: 4, 5, 10 as the paper and code.
     exact: True reproduces the code (double softmax, missing 1/tau2); False (default) the paper.
     caption_chunk: captions per chunk (0 = all at once); see `gloria_local_logits`.
-    negatives: 0 = every caption of the (global) batch is a negative (the paper); K > 0 = each
-      image meets K captions (its own + K - 1 after a random permutation of the batch drawn from
-      `rng`) and each caption K images, cost O(B * K * W * R) (module docstring; a deviation).
+    negatives_group: 0 = every caption of the (global) batch is a negative (the paper); G > 0 =
+      only the captions of the same block of G consecutive examples (module docstring; a
+      deviation). Must divide B.
     return_aux: also return 'aux/attention' f32[B, W, R] (each caption on its own image) in the
       metrics. Off in training configs: the train loop logs metrics as scalars.
 
   Returns:
     (l0 + l1, metrics) with loss_i2t (l0), loss_t2i (l1), acc_i2t, acc_t2i.
   """
+  del rng
   for key in (words_key, word_mask_key, regions_key):
     if key not in outputs:
       raise ConfigError(f"gloria_local needs the model output {key!r} (method 'gloria' provides "
                         f"it); known outputs: {sorted(outputs)}")
   if caption_chunk < 0:
     raise ConfigError(f"gloria_local caption_chunk={caption_chunk} must be >= 0 (0 = no chunks)")
-  if negatives < 0:
-    raise ConfigError(f"gloria_local negatives={negatives} must be >= 0 (0 = the whole batch)")
   words = outputs[words_key]
   word_mask = jnp.asarray(outputs[word_mask_key]).astype(bool)
   regions = outputs[regions_key]
   region_mask = _region_mask(outputs, regions, region_mask_key)
   b = words.shape[0]
   ok = _valid(batch, b) & jnp.any(word_mask, axis=1) & jnp.any(region_mask, axis=1)
-  if 0 < negatives < b:
-    if rng is not None:  # which captions meet which images changes every step
-      perm = jax.random.permutation(rng, b)
-      words, word_mask, regions, region_mask, ok = (
-          x[perm] for x in (words, word_mask, regions, region_mask, ok))
-    s = gloria_local_offset_logits(words, word_mask, regions, region_mask, negatives=negatives,
-                                   tau1=tau1, tau2=tau2, tau3=tau3, exact=exact,
-                                   caption_chunk=caption_chunk)
-    loss, metrics = offset_nce(s, ok)
-    metrics["negatives"] = jnp.asarray(s.shape[1] - 1, jnp.float32)
-    return 2.0 * loss, metrics
+  g = int(negatives_group)
+  if g < 0 or (g and b % g):
+    raise ConfigError(f"gloria_local negatives_group={g} must be 0 (the whole batch) or a "
+                      f"positive divisor of the batch size {b}")
+  if 0 < g < b:
+    return _grouped_local(words, word_mask, regions, region_mask, ok, group=g,
+                          tau1=tau1, tau2=tau2, tau3=tau3, exact=exact,
+                          caption_chunk=caption_chunk)
   s = gloria_local_logits(words, word_mask, regions, region_mask, tau1=tau1, tau2=tau2,
                           tau3=tau3, exact=exact, caption_chunk=caption_chunk)
   # Both directions summed (GLoRIA): twice the lambda = 1/2 mean.
@@ -278,6 +216,38 @@ def gloria_local(outputs: dict[str, Any], batch: dict[str, Any], *, rng: jax.Arr
     metrics["aux/attention"] = gloria_attention_maps(words, word_mask, regions, region_mask,
                                                      tau1=tau1, exact=exact)
   return 2.0 * loss, metrics
+
+
+def _block_ce(logits, valid):
+  """Per-row CE with the diagonal as target over the valid columns, and argmax == diagonal."""
+  x = jnp.where(valid[None, :], logits.astype(jnp.float32), NEG_INF)
+  ce = jax.nn.logsumexp(x, axis=-1) - jnp.diagonal(x)
+  return ce, jnp.argmax(x, axis=-1) == jnp.arange(x.shape[0])
+
+
+def _grouped_local(words, word_mask, regions, region_mask, ok, *, group, **kw):
+  """GLoRIA's local loss within blocks of `group` consecutive examples (negatives_group)."""
+  n = words.shape[0] // group
+
+  def blocks(x):
+    return x.reshape((n, group) + x.shape[1:])
+
+  def one(w, wm, r, rm, v):
+    s = gloria_local_logits(w, wm, r, rm, **kw)  # [images, captions] of one block
+    ce_i2t, ok_i2t = _block_ce(s, v)
+    ce_t2i, ok_t2i = _block_ce(s.T, v)
+    return ce_i2t, ce_t2i, ok_i2t, ok_t2i
+
+  ce_i2t, ce_t2i, acc_i2t, acc_t2i = (
+      x.reshape(-1) for x in jax.vmap(one)(*(blocks(x) for x in (
+          words, word_mask, regions, region_mask, ok))))
+  loss_i2t, loss_t2i = masked_mean(ce_i2t, ok), masked_mean(ce_t2i, ok)
+  per_block = jnp.sum(blocks(ok), axis=1, keepdims=True) - 1
+  negatives = jnp.broadcast_to(per_block, blocks(ok).shape).reshape(-1)
+  # Both directions summed, as the exact form: 2 * (l0 / 2 + l1 / 2).
+  return loss_i2t + loss_t2i, {
+      "loss_i2t": loss_i2t, "loss_t2i": loss_t2i, "acc_i2t": masked_mean(acc_i2t, ok),
+      "acc_t2i": masked_mean(acc_t2i, ok), "negatives": masked_mean(negatives, ok)}
 
 
 @METHODS.register("gloria")
@@ -317,5 +287,5 @@ class GLoRIA(Method):
     }
 
 
-__all__ = ["gloria_local", "gloria_local_logits", "gloria_local_offset_logits", "offset_nce", "gloria_attention_maps", "word_region_attention",
+__all__ = ["gloria_local", "gloria_local_logits", "gloria_attention_maps", "word_region_attention",
            "GLoRIA", "masked_softmax", "masked_mean"]

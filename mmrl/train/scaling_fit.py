@@ -122,7 +122,7 @@ def build_report(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
   for method in sorted({k[0] for k in groups}):
     full = {p["batch_size"]: p for p in groups.get((method, 1, "full"), [])}
     for variant in ["full"] + sorted(v for (m, f, v) in groups if m == method and f == 1
-                                     and v.startswith("subset")):
+                                     and v.startswith("group")):
       pts = {p["batch_size"]: p for p in groups.get((method, 1, variant), [])}
       glob = {p["batch_size"]: p for p in groups.get((method, 1, "global"), [])}
       both = sorted(set(pts) & set(glob))
