@@ -16,7 +16,8 @@ temporary sizes and the compile time to <out_dir>/points.jsonl. A point already 
 not compiled again (resume after an interruption).
 
 Variants: 'full' (the config), 'global' (local objectives removed: only clip_nce /
-soft_clip_nce kept, clip_nce when nothing is left; local share = 1 - global / full FLOPs: the
+soft_clip_nce kept, clip_nce when nothing is left; local_mi: its mi_bound with pairs='global',
+the critic on the global vectors instead of every location; local share = 1 - global / full FLOPs: the
 local losses, their backward and whatever heads only they read), 'remat' / 'remat_<policy>'
 (model.{image,text}.remat on with that policy, mmrl/models/remat.py; 'products' keeps BERT at
 'dots'), 'group<G>' (gloria_local with negatives_group=G), 'chunk<C>' (the chunked form of the
@@ -70,6 +71,12 @@ def point_config(method: str, batch: int, fsdp: int, variant: str, *, tiny: bool
     c.model.text.remat_policy = "dots" if policy == "products" else policy
   if variant == "global":
     kept = [o for o in c.method.objectives if o["name"] in GLOBAL_OBJECTIVES]
+    if not kept and str(c.method.name) == "local_mi":
+      # Its heads need an mi_bound: the same bound on the global vectors (one critic score per
+      # pair instead of one per location) is the step without the local term.
+      kept = [o for o in c.method.objectives if o["name"] == "mi_bound"]
+      for o in kept:
+        o.pairs = "global"
     if not kept:
       import ml_collections  # pylint: disable=g-import-not-at-top
       kept = [ml_collections.ConfigDict(dict(name="clip_nce", weight=1.0, tau=0.1,
@@ -141,7 +148,8 @@ def main(argv=None) -> int:
     for line in jsonl.read_text().splitlines():
       if line.strip():
         row = json.loads(line)
-        done[_key(row)] = row
+        if "error" not in row:  # a failed point is compiled again
+          done[_key(row)] = row
   points = [s for s in (args.points.split(",") if args.points else DEFAULT_POINTS) if s]
   if args.methods:
     keep = set(args.methods.split(","))

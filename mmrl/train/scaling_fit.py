@@ -153,6 +153,9 @@ def build_report(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
       continue
     peak = base["fits"]["peak_bytes"]
     row: dict[str, Any] = {}
+    if peak["n"] < 2:  # one batch: no slope to extrapolate with
+      limits[method] = {"fsdp1|source": "needs 2 compiled batches (1 point)"}
+      continue
     for fsdp_key, shift, label in _fsdp_shifts(method, groups, peak):
       shifted = dict(peak, coef=[peak["coef"][0] + shift] + peak["coef"][1:])
       n_dev = next(iter(base["measured"].values()))["num_devices"] or 8
@@ -253,7 +256,7 @@ def markdown(report: dict[str, Any]) -> str:
   out.append("|---|---|" + "---|" * len(names) + "---|")
   for method, row in sorted(report["limits"].items()):
     for fkey in sorted({k.split("|")[0] for k in row}):
-      vals = [row.get(f"{fkey}|{n}") for n in names]
+      vals = [row.get(f"{fkey}|{n}", "n/a") for n in names]
       cells = ["none" if v is None else ("∞" if v == math.inf else str(v)) for v in vals]
       out.append(f"| {method} | {fkey[4:]} | " + " | ".join(cells) + f" | {row[fkey + '|source']} |")
   out.append("\n### Memory growth: exponent k of temp / peak ∝ B^k between the measured batches\n")
