@@ -19,8 +19,7 @@ Variants: 'full' (the config), 'global' (local objectives removed: only clip_nce
 soft_clip_nce kept, clip_nce when nothing is left; local_mi: its mi_bound with pairs='global',
 the critic on the global vectors instead of every location; local share = 1 - global / full FLOPs: the
 local losses, their backward and whatever heads only they read), 'remat' / 'remat_<policy>'
-(model.{image,text}.remat on with that policy, mmrl/models/remat.py; 'products' keeps BERT at
-'dots'), 'group<G>' (gloria_local with negatives_group=G), 'chunk<C>' (the chunked form of the
+(model.{image,text}.remat on with that policy, mmrl/models/remat.py), 'group<G>' (gloria_local with negatives_group=G), 'chunk<C>' (the chunked form of the
 all-pairs local terms: local MI's method.critic_chunk, PLACE's set_align chunk_size, GLoRIA's
 caption_chunk = C).
 
@@ -68,7 +67,7 @@ def point_config(method: str, batch: int, fsdp: int, variant: str, *, tiny: bool
   if remat:  # remat | remat_<policy> (mmrl.models.remat.POLICIES)
     policy = variant[len("remat_"):] if variant.startswith("remat_") else "nothing"
     c.model.image.remat_policy = policy
-    c.model.text.remat_policy = "dots" if policy == "products" else policy
+    c.model.text.remat_policy = policy
   if variant == "global":
     kept = [o for o in c.method.objectives if o["name"] in GLOBAL_OBJECTIVES]
     if not kept and str(c.method.name) == "local_mi":

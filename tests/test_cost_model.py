@@ -147,7 +147,7 @@ def test_remat_policies_keep_values_and_gradients_of_the_image_tower():
   x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 16, 16, 1)), jnp.float32)
   variables = None
   results = []
-  for remat, policy in [(False, "nothing"), (True, "products")]:
+  for remat, policy in [(False, "nothing"), (True, "dots")]:
     cfg = ml_collections.ConfigDict(dict(dtype="float32", image=dict(
         name="resnet_tiny", norm="group", remat=remat, remat_policy=policy)))
     model = towers.build_image_tower(cfg)

@@ -64,7 +64,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.image.norm = "batch"     # ResNet: batch | group
   c.model.image.remat = False      # rematerialise each block in the backward pass (saves memory)
   # What a rematerialised block keeps (mmrl/models/remat.py; costs in docs/scaling.md):
-  # nothing | dots | dots_no_batch | products (dots + convolutions).
+  # nothing | dots (products and convolutions kept) | dots_no_batch.
   c.model.image.remat_policy = "nothing"
   c.model.image.cls_attention = False  # ViT: also return the last block's [CLS] attention (MGCA)
   # Image tower init: 'none' (random), a local .safetensors/.pth file or folder, or a name

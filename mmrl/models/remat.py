@@ -6,12 +6,12 @@ block's input, trading FLOPs for memory. The policy says what a block may still 
 
 - 'nothing'   keep nothing (the whole block's forward runs again in the backward pass; least
               memory, ~+1 forward of FLOPs);
-- 'dots'      keep the outputs of matrix products (`dot_general`) and recompute the elementwise
-              work between them (`jax.checkpoint_policies.dots_saveable`);
+- 'dots'      keep the outputs of matrix products and convolutions (`dot_general`,
+              `conv_general_dilated`) and recompute the elementwise work between them (norms,
+              activations; `jax.checkpoint_policies.dots_saveable`);
 - 'dots_no_batch'  keep the products without batch dimensions (the dense layers' outputs, not
-              attention's [B, H, L, L] scores; `dots_with_no_batch_dims_saveable`);
-- 'products'  keep matrix products and convolutions (a ResNet's conv outputs), recompute norms
-              and activations.
+              attention's [B, H, L, L] scores, nor convolutions;
+              `dots_with_no_batch_dims_saveable`).
 docs/scaling.md has each policy's measured memory and FLOPs.
 """
 from __future__ import annotations
@@ -24,15 +24,10 @@ import jax
 from mmrl.config_errors import ConfigError
 
 
-def _products_saveable(prim, *_, **__) -> bool:
-  return prim in (jax.lax.dot_general_p, jax.lax.conv_general_dilated_p)
-
-
 POLICIES: dict[str, Callable[..., bool] | None] = {
     "nothing": None,
     "dots": jax.checkpoint_policies.dots_saveable,
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-    "products": _products_saveable,
 }
 
 

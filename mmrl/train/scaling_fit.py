@@ -230,10 +230,12 @@ def markdown(report: dict[str, Any]) -> str:
       for b in BATCHES:
         measured = b in cur["measured"]
         if measured:
-          v = cur["measured"][b][q]
+          cells.append(_cell(cur["measured"][b][q], True, scale))
+        elif q != "flops_per_sample" and f["n"] < 2:
+          cells.append("–")  # one batch: no slope, nothing to extrapolate with
         else:
-          v = evaluate(f, b) / (b if q == "flops_per_sample" else 1)
-        cells.append(_cell(v, measured, scale))
+          cells.append(_cell(evaluate(f, b) / (b if q == "flops_per_sample" else 1), False,
+                             scale))
       res = max((abs(r) for r in f["residuals"]), default=0.0)
       note = f"{100 * res:.2f} % (deg {f['degree']}, {f['n']} pts)"
       out.append(f"| {cur['method']} | {cur['variant']} | {cur['fsdp']} | " + " | ".join(cells)
@@ -247,9 +249,13 @@ def markdown(report: dict[str, Any]) -> str:
     cells = [f"{100 * loc['shares'][b]['share']:.1f} %"
              + ("" if loc["shares"][b]["measured"] else " (fit)") for b in BATCHES]
     cross = loc["crossing_batch"]
+    if cross is not None and cross < BATCHES[0]:
+      cross_text = f"already at B {BATCHES[0]}"
+    else:
+      cross_text = "never (≤ 1e6)" if cross is None else f"{cross:,.0f}"
     res = ", ".join(f"{100 * r:+.1f} %" for r in loc["fit"]["residuals"])
     out.append(f"| {method} | {variant} | " + " | ".join(cells) + " | "
-               + ("never (≤ 1e6)" if cross is None else f"{cross:,.0f}") + f" | {res or '-'} |")
+               + cross_text + f" | {res or '-'} |")
   out.append("\n### Largest per-device batch whose peak memory fits (8-device mesh; fit)\n")
   names = [n for n, _ in DEVICES_GIB]
   out.append("| method | fsdp | " + " | ".join(names) + " | how |")
