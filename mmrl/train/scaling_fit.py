@@ -3,10 +3,10 @@
 Input: rows of benchmarks/cost_model.py (one compiled point each: method, batch_size, fsdp,
 variant, per-device FLOPs / bytes / memory). Each quantity of one (method, fsdp, variant) is
 fitted by least squares in the global batch B:
-- step FLOPs through the origin (the per-step constant, the optimiser update, is < 0.1 % of a
-  step at B 64): b B, or b B + c B^2 when the measured FLOPs per sample grow by more than
+- step FLOPs a + b B, or a + b B + c B^2 when the measured FLOPs per sample grow by more than
   GROWTH_TOL between the smallest and the largest compiled batch (an all-pairs [B, B, ...] term:
-  GLoRIA's exact local loss, local MI's critic, PLACE's set alignment);
+  GLoRIA's exact local loss, local MI's critic); through the origin (a = 0) when there are fewer
+  batches than parameters (a single batch: FLOPs per sample taken as constant);
 - memory and bytes a + b B (+ c B^2 for those quadratic groups when >= 3 batches were compiled);
   with as many parameters as points the fit passes through them (residuals 0: no check).
 Figures at batches that were not compiled come from the fit and are marked 'fit'; the residuals
@@ -104,7 +104,9 @@ def build_report(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     for q, _, _ in QUANTITIES:
       if q == "flops_per_sample":  # fitted per step; per sample is that over B
         ys = [float(p[q]) * p["batch_size"] for p in pts]
-        f = fit(xs, ys, degree=2 if quad else 1, through_origin=True)
+        deg = 2 if quad else 1
+        # A per-step constant (MLIP's knowledge encoding) when the points allow one.
+        f = fit(xs, ys, degree=deg, through_origin=len(set(xs)) < deg + 1)
       else:
         ys = [float(p[q]) for p in pts]
         f = fit(xs, ys, degree=2 if quad and len(set(xs)) >= 3 else 1)
