@@ -63,6 +63,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.image.name = "resnet50"  # resnet18 | resnet50 | vit_s16 | vit_b16 | resnet_tiny | vit_tiny
   c.model.image.norm = "batch"     # ResNet: batch | group
   c.model.image.remat = False      # rematerialise each block in the backward pass (saves memory)
+  # What a rematerialised block keeps (mmrl/models/remat.py; costs in docs/scaling.md):
+  # nothing | dots (products and convolutions kept) | dots_no_batch.
+  c.model.image.remat_policy = "nothing"
   c.model.image.cls_attention = False  # ViT: also return the last block's [CLS] attention (MGCA)
   # Image tower init: 'none' (random), a local .safetensors/.pth file or folder, or a name
   # (torchvision:resnet50, timm:deit_base_patch16_224, timm:vit_base_patch16_224,
@@ -86,6 +89,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.text.dropout = 0.0      # HF BERT trains with 0.1
   c.model.text.vocab_size = 30522  # only for random init
   c.model.text.remat = False       # rematerialise each BERT layer in the backward pass
+  c.model.text.remat_policy = "nothing"  # nothing | dots | dots_no_batch (mmrl/models/remat.py)
   c.model.text.cls_attention = False  # also return the last layer's [CLS] attention (MGCA)
   # Attention kernel: None = cuDNN's fused kernel where it applies (GPU, bf16/fp16), else XLA's;
   # 'xla' | 'cudnn' force one ('cudnn' fails loudly where it does not apply).
@@ -100,6 +104,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.method.projection_norm = "none"    # none | batch | layer
   # Loss terms, summed with their weights: dicts {name (mmrl.objectives.registry), weight,
   # **options}; clip_nce: tau, learnable_tau, image_to_text_weight (lambda of image->text).
+  # gloria_local: negatives_group=0 takes every caption of the global batch as a negative (the
+  # paper, O(B^2) cost); G > 0 only those of the image's block of G consecutive examples, O(B*G),
+  # a deviation (docs/scaling.md: its cost and its effect on the loss value).
   c.method.objectives = [
       ml_collections.ConfigDict(dict(name="clip_nce", weight=1.0, tau=0.1, learnable_tau=False,
                                      image_to_text_weight=0.75)),

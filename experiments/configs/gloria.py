@@ -32,6 +32,11 @@ Differences from the paper / code:
   dropping <= 1-token sentences (§3.3). Pretraining data: MIMIC-CXR-layout shards, not
   CheXpert's private impressions (§3.5).
 - gloria_local runs over caption chunks of 8 (memory O(B * 8 * W * R), same value, §3.5/§11.5).
+- Optional, off by default: gloria_local negatives_group=G > 0 takes each image's local
+  negatives from its block of G consecutive examples only (G = the per-device batch: no caption
+  leaves its device) instead of the whole batch: O(B * G * W * R) instead of O(B^2 * W * R)
+  FLOPs, and a smaller loss value (fewer candidates). docs/scaling.md has its cost curve beside
+  the exact one and its effect on the loss; the paper and code use the whole (single-GPU) batch.
 - Optimiser: AdamW (decoupled weight decay on rank >= 2 non-norm parameters) instead of Adam with
   L2 decay on every parameter.
 - Schedule: 500 warm-up steps + cosine over 50k steps instead of ReduceLROnPlateau (factor 0.5,

@@ -51,6 +51,7 @@ import jax
 import jax.numpy as jnp
 
 from mmrl.config_errors import ConfigError
+from mmrl.models import remat as remat_lib
 from mmrl.heads.pooling import masked_max, masked_mean, pool_sentences
 from mmrl.models.features import TextFeatures
 from mmrl.models.vit import SelfAttention
@@ -180,6 +181,7 @@ class BertTextTower(nn.Module):
     sentence_pool: 'max' | 'mean'.
     dtype: compute dtype; parameters stay float32; outputs are float32.
     remat: rematerialise each layer in the backward pass.
+    remat_policy: what a rematerialised layer keeps (mmrl.models.remat.POLICIES).
     padding: 'right' (key_value_seq_lengths, the batch contract) | 'any' (boolean mask).
     attention_impl: None | 'xla' | 'cudnn' (module docstring).
     cls_attention: also return the last layer's [CLS] attention row (module docstring).
@@ -191,6 +193,7 @@ class BertTextTower(nn.Module):
   sentence_pool: str = "max"
   dtype: Any = jnp.bfloat16
   remat: bool = False
+  remat_policy: str = "nothing"
   padding: str = "right"
   attention_impl: str | None = None
   cls_attention: bool = False
@@ -234,7 +237,8 @@ class BertTextTower(nn.Module):
     else:
       kv_lengths = None
       mask = (attention_mask > 0)[:, None, None, :]
-    layer_cls = nn.remat(BertLayer) if self.remat else BertLayer
+    layer_cls = remat_lib.maybe_remat(BertLayer, self.remat, self.remat_policy,
+                                      "model.text.remat_policy")
     cls_attention = None
     hidden = [x]  # HF hidden_states: the embeddings' output, then each layer's
     for i in range(self.config.num_layers):

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmrl.config_errors import ConfigError
+from mmrl.models import remat as remat_lib
 from mmrl.models.features import ImageFeatures
 
 NORMS = ("batch", "group")
@@ -144,6 +145,7 @@ class ResNet(nn.Module):
     norm: 'batch' | 'group' (module docstring).
     dtype: compute dtype; parameters stay float32.
     remat: rematerialise each block in the backward pass (saves activation memory).
+    remat_policy: what a rematerialised block keeps (mmrl.models.remat.POLICIES).
     local_stage: stage whose grid is ImageFeatures.local (1-based; 0 = the last).
     resize_to: resize the input to this square size first (align_corners bilinear; 0 = off).
   """
@@ -154,6 +156,7 @@ class ResNet(nn.Module):
   norm: str = "batch"
   dtype: Any = jnp.bfloat16
   remat: bool = False
+  remat_policy: str = "nothing"
   local_stage: int = 0
   resize_to: int = 0
 
@@ -179,8 +182,8 @@ class ResNet(nn.Module):
       raise ConfigError(f"config.model.image.norm={self.norm!r} is not supported; use one of "
                        f"{NORMS}")
     block_cls = BottleneckBlock if self.bottleneck else BasicBlock
-    if self.remat:
-      block_cls = nn.remat(block_cls)
+    block_cls = remat_lib.maybe_remat(block_cls, self.remat, self.remat_policy,
+                                      "model.image.remat_policy")
 
     x = images.astype(self.dtype)
     x = conv(self.stem_width, (7, 7), (2, 2), name="stem_conv")(x)
@@ -201,7 +204,8 @@ class ResNet(nn.Module):
 
 
 def resnet(name: str, *, norm: str = "batch", dtype: Any = jnp.bfloat16,
-           remat: bool = False, local_stage: int = 0, resize_to: int = 0) -> ResNet:
+           remat: bool = False, local_stage: int = 0, resize_to: int = 0,
+           remat_policy: str = "nothing") -> ResNet:
   """The named ResNet (a key of RESNETS: 'resnet18' | 'resnet50' | 'resnet_small' | ...)."""
   if name not in RESNETS:
     raise ConfigError(f"config.model.image.name={name!r} is not a ResNet; known: "
@@ -209,6 +213,7 @@ def resnet(name: str, *, norm: str = "batch", dtype: Any = jnp.bfloat16,
   spec = RESNETS[name]
   return ResNet(stage_sizes=spec.stage_sizes, widths=spec.widths, bottleneck=spec.bottleneck,
                 stem_width=spec.stem_width, norm=norm, dtype=dtype, remat=remat,
+                remat_policy=remat_policy,
                 local_stage=local_stage, resize_to=resize_to)
 
 

@@ -56,17 +56,19 @@ DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32, "float16": jnp.float
 for _name in RESNETS:
   IMAGE_TOWERS.register(_name)(
       lambda *, norm, dtype, remat, cls_attention=False, norm_eps=None, local_stage=0,
-      resize_to=0, _n=_name: resnet(_n, norm=norm, dtype=dtype, remat=remat,
-                                    local_stage=local_stage, resize_to=resize_to))
+      resize_to=0, remat_policy="nothing", _n=_name: resnet(
+          _n, norm=norm, dtype=dtype, remat=remat, local_stage=local_stage, resize_to=resize_to,
+          remat_policy=remat_policy))
 
 
 def _vit_tower(name, *, norm, dtype, remat, cls_attention=False, norm_eps=1e-6, local_stage=0,
-               resize_to=0):
+               resize_to=0, remat_policy="nothing"):
   del norm
   if local_stage or resize_to:
     raise ConfigError(f"config.model.image.local_stage / resize_to are ResNet options; "
                       f"{name!r} is a ViT: leave them 0")
-  return vit(name, dtype=dtype, remat=remat, cls_attention=cls_attention, norm_eps=norm_eps)
+  return vit(name, dtype=dtype, remat=remat, cls_attention=cls_attention, norm_eps=norm_eps,
+             remat_policy=remat_policy)
 
 
 for _name in VITS:
@@ -97,6 +99,7 @@ def build_image_tower(model_cfg) -> nn.Module:
   return IMAGE_TOWERS.get(name)(norm=str(model_cfg.image.get("norm", "batch")),
                                 dtype=compute_dtype(model_cfg),
                                 remat=bool(model_cfg.image.get("remat", False)),
+                                remat_policy=str(model_cfg.image.get("remat_policy", "nothing")),
                                 cls_attention=bool(model_cfg.image.get("cls_attention", False)),
                                 norm_eps=float(model_cfg.image.get("layer_norm_eps", 1e-6)),
                                 local_stage=int(model_cfg.image.get("local_stage", 0)),
@@ -148,6 +151,7 @@ def build_text_tower(model_cfg) -> nn.Module:
                        global_pool=str(t.get("global_pool", "cls")),
                        sentence_pool=str(t.get("sentence_pool", "max")),
                        dtype=compute_dtype(model_cfg), remat=bool(t.get("remat", False)),
+                       remat_policy=str(t.get("remat_policy", "nothing")),
                        attention_impl=None if impl in (None, "") else str(impl),
                        cls_attention=bool(t.get("cls_attention", False)),
                        sum_last_layers=int(t.get("sum_last_layers", 1)))

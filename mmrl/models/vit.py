@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from mmrl.config_errors import ConfigError
+from mmrl.models import remat as remat_lib
 from mmrl.models.features import ImageFeatures
 
 
@@ -204,6 +205,7 @@ class ViT(nn.Module):
     dim, depth, heads, mlp_dim: transformer sizes.
     dtype: compute dtype; parameters stay float32.
     remat: rematerialise each block in the backward pass.
+    remat_policy: what a rematerialised block keeps (mmrl.models.remat.POLICIES).
     cls_attention: also return the last block's [CLS] -> patch attention (head-mean) as
       ImageFeatures.cls_attention f32[B, R] (MGCA's patch weights).
     norm_eps: LayerNorm epsilon (timm: 1e-6; Hugging Face ViTModel checkpoints: 1e-12).
@@ -215,6 +217,7 @@ class ViT(nn.Module):
   mlp_dim: int
   dtype: Any = jnp.bfloat16
   remat: bool = False
+  remat_policy: str = "nothing"
   cls_attention: bool = False
   norm_eps: float = 1e-6
 
@@ -244,7 +247,8 @@ class ViT(nn.Module):
     cls = self.param("cls", nn.initializers.normal(0.02), (1, 1, self.dim), jnp.float32)
     x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (b, 1, self.dim)), x], axis=1)
 
-    block_cls = nn.remat(EncoderBlock) if self.remat else EncoderBlock
+    block_cls = remat_lib.maybe_remat(EncoderBlock, self.remat, self.remat_policy,
+                                      "model.image.remat_policy")
     attn = None
     for i in range(self.depth):
       last = self.cls_attention and i == self.depth - 1
@@ -260,11 +264,12 @@ class ViT(nn.Module):
 
 
 def vit(name: str, *, dtype: Any = jnp.bfloat16, remat: bool = False,
-        cls_attention: bool = False, norm_eps: float = 1e-6) -> ViT:
+        cls_attention: bool = False, norm_eps: float = 1e-6, remat_policy: str = "nothing") -> ViT:
   """The named ViT ('vit_s16' | 'vit_b16' | 'vit_tiny')."""
   if name not in VITS:
     raise ConfigError(f"config.model.image.name={name!r} is not a ViT; known: "
                      f"{', '.join(sorted(VITS))}")
   s = VITS[name]
   return ViT(patch=s.patch, dim=s.dim, depth=s.depth, heads=s.heads, mlp_dim=s.mlp_dim,
-             dtype=dtype, remat=remat, cls_attention=cls_attention, norm_eps=norm_eps)
+             dtype=dtype, remat=remat, cls_attention=cls_attention, norm_eps=norm_eps,
+             remat_policy=remat_policy)

@@ -12,7 +12,13 @@ Objective `gloria_local` (§3.2), for every caption i against every image b of t
 
 The B x B x W x R attention is the cost (§3.5): with `caption_chunk=C > 0` captions are
 processed C at a time under `lax.map` with a rematerialised body, so forward and backward hold
-O(B * C * W * R) instead of O(B^2 * W * R); the result equals the plain form. The global loss is
+O(B * C * W * R) instead of O(B^2 * W * R); the result equals the plain form. With
+`negatives_group=G > 0` (a deviation from the paper and code, off by default; docs/scaling.md) the
+batch is cut into B / G groups of G consecutive examples and each image meets only the captions
+of its group (the loss is the exact one within each group, averaged over the valid rows of all
+groups): O(B * G * W * R), linear in B. The data pipeline shuffles, so a group is a random
+subset; with G = the per-device batch, no caption leaves its device (like clip_nce's
+negatives_group). G = B is the exact form. The global loss is
 `clip_nce` with tau 0.1, image_to_text_weight 0.5, sum_directions=True (§3.2), configured next
 to it.
 
@@ -155,7 +161,8 @@ def _valid(batch: Mapping[str, Any], b: int) -> jax.Array:
 @OBJECTIVES.register("gloria_local")
 def gloria_local(outputs: dict[str, Any], batch: dict[str, Any], *, rng: jax.Array | None = None,
                  tau1: float = 4.0, tau2: float = 5.0, tau3: float = 10.0, exact: bool = False,
-                 caption_chunk: int = 0, words_key: str = "text_words",
+                 caption_chunk: int = 0, negatives_group: int = 0,
+                 words_key: str = "text_words",
                  word_mask_key: str = "word_mask", regions_key: str = "image_regions",
                  region_mask_key: str = "region_mask",
                  return_aux: bool = False) -> tuple[jax.Array, Metrics]:
@@ -170,6 +177,9 @@ def gloria_local(outputs: dict[str, Any], batch: dict[str, Any], *, rng: jax.Arr
     tau1, tau2, tau3: 4, 5, 10 as the paper and code.
     exact: True reproduces the code (double softmax, missing 1/tau2); False (default) the paper.
     caption_chunk: captions per chunk (0 = all at once); see `gloria_local_logits`.
+    negatives_group: 0 = every caption of the (global) batch is a negative (the paper); G > 0 =
+      only the captions of the same block of G consecutive examples (module docstring; a
+      deviation). Must divide B.
     return_aux: also return 'aux/attention' f32[B, W, R] (each caption on its own image) in the
       metrics. Off in training configs: the train loop logs metrics as scalars.
 
@@ -189,6 +199,14 @@ def gloria_local(outputs: dict[str, Any], batch: dict[str, Any], *, rng: jax.Arr
   region_mask = _region_mask(outputs, regions, region_mask_key)
   b = words.shape[0]
   ok = _valid(batch, b) & jnp.any(word_mask, axis=1) & jnp.any(region_mask, axis=1)
+  g = int(negatives_group)
+  if g < 0 or (g and b % g):
+    raise ConfigError(f"gloria_local negatives_group={g} must be 0 (the whole batch) or a "
+                      f"positive divisor of the batch size {b}")
+  if 0 < g < b:
+    return _grouped_local(words, word_mask, regions, region_mask, ok, group=g,
+                          tau1=tau1, tau2=tau2, tau3=tau3, exact=exact,
+                          caption_chunk=caption_chunk)
   s = gloria_local_logits(words, word_mask, regions, region_mask, tau1=tau1, tau2=tau2,
                           tau3=tau3, exact=exact, caption_chunk=caption_chunk)
   # Both directions summed (GLoRIA): twice the lambda = 1/2 mean.
@@ -198,6 +216,38 @@ def gloria_local(outputs: dict[str, Any], batch: dict[str, Any], *, rng: jax.Arr
     metrics["aux/attention"] = gloria_attention_maps(words, word_mask, regions, region_mask,
                                                      tau1=tau1, exact=exact)
   return 2.0 * loss, metrics
+
+
+def _block_ce(logits, valid):
+  """Per-row CE with the diagonal as target over the valid columns, and argmax == diagonal."""
+  x = jnp.where(valid[None, :], logits.astype(jnp.float32), NEG_INF)
+  ce = jax.nn.logsumexp(x, axis=-1) - jnp.diagonal(x)
+  return ce, jnp.argmax(x, axis=-1) == jnp.arange(x.shape[0])
+
+
+def _grouped_local(words, word_mask, regions, region_mask, ok, *, group, **kw):
+  """GLoRIA's local loss within blocks of `group` consecutive examples (negatives_group)."""
+  n = words.shape[0] // group
+
+  def blocks(x):
+    return x.reshape((n, group) + x.shape[1:])
+
+  def one(w, wm, r, rm, v):
+    s = gloria_local_logits(w, wm, r, rm, **kw)  # [images, captions] of one block
+    ce_i2t, ok_i2t = _block_ce(s, v)
+    ce_t2i, ok_t2i = _block_ce(s.T, v)
+    return ce_i2t, ce_t2i, ok_i2t, ok_t2i
+
+  ce_i2t, ce_t2i, acc_i2t, acc_t2i = (
+      x.reshape(-1) for x in jax.vmap(one)(*(blocks(x) for x in (
+          words, word_mask, regions, region_mask, ok))))
+  loss_i2t, loss_t2i = masked_mean(ce_i2t, ok), masked_mean(ce_t2i, ok)
+  per_block = jnp.sum(blocks(ok), axis=1, keepdims=True) - 1
+  negatives = jnp.broadcast_to(per_block, blocks(ok).shape).reshape(-1)
+  # Both directions summed, as the exact form: 2 * (l0 / 2 + l1 / 2).
+  return loss_i2t + loss_t2i, {
+      "loss_i2t": loss_i2t, "loss_t2i": loss_t2i, "acc_i2t": masked_mean(acc_i2t, ok),
+      "acc_t2i": masked_mean(acc_t2i, ok), "negatives": masked_mean(negatives, ok)}
 
 
 @METHODS.register("gloria")
