@@ -36,7 +36,6 @@ from mmrl.evaluation import linear_probe
 from mmrl.evaluation import retrieval
 from mmrl.evaluation import segmentation
 from mmrl.evaluation import zero_shot
-from mmrl.train import checkpoint as ckpt_lib
 
 log = logging.getLogger(__name__)
 
@@ -234,18 +233,8 @@ def evaluate_checkpoint(config: Any, checkpoint: str, names: Optional[Sequence[s
   config = ml_collections.ConfigDict(json.loads(config.to_json_best_effort()))
   config.data.dataset_dir = str(synthetic_dataset.resolve_dataset_dir(
       config.data, ckpt_dir.parent, make=True))
-  ckpt = ckpt_lib.Checkpointer(ckpt_dir, async_save=False)
-  step = ckpt.latest_step() if step is None else step
-  ckpt.close()
-  if step is None:
-    raise FileNotFoundError(f"no complete checkpoint under {ckpt_dir}")
-  state, mesh, shardings = features_lib.load_for_eval(config, ckpt_dir, step=step)
-  if init == "random":
-    import jax  # pylint: disable=g-import-not-at-top
-    from mmrl.train import state as state_lib  # pylint: disable=g-import-not-at-top
-    state, _ = state_lib.create_train_state(config, jax.random.key(int(config.seed)), mesh)
-  elif init != "checkpoint":
-    raise ValueError(f"--init={init!r}: use 'checkpoint' or 'random'")
+  state, mesh, shardings, step = features_lib.restore_or_init(config, ckpt_dir, step=step,
+                                                               init=init)
   runner = EvalRunner(config, mesh, shardings)
   if names is None:
     names = [n for n in EVALUATORS if n != "localisation" or _localisation_installed()]

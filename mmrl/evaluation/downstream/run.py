@@ -149,25 +149,6 @@ def subset_rows_fn(doc: Mapping[str, Any], split_ids: Sequence[str]
   return fn
 
 
-def _restore(cfg, checkpoint: str, step: Optional[int], init: str):
-  import jax  # pylint: disable=g-import-not-at-top
-  from mmrl.evaluation import features as features_lib  # pylint: disable=g-import-not-at-top
-  from mmrl.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-  from mmrl.train import state as state_lib  # pylint: disable=g-import-not-at-top
-  ckpt_dir = features_lib.checkpoint_dir(checkpoint)
-  ckpt = ckpt_lib.Checkpointer(ckpt_dir, async_save=False)
-  step = ckpt.latest_step() if step is None else step
-  ckpt.close()
-  if step is None:
-    raise FileNotFoundError(f"no complete checkpoint under {ckpt_dir}")
-  state, mesh, shardings = features_lib.load_for_eval(cfg, ckpt_dir, step=step)
-  if init == "random":
-    state, _ = state_lib.create_train_state(cfg, jax.random.key(int(cfg.seed)), mesh)
-  elif init != "checkpoint":
-    raise ValueError(f"--init={init!r}: use 'checkpoint' or 'random'")
-  return state, mesh, shardings, int(step)
-
-
 def run_task(task: tasks_lib.Task | str, checkpoint: str, data_dir: str, *,
              fractions: Sequence[float] = (1, 10, 100), seeds: Sequence[int] = (0, 1, 2),
              finetune: bool = False, init: str = "checkpoint",
@@ -193,9 +174,9 @@ def run_task(task: tasks_lib.Task | str, checkpoint: str, data_dir: str, *,
 
   # Results so far: decide what is left before paying for a restore.
   doc = results_lib.load(results_dir, task.name) or results_lib.new_document(task)
+  from mmrl.evaluation import features as features_lib  # pylint: disable=g-import-not-at-top
   ckpt_step = step
   if ckpt_step is None:
-    from mmrl.evaluation import features as features_lib  # pylint: disable=g-import-not-at-top
     from mmrl.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
     c = ckpt_lib.Checkpointer(features_lib.checkpoint_dir(checkpoint), async_save=False)
     ckpt_step = c.latest_step()
@@ -232,7 +213,8 @@ def run_task(task: tasks_lib.Task | str, checkpoint: str, data_dir: str, *,
     subset_fn = subset_rows_fn(sdoc, split_ids)
   results_lib.save(results_dir, doc)
 
-  state, mesh, shardings, _ = _restore(cfg, checkpoint, ckpt_step, init)
+  state, mesh, shardings, _ = features_lib.restore_or_init(cfg, checkpoint, step=ckpt_step,
+                                                           init=init)
   runner = runner_lib.EvalRunner(cfg, mesh, shardings)
   label_names = runner.label_names
   bar = _progress(len(todo), f"{task.name} {mode} {init}", progress)
