@@ -82,7 +82,8 @@ def test_downstream_writes_tables_resumes_and_draws_nested_subsets(tiny_run, mon
   # Resume: a call whose runs are all done restores nothing.
   def fail(*a, **k):
     raise AssertionError("a finished (fraction, seed) was run again")
-  monkeypatch.setattr(run, "_restore", fail)
+  from mmrl.evaluation import features as features_lib
+  monkeypatch.setattr(features_lib, "restore_or_init", fail)
   again = run.run_task("nih_detection", str(run_dir), str(data_dir), fractions=(10, 100),
                        seeds=(0,), **kwargs)
   assert again["entries"][key]["runs"] == entry["runs"]

@@ -22,8 +22,8 @@ scoring; localisation from `mmrl.evaluation.localisation.LocalisationEvaluator`.
 """
 from __future__ import annotations
 
-import dataclasses
 import concurrent.futures
+import dataclasses
 import datetime
 import importlib
 import json
