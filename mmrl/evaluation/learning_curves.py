@@ -1,0 +1,118 @@
+"""Learning curves: one run per method with checkpoints kept at chosen steps, each evaluated
+like a comparison run, then `curves.json` + `curves.png` (metric against step, one line each).
+
+`curve_run(method, seed, budget, points, dataset_dir, nih_dir, output)` trains
+`<output>/runs/<method>/seed_<k>` to `budget.steps` (resuming), keeping the checkpoint of every
+point, and writes `curve_<step>.json` per point (skipped when present: resumable).
+The training loss of a point is the mean of the logged losses in (previous point, point].
+"""
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from mmrl.evaluation import comparison
+
+
+def run_dir(output: str | pathlib.Path, method: str, seed: int) -> pathlib.Path:
+  return pathlib.Path(output) / "runs" / method / f"seed_{seed}"
+
+
+def _logged_losses(workdir: pathlib.Path) -> dict[int, float]:
+  rows: dict[int, float] = {}
+  path = workdir / "metrics.jsonl"
+  if path.exists():
+    for line in path.read_text().splitlines():
+      row = json.loads(line)
+      if row.get("loss") is not None:
+        rows[int(row["step"])] = float(row["loss"])  # a resumed run's later row wins
+  return rows
+
+
+def curve_run(method: str, seed: int, budget: comparison.Budget, points: Sequence[int],
+              dataset_dir: str, nih_dir: str, output: str) -> list[dict[str, Any]]:
+  """Trains (resuming) and evaluates `method` at every step of `points` (module docstring)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from mmrl.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from mmrl.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from mmrl.train import loop  # pylint: disable=g-import-not-at-top
+  from mmrl.train import state as state_lib  # pylint: disable=g-import-not-at-top
+  points = sorted(int(p) for p in points)
+  if not points or points[-1] > budget.steps:
+    raise ValueError(f"points {points} must be non-empty and <= budget.steps={budget.steps}")
+  workdir = run_dir(output, method, seed)
+  workdir.mkdir(parents=True, exist_ok=True)
+  config = comparison.method_config(method, budget, seed=seed, dataset_dir=dataset_dir)
+  step_gcd = int(np.gcd.reduce(np.asarray(points + [budget.steps])))
+  config.train.checkpoint_every = step_gcd
+  config.train.keep_every = step_gcd
+  config.train.keep_last = 1
+  config.train.log_every = max(1, min(100, step_gcd))
+  todo = [p for p in points if not (workdir / f"curve_{p}.json").exists()]
+  if todo:
+    loop.train_and_evaluate(config, workdir)
+  losses = _logged_losses(workdir)
+  mesh = mesh_lib.make_mesh(config.mesh)
+  out = []
+  previous = 0
+  for p in points:
+    path = workdir / f"curve_{p}.json"
+    if path.exists():
+      out.append(json.loads(path.read_text()))
+      previous = p
+      continue
+    state, shardings = state_lib.create_train_state(config, jax.random.key(config.seed), mesh)
+    ckpt = ckpt_lib.Checkpointer(workdir / "checkpoints", async_save=False)
+    state = ckpt.restore(state, step=p, with_data_iter=False).state
+    ckpt.close()
+    metrics = comparison.evaluate_state(config, state, mesh, shardings, nih_dir=nih_dir,
+                                        budget=budget, heatmap_dir=None)
+    window = [v for s, v in losses.items() if previous < s <= p]
+    metrics["train/loss"] = float(np.mean(window)) if window else math.nan
+    row = {"method": method, "seed": seed, "step": p, "metrics": metrics}
+    path.write_text(json.dumps(row, indent=1, default=float))
+    out.append(row)
+    previous = p
+  return out
+
+
+def collect_curves(output: str | pathlib.Path, methods: Sequence[str], seed: int
+                   ) -> dict[str, list[dict[str, Any]]]:
+  """method -> its evaluated points (by step) found under `output`."""
+  curves = {}
+  for m in methods:
+    rows = [json.loads(p.read_text()) for p in run_dir(output, m, seed).glob("curve_*.json")]
+    curves[m] = sorted(rows, key=lambda r: r["step"])
+  return curves
+
+
+def write_curves(curves: Mapping[str, list[dict[str, Any]]], results_dir: pathlib.Path,
+                 metrics: Sequence[str], *, meta: Mapping[str, Any]) -> list[pathlib.Path]:
+  """`curves.json` (every metric at every point) and `curves.png` (one panel per metric)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  results_dir.mkdir(parents=True, exist_ok=True)
+  js = results_dir / "curves.json"
+  js.write_text(json.dumps({"meta": dict(meta), "curves": curves}, indent=1, default=float))
+  fig, axes = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics), 3.0), squeeze=False)
+  for ax, key in zip(axes[0], metrics):
+    for m, rows in curves.items():
+      xs = [r["step"] for r in rows if key in r["metrics"]]
+      ys = [r["metrics"][key] for r in rows if key in r["metrics"]]
+      if xs:
+        ax.plot(xs, ys, marker="o", label=m)
+    ax.set_title(key, fontsize=8)
+    ax.set_xlabel("step")
+    ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+  axes[0][0].legend(fontsize=7)
+  fig.tight_layout()
+  png = results_dir / "curves.png"
+  fig.savefig(png, dpi=110)
+  plt.close(fig)
+  return [js, png]
