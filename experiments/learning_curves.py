@@ -10,7 +10,8 @@ EXPECT:  about 0.1-0.2 CPU-s per training step per method on the 2-core CPU plus
 One learning-rate schedule (warm-up + cosine to --steps) per run: the value at an intermediate
 point is that of a run still at a higher learning rate, not of a run trained to that budget.
 Resumable: training resumes from the last checkpoint, a point whose curve_<step>.json exists is
-not evaluated again. --jobs runs the methods in that many processes side by side.
+not evaluated again; --follow evaluates the points of runs another process is
+training as their checkpoints appear. --jobs runs the methods in that many processes side by side.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import multiprocessing
 import os
 import pathlib
 import sys
+import time
 
 from absl import app
 from absl import flags
@@ -39,6 +41,8 @@ _OUTPUT = flags.DEFINE_string("output", "runs/curves", "data and run directories
 _RESULTS = flags.DEFINE_string("results", "results/localisation", "where curves.* go")
 _JOBS = flags.DEFINE_integer("jobs", 1, "methods trained side by side")
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "train nothing; plot what exists")
+_FOLLOW = flags.DEFINE_bool("follow", False, "train nothing: evaluate each point as soon as its "
+                            "checkpoint exists (runs trained by another process), until all are")
 _SHARED = flags.DEFINE_string("shared_data", os.environ.get("MMRL_SHARED_DATA", "../shared/data"),
                               "../shared/data (NIH boxes); '' = skip NIH")
 
@@ -57,7 +61,18 @@ def _main(argv):
   points = sorted(int(p) for p in _POINTS.value)
   budget = _budget()
   out = pathlib.Path(_OUTPUT.value)
-  if not _REPORT_ONLY.value:
+  if _FOLLOW.value:
+    dataset_dir = comparison.prepare_synthetic(budget, out / "data")
+    nih_dir = comparison.prepare_nih(_SHARED.value, out / "data", budget.image_size,
+                                     budget.nih_items)
+    while True:
+      done = [len(curves_lib.evaluate_points(m, int(_SEED.value), budget, points, dataset_dir,
+                                             nih_dir, str(out), available_only=True))
+              for m in _METHODS.value]
+      if all(n == len(points) for n in done):
+        break
+      time.sleep(30)
+  elif not _REPORT_ONLY.value:
     dataset_dir = comparison.prepare_synthetic(budget, out / "data")
     nih_dir = comparison.prepare_nih(_SHARED.value, out / "data", budget.image_size,
                                      budget.nih_items)

@@ -60,6 +60,11 @@ def main(argv):
   try:
     config_validation.validate_config(_CONFIG.value)  # before anything is built or compiled
     loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    if _CONFIG.value.train.get("plot_curves", False):
+      from mmrl.viz import run_curves  # pylint: disable=g-import-not-at-top
+      picture = run_curves.write_run_curves(_WORKDIR.value)
+      if picture is not None:
+        print(f"  curves:      {picture}", flush=True)
   except ConfigError as e:
     logging.error("ConfigError: %s", e)
     sys.exit(EXIT_CONFIG_ERROR)

@@ -150,6 +150,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 200   # save every N steps (> 0), plus at the last step or a stop
   c.train.keep_last = 3            # checkpoints kept (0 = all)
   c.train.keep_every = 0           # also keep every K-th step's checkpoint (0 = none)
+  c.train.plot_curves = False      # after training, draw <workdir>/curves.png from metrics.jsonl
   c.train.async_checkpoint = True  # save checkpoints asynchronously (mmrl.train.checkpoint)
   c.train.init_from = ""           # checkpoint dir: load towers only
   # A NaN/inf loss or gradient never reaches the state (the step keeps the old one). 'stop' ends

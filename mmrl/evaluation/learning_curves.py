@@ -33,28 +33,44 @@ def _logged_losses(workdir: pathlib.Path) -> dict[int, float]:
   return rows
 
 
-def curve_run(method: str, seed: int, budget: comparison.Budget, points: Sequence[int],
-              dataset_dir: str, nih_dir: str, output: str) -> list[dict[str, Any]]:
-  """Trains (resuming) and evaluates `method` at every step of `points` (module docstring)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from mmrl.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
-  from mmrl.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-  from mmrl.train import loop  # pylint: disable=g-import-not-at-top
-  from mmrl.train import state as state_lib  # pylint: disable=g-import-not-at-top
+def curve_config(method: str, seed: int, budget: comparison.Budget, points: Sequence[int],
+                 dataset_dir: str):
+  """`method`'s comparison config with a checkpoint kept at every point."""
   points = sorted(int(p) for p in points)
   if not points or points[-1] > budget.steps:
     raise ValueError(f"points {points} must be non-empty and <= budget.steps={budget.steps}")
-  workdir = run_dir(output, method, seed)
-  workdir.mkdir(parents=True, exist_ok=True)
   config = comparison.method_config(method, budget, seed=seed, dataset_dir=dataset_dir)
   step_gcd = int(np.gcd.reduce(np.asarray(points + [budget.steps])))
   config.train.checkpoint_every = step_gcd
   config.train.keep_every = step_gcd
   config.train.keep_last = 1
   config.train.log_every = max(1, min(100, step_gcd))
-  todo = [p for p in points if not (workdir / f"curve_{p}.json").exists()]
-  if todo:
-    loop.train_and_evaluate(config, workdir)
+  return config
+
+
+def curve_run(method: str, seed: int, budget: comparison.Budget, points: Sequence[int],
+              dataset_dir: str, nih_dir: str, output: str) -> list[dict[str, Any]]:
+  """Trains (resuming) and evaluates `method` at every step of `points` (module docstring)."""
+  from mmrl.train import loop  # pylint: disable=g-import-not-at-top
+  workdir = run_dir(output, method, seed)
+  workdir.mkdir(parents=True, exist_ok=True)
+  if any(not (workdir / f"curve_{int(p)}.json").exists() for p in points):
+    loop.train_and_evaluate(curve_config(method, seed, budget, points, dataset_dir), workdir)
+  return evaluate_points(method, seed, budget, points, dataset_dir, nih_dir, output)
+
+
+def evaluate_points(method: str, seed: int, budget: comparison.Budget, points: Sequence[int],
+                    dataset_dir: str, nih_dir: str, output: str, *,
+                    available_only: bool = False) -> list[dict[str, Any]]:
+  """Evaluates the run's checkpoint at each point (skipping points already evaluated; with
+  `available_only`, also those not yet saved: a run still training can be followed)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from mmrl.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from mmrl.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from mmrl.train import state as state_lib  # pylint: disable=g-import-not-at-top
+  points = sorted(int(p) for p in points)
+  workdir = run_dir(output, method, seed)
+  config = curve_config(method, seed, budget, points, dataset_dir)
   losses = _logged_losses(workdir)
   mesh = mesh_lib.make_mesh(config.mesh)
   out = []
@@ -65,8 +81,11 @@ def curve_run(method: str, seed: int, budget: comparison.Budget, points: Sequenc
       out.append(json.loads(path.read_text()))
       previous = p
       continue
-    state, shardings = state_lib.create_train_state(config, jax.random.key(config.seed), mesh)
     ckpt = ckpt_lib.Checkpointer(workdir / "checkpoints", async_save=False)
+    if available_only and p not in ckpt.all_steps():
+      ckpt.close()
+      break
+    state, shardings = state_lib.create_train_state(config, jax.random.key(config.seed), mesh)
     state = ckpt.restore(state, step=p, with_data_iter=False).state
     ckpt.close()
     metrics = comparison.evaluate_state(config, state, mesh, shardings, nih_dir=nih_dir,

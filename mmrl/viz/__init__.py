@@ -1,0 +1,1 @@
+"""Pictures of runs: learning curves from a run's metrics.jsonl."""
