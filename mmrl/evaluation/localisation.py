@@ -337,9 +337,14 @@ def readout_metrics(maps: np.ndarray, gt: np.ndarray, *, prefix: str,
   MAP_METRICS and CNR of the similarity maps under '<prefix>/sim/'."""
   out = localisation_metrics(maps, gt, prefix=prefix)
   out[f"{prefix}/cnr"] = mean_cnr(maps, gt)
-  if sim_maps is not None:
-    sim = localisation_metrics(sim_maps, gt, prefix=f"{prefix}/sim")
-    out.update({f"{prefix}/sim/{k}": sim[f"{prefix}/sim/{k}"] for k in MAP_METRICS})
+  if sim_maps is not None:  # the map metrics only (no model-free references recomputed)
+    sim_maps, gt = np.asarray(sim_maps, np.float64), np.asarray(gt, bool)
+    n = len(gt)
+    nan = float("nan")
+    out[f"{prefix}/sim/pairs"] = float(n)
+    out[f"{prefix}/sim/pointing"] = float(np.mean(pointing_game(sim_maps, gt))) if n else nan
+    out[f"{prefix}/sim/pointing_cell"] = float(np.mean(cell_pointing(sim_maps, gt))) if n else nan
+    out[f"{prefix}/sim/iou"] = float(np.mean(map_iou(sim_maps, gt))) if n else nan
     out[f"{prefix}/sim/cnr"] = mean_cnr(sim_maps, gt)
   return out
 
