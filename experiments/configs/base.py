@@ -257,7 +257,8 @@ def base_config() -> ml_collections.ConfigDict:
       iou_thresholds=(0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75)))  # mAP average (LoVT, MGCA)
   c.eval.localisation = ml_collections.ConfigDict(dict(
       enabled=False,               # pointing game / IoU of sentence maps vs boxes (localisation)
-      every=0))                    # period in steps (0 = train.eval_every)
+      every=0,                     # period in steps (0 = train.eval_every)
+      readouts=("own", "similarity")))  # own: each method's own map | similarity: BioViL cosine of projected region / sentence (keys loc/<set>/sim/...)
   c.eval.grounding = ml_collections.ConfigDict(dict(
       enabled=False,               # phrase grounding CNR / mIoU / pointing of sentence maps vs boxes (mmrl.evaluation.grounding)
       every=0,                     # period in steps (0 = train.eval_every)

@@ -217,15 +217,19 @@ def method_maps(config: Any, state: Any, outputs: Mapping[str, Any],
   return cosine_maps(sentences, regions)
 
 
-def make_alignment_fn(config: Any, mesh: Mesh, state_shardings: Any
+def make_alignment_fn(config: Any, mesh: Mesh, state_shardings: Any, *, similarity: bool = False
                       ) -> Callable[[Any, Mapping[str, jax.Array]], dict[str, jax.Array]]:
   """`fn(state, global_batch) -> {'maps': f32[B,S,gh,gw], 'sentence_mask': bool[B,S]}`, jitted
   with the state's shardings and the batch sharded along its leading axis.
 
   The batch needs ALIGNMENT_KEYS (extra keys are ignored). Padded sentences (and every sentence
   of a row with valid=False) are False in 'sentence_mask'; their maps are zeros.
+  similarity=True adds 'sim_maps' f32[B,S,gh,gw], the BioViL-style similarity maps of
+  `mmrl.evaluation.similarity_maps` from the same forward pass (same masking).
   """
   get_method(config.method)  # fails early with the known names on a bad config.method.name
+  if similarity:
+    from mmrl.evaluation import similarity_maps  # pylint: disable=g-import-not-at-top
 
   def fn(state, batch):
     batch = {k: batch[k] for k in ALIGNMENT_KEYS if k in batch}
@@ -239,7 +243,11 @@ def make_alignment_fn(config: Any, mesh: Mesh, state_shardings: Any
       mask = mask & jnp.asarray(batch["valid"], bool)[:, None]
     maps = jnp.where(mask[:, :, None], maps, 0.0)
     b, s = mask.shape
-    return {"maps": maps.reshape(b, s, gh, gw), "sentence_mask": mask}
+    out = {"maps": maps.reshape(b, s, gh, gw), "sentence_mask": mask}
+    if similarity:
+      sim = similarity_maps.similarity_maps(config, state, outputs, batch)
+      out["sim_maps"] = jnp.where(mask[:, :, None], sim, 0.0).reshape(b, s, gh, gw)
+    return out
 
   bs = batch_sharding(mesh)
   return jax.jit(fn, in_shardings=(state_shardings, bs), out_shardings=bs)

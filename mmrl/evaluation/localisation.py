@@ -313,21 +313,63 @@ def decode_sentences(tokenizer: Any, input_ids: np.ndarray, token_to_sentence: n
 # ---------------------------------------------------------------------------------------------
 
 
+READOUTS = ("own", "similarity")
+# The map metrics a second read-out repeats under '<prefix>/sim/' (the model-free references
+# gt_area, random_map, best_fixed_cell and grid_oracle depend only on the boxes and the grid).
+MAP_METRICS = ("pointing", "pointing_cell", "iou", "pairs")
+
+
+def mean_cnr(maps: np.ndarray, gt: np.ndarray) -> float:
+  """The mean CNR (grounding_metrics.cnr) of grid maps f[N,gh,gw] upsampled bilinearly like the
+  pointing game, against gt bool[N,H,W], over the pairs where it is defined (NaN without)."""
+  from mmrl.evaluation import grounding_metrics  # pylint: disable=g-import-not-at-top
+  gt = np.asarray(gt, bool)
+  if not len(gt):
+    return float("nan")
+  up = upsample_bilinear(maps, gt.shape[1], gt.shape[2])
+  value, defined = grounding_metrics.cnr(up, gt)
+  return float(np.mean(value[defined])) if defined.any() else float("nan")
+
+
+def readout_metrics(maps: np.ndarray, gt: np.ndarray, *, prefix: str,
+                    sim_maps: Optional[np.ndarray] = None) -> dict[str, float]:
+  """`localisation_metrics` of the own maps plus '<prefix>/cnr' and, given `sim_maps`, the
+  MAP_METRICS and CNR of the similarity maps under '<prefix>/sim/'."""
+  out = localisation_metrics(maps, gt, prefix=prefix)
+  out[f"{prefix}/cnr"] = mean_cnr(maps, gt)
+  if sim_maps is not None:  # the map metrics only (no model-free references recomputed)
+    sim_maps, gt = np.asarray(sim_maps, np.float64), np.asarray(gt, bool)
+    n = len(gt)
+    nan = float("nan")
+    out[f"{prefix}/sim/pairs"] = float(n)
+    out[f"{prefix}/sim/pointing"] = float(np.mean(pointing_game(sim_maps, gt))) if n else nan
+    out[f"{prefix}/sim/pointing_cell"] = float(np.mean(cell_pointing(sim_maps, gt))) if n else nan
+    out[f"{prefix}/sim/iou"] = float(np.mean(map_iou(sim_maps, gt))) if n else nan
+    out[f"{prefix}/sim/cnr"] = mean_cnr(sim_maps, gt)
+  return out
+
+
 @dataclasses.dataclass
 class _Pairs:
   maps: list = dataclasses.field(default_factory=list)
   gt: list = dataclasses.field(default_factory=list)
   labels: list = dataclasses.field(default_factory=list)
+  sim: list = dataclasses.field(default_factory=list)
 
-  def add(self, m, g, label):
+  def add(self, m, g, label, sim=None):
     self.maps.append(np.asarray(m, np.float32))
     self.gt.append(np.asarray(g, bool))
     self.labels.append(label)
+    if sim is not None:
+      self.sim.append(np.asarray(sim, np.float32))
 
-  def metrics(self, prefix: str) -> dict[str, float]:
+  def metrics(self, prefix: str, similarity: bool = False) -> dict[str, float]:
     if not self.maps:
-      return localisation_metrics(np.zeros([0, 1, 1]), np.zeros([0, 1, 1], bool), prefix=prefix)
-    return localisation_metrics(np.stack(self.maps), np.stack(self.gt), prefix=prefix)
+      empty = np.zeros([0, 1, 1])
+      return readout_metrics(empty, np.zeros([0, 1, 1], bool), prefix=prefix,
+                             sim_maps=empty if similarity else None)
+    sim = np.stack(self.sim) if similarity else None
+    return readout_metrics(np.stack(self.maps), np.stack(self.gt), prefix=prefix, sim_maps=sim)
 
 
 def _local_rows(x) -> np.ndarray:
@@ -342,9 +384,13 @@ class LocalisationEvaluator:
 
   `__call__(state, batches_fn) -> (scalars, images)`: `batches_fn()` yields host batches of the
   held-out synthetic split (batch_spec keys, boxes included). Scalars are
-  'loc/<set>/{pointing,iou,gt_area,pairs}' for set in synthetic, synthetic_templated and
-  nih_templated (+ 'loc/nih_templated/pointing/<label>' per NIH class); images are
-  'heatmaps/<set>_<i>' sentence sheets (uint8 HxWx3) of the first `num_heatmaps` examples.
+  'loc/<set>/{pointing,iou,gt_area,pairs,cnr,...}' for set in synthetic, synthetic_templated and
+  nih_templated (+ 'loc/nih_templated/pointing/<label>' per NIH class) of each method's own map;
+  with the 'similarity' read-out the same map metrics and CNR of the similarity maps
+  (`mmrl.evaluation.similarity_maps`) under 'loc/<set>/sim/...' (swap test
+  'loc/<set>_templated/sim/swap/...', per class 'loc/nih_templated/sim/pointing/<label>');
+  images are 'heatmaps/<set>_<i>' sentence sheets (uint8 HxWx3) of the first `num_heatmaps`
+  examples (own maps).
 
   Args:
     config: the run's config (data sizes, tokenizer, method).
@@ -357,6 +403,9 @@ class LocalisationEvaluator:
     nih_max_examples: read at most this many NIH records per split (None = all).
     num_heatmaps: sentence sheets per set.
     templated_synthetic: also score templated sentences on the synthetic boxes.
+    readouts: READOUTS to score, 'own' first (None = config.eval.localisation.readouts when that
+      key exists, else ('own',)); 'similarity' is skipped for a method without a shared space
+      (similarity_maps.has_similarity: local_mi's concat critic).
   """
 
   def __init__(self, config: Any, mesh: Any, state_shardings: Any, *,
@@ -364,12 +413,24 @@ class LocalisationEvaluator:
                nih_dataset_dir: Optional[str] = None,
                nih_splits: Sequence[str] = ("validate", "test"),
                nih_max_examples: Optional[int] = None, num_heatmaps: int = 2,
-               templated_synthetic: bool = True):
+               templated_synthetic: bool = True,
+               readouts: Optional[Sequence[str]] = None):
     from data_pipeline import tokenization  # pylint: disable=g-import-not-at-top
     from mmrl.evaluation import alignment_maps  # pylint: disable=g-import-not-at-top
+    from mmrl.evaluation import similarity_maps  # pylint: disable=g-import-not-at-top
     self.config = config
     self.mesh = mesh
-    self.align = alignment_maps.make_alignment_fn(config, mesh, state_shardings)
+    if readouts is None:
+      loc_cfg = config.eval.get("localisation", None)
+      readouts = tuple(loc_cfg.get("readouts", ("own",))) if hasattr(loc_cfg, "get") else ("own",)
+    readouts = tuple(str(r) for r in readouts)
+    if not readouts or readouts[0] != "own" or any(r not in READOUTS for r in readouts):
+      raise ValueError(f"config.eval.localisation.readouts={readouts!r}: use 'own' first, then "
+                       f"any of {READOUTS[1:]}, e.g. ('own', 'similarity')")
+    self.similarity = "similarity" in readouts and similarity_maps.has_similarity(config)
+    self.readouts = readouts if self.similarity else ("own",)
+    self.align = alignment_maps.make_alignment_fn(config, mesh, state_shardings,
+                                                  similarity=self.similarity)
     if label_names is None:
       from data_pipeline import pipeline  # pylint: disable=g-import-not-at-top
       label_names = pipeline.dataset_info(config.data.dataset_dir)["label_names"]
@@ -390,29 +451,38 @@ class LocalisationEvaluator:
 
   # -- helpers ---------------------------------------------------------------------------------
 
-  def _maps(self, state, host_batch: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+  def _maps(self, state, host_batch: Mapping[str, np.ndarray]
+            ) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    """(own maps, sentence mask, similarity maps or None) of this process's rows."""
     import jax  # pylint: disable=g-import-not-at-top
     from mmrl.evaluation.alignment_maps import ALIGNMENT_KEYS  # pylint: disable=g-import-not-at-top
     from mmrl.parallel import distributed  # pylint: disable=g-import-not-at-top
     batch = {k: np.asarray(host_batch[k]) for k in ALIGNMENT_KEYS}
     out = self.align(state, distributed.global_batch_from_local(batch, self.mesh))
+    keys = ("maps", "sentence_mask") + (("sim_maps",) if self.similarity else ())
     if jax.process_count() > 1:  # this process's rows, in the order of its host batch
-      return tuple(_local_rows(out[k]) for k in ("maps", "sentence_mask"))
-    return np.asarray(out["maps"]), np.asarray(out["sentence_mask"])
+      got = [_local_rows(out[k]) for k in keys]
+    else:
+      got = [np.asarray(out[k]) for k in keys]
+    return got[0], got[1], (got[2] if self.similarity else None)
 
   def _display(self, image: np.ndarray) -> np.ndarray:
     d = self.config.data
     return np.clip(np.asarray(image)[..., 0] * float(d.std) + float(d.mean), 0.0, 1.0)
 
   def _query_maps(self, state, images: np.ndarray, queries: list[tuple[int, str]]
-                  ) -> np.ndarray:
-    """f32[Q, gh, gw]: the map of each (image index, sentence) query."""
+                  ) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """(own f32[Q, gh, gw], similarity f32[Q, gh, gw] or None): each (image index, sentence)
+    query's maps."""
     from mmrl.evaluation import alignment_maps  # pylint: disable=g-import-not-at-top
     d = self.config.data
     batches = alignment_maps.make_query_batch(
         images, queries, self.tokenizer, max_tokens=int(d.max_tokens),
         max_sentences=int(d.max_sentences), batch_size=self.batch_size)
-    return np.concatenate([self._maps(state, b)[0][:, 0] for b in batches])[:len(queries)]
+    got = [self._maps(state, b) for b in batches]
+    own = np.concatenate([g[0][:, 0] for g in got])[:len(queries)]
+    sim = np.concatenate([g[2][:, 0] for g in got])[:len(queries)] if self.similarity else None
+    return own, sim
 
   def _sheets(self, images, queries, maps, gts, sheets, set_name) -> None:
     from mmrl.evaluation import heatmaps  # pylint: disable=g-import-not-at-top
@@ -441,28 +511,35 @@ class LocalisationEvaluator:
       queries = [(i, templated_sentence(name, box, **kw)) for i, box, name in items]
       pairs = _Pairs()
       if queries:
-        maps = self._query_maps(state, imgs, queries)
-        for m, g, label in zip(maps, gts, labels):
-          pairs.add(m, g, label)
+        maps, sim = self._query_maps(state, imgs, queries)
+        for j, (m, g, label) in enumerate(zip(maps, gts, labels)):
+          pairs.add(m, g, label, None if sim is None else sim[j])
         self._sheets(imgs, queries, maps, gts, sheets, f"{set_name}_{variant}")
-      scalars.update(pairs.metrics(f"loc/{set_name}_{variant}"))
+      scalars.update(pairs.metrics(f"loc/{set_name}_{variant}", self.similarity))
       if variant == "templated":
         result = pairs
     sided = [j for j, (_, box, name) in enumerate(items) if has_side(name, box)]
     prefix = f"loc/{set_name}_templated/swap"
     scalars[f"{prefix}/pairs"] = float(len(sided))
+    if self.similarity:
+      scalars[f"loc/{set_name}_templated/sim/swap/pairs"] = float(len(sided))
     if sided and result is not None:
       swapped = [(items[j][0], templated_sentence(items[j][2], items[j][1], swap_sides=True))
                  for j in sided]
-      smaps = self._query_maps(state, imgs, swapped)
-      omaps = np.stack([result.maps[j] for j in sided])
+      smaps, ssim = self._query_maps(state, imgs, swapped)
       g = np.stack([gts[j] for j in sided])
-      orig, swap = pointing_game(omaps, g), pointing_game(smaps, g)
-      gh, gw = omaps.shape[1:]
-      moved = _tie_centre(omaps.astype(np.float64)) != _tie_centre(smaps.astype(np.float64))
-      scalars[f"{prefix}/pointing"] = float(swap.mean())
-      scalars[f"{prefix}/drop"] = float(orig.mean() - swap.mean())
-      scalars[f"{prefix}/moved_cell"] = float(moved.mean()) if gh * gw > 1 else 0.0
+      readouts = [(prefix, np.stack([result.maps[j] for j in sided]), smaps)]
+      if self.similarity:
+        readouts.append((f"loc/{set_name}_templated/sim/swap",
+                         np.stack([result.sim[j] for j in sided]), ssim))
+      for key, omaps, swapped_maps in readouts:
+        orig, swap = pointing_game(omaps, g), pointing_game(swapped_maps, g)
+        gh, gw = omaps.shape[1:]
+        moved = (_tie_centre(omaps.astype(np.float64))
+                 != _tie_centre(swapped_maps.astype(np.float64)))
+        scalars[f"{key}/pointing"] = float(swap.mean())
+        scalars[f"{key}/drop"] = float(orig.mean() - swap.mean())
+        scalars[f"{key}/moved_cell"] = float(moved.mean()) if gh * gw > 1 else 0.0
       self._sheets(imgs, swapped, smaps, [gts[j] for j in sided], sheets,
                    f"{set_name}_templated_swapped")
     return result
@@ -475,7 +552,7 @@ class LocalisationEvaluator:
     report = _Pairs()
     images, items = [], []
     for host in batches_fn():
-      maps, smask = self._maps(state, host)
+      maps, smask, sim = self._maps(state, host)
       valid = np.asarray(host["valid"], bool)
       for b in np.flatnonzero(valid & np.any(np.asarray(host["box_mask"], bool), axis=1)):
         bm = np.asarray(host["box_mask"][b], bool)
@@ -489,7 +566,7 @@ class LocalisationEvaluator:
           hit = match_sentence(text, blabels, self.patterns) if smask[b, s] else []
           if hit:
             gt = boxes_to_mask(boxes[hit], size, size)
-            report.add(maps[b, s], gt, "report")
+            report.add(maps[b, s], gt, "report", None if sim is None else sim[b, s])
             rows.append((s, text, gt))
         if rows and sum(1 for n, _ in sheets if n.startswith("heatmaps/synthetic_")) < (
             self.num_heatmaps):
@@ -502,7 +579,7 @@ class LocalisationEvaluator:
           for box, label in zip(boxes, blabels):
             name = self.label_names[int(label)] if 0 <= int(label) < len(self.label_names) else ""
             items.append((len(images) - 1, box, name))
-    scalars.update(report.metrics("loc/synthetic"))
+    scalars.update(report.metrics("loc/synthetic", self.similarity))
     if self.templated_synthetic:
       self._templated(state, images, items, "synthetic", scalars, sheets)
 
@@ -526,9 +603,12 @@ class LocalisationEvaluator:
     pairs = self._templated(state, images, items, "nih", scalars, sheets)
     if pairs is not None and pairs.maps:
       hits = pointing_game(np.stack(pairs.maps), np.stack(pairs.gt))
+      sim_hits = pointing_game(np.stack(pairs.sim), np.stack(pairs.gt)) if self.similarity else None
       for name in sorted(set(pairs.labels)):
         sel = np.array([lab == name for lab in pairs.labels])
         scalars[f"loc/nih_templated/pointing/{name}"] = float(np.mean(hits[sel]))
+        if sim_hits is not None:
+          scalars[f"loc/nih_templated/sim/pointing/{name}"] = float(np.mean(sim_hits[sel]))
 
   def __call__(self, state, batches_fn: Callable[[], Iterable[Mapping[str, np.ndarray]]]
                ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
@@ -545,4 +625,4 @@ __all__ = ["upsample_bilinear", "boxes_to_mask", "pointing_game", "map_iou", "th
            "baseline_pointing", "has_side", "MIDLINE_MARGIN",
            "localisation_metrics", "templated_sentence", "box_location", "finding_patterns",
            "match_sentence", "decode_sentences", "LocalisationEvaluator", "IOU_THRESHOLD",
-           "TEMPLATE_PHRASES"]
+           "TEMPLATE_PHRASES", "READOUTS", "MAP_METRICS", "mean_cnr", "readout_metrics"]
