@@ -60,7 +60,7 @@ def _cases(full: bool) -> dict[str, dict]:
 def main(argv):
   del argv
   import importlib  # pylint: disable=import-outside-toplevel
-  from mmrl.models.released import parity  # pylint: disable=import-outside-toplevel
+  from benchmarks.released_references import parity  # pylint: disable=import-outside-toplevel
   rows = []
   cases = _cases(_FULL.value)
   with tempfile.TemporaryDirectory() as tmp:

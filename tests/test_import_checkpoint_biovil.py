@@ -9,7 +9,7 @@ pytest.importorskip("torchvision")
 pytest.importorskip("transformers")
 
 from experiments.configs import biovil as biovil_config  # noqa: E402
-from mmrl.models.released import parity  # noqa: E402
+from benchmarks.released_references import parity  # noqa: E402
 
 TOL = 1e-4
 

@@ -17,7 +17,7 @@ pytest.importorskip("transformers")
 from experiments.configs import from_run  # noqa: E402
 from experiments.configs import mgca as mgca_config  # noqa: E402
 from mmrl.models.released import importer  # noqa: E402
-from mmrl.models.released import parity  # noqa: E402
+from benchmarks.released_references import parity  # noqa: E402
 from mmrl.models.released import run_writer  # noqa: E402
 from mmrl.models.released.source import SourceError  # noqa: E402
 
@@ -134,7 +134,7 @@ def test_an_output_holding_a_run_is_refused_unless_overwrite(run_dir, result):
 
 def test_a_checkpoint_trained_with_local_attention_layers_is_refused(result, tmp_path):
   ckpt = torch.load(result["source"], weights_only=False)
-  ckpt["hyper_parameters"].use_local_atten = True
+  ckpt["hyper_parameters"]["use_local_atten"] = True
   path = tmp_path / "local_atten.ckpt"
   torch.save(ckpt, str(path))
   with pytest.raises(SourceError, match="use_local_atten=True"):
@@ -142,7 +142,7 @@ def test_a_checkpoint_trained_with_local_attention_layers_is_refused(result, tmp
 
 
 def test_the_vocabulary_must_be_given_and_fit_the_embedding_table(result, tmp_path):
-  from mmrl.models.released import reference_torch as R  # pylint: disable=import-outside-toplevel
+  from benchmarks.released_references import reference_torch as R  # pylint: disable=import-outside-toplevel
   converted = importer.convert("mgca", result["source"])
   with pytest.raises(SourceError, match="--tokenizer.*Bio_ClinicalBERT"):
     importer.build_config(converted, mgca_config.get_config())

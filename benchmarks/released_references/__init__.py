@@ -1,0 +1,1 @@
+"""PyTorch references of the released models (parity tests and benchmarks; never imported by mmrl)."""
