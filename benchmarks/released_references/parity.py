@@ -59,11 +59,13 @@ def _reference(fmt: str, workdir: pathlib.Path, variant: str, seed: int, sizes: 
 
 def run_parity(fmt: str, workdir: str | pathlib.Path, base_config: Any, *, variant: str = "vit",
                image_size: int = 64, text_length: int = 24, batch: int = 2, seed: int = 0,
-               sizes: dict | None = None, positions: str | None = None) -> dict[str, Any]:
+               sizes: dict | None = None, positions: str | None = None,
+               reference_positions: str | None = None) -> dict[str, Any]:
   """See the module docstring. Returns {'max_abs_diff': {name: float}, 'scale': {name: max |ref|},
   'counts': the import report's counts, 'report': the report, 'seconds': {...}}.
   `positions` (MGCA): the import's text positions and the reference's call ('authors': the token
-  types passed positionally as position ids, as MGCA's code does; 'arange': 0..L-1)."""
+  types passed positionally as position ids, as MGCA's code does; 'arange': 0..L-1);
+  `reference_positions` (default: the same) measures what a mismatch does."""
   import torch  # pylint: disable=import-outside-toplevel
   from benchmarks.released_references import reference_torch as R  # pylint: disable=import-outside-toplevel
   from mmrl.models.two_tower import build_model  # pylint: disable=import-outside-toplevel
@@ -71,7 +73,7 @@ def run_parity(fmt: str, workdir: str | pathlib.Path, base_config: Any, *, varia
   workdir.mkdir(parents=True, exist_ok=True)
   t0 = time.time()
   path, vocab, ref_forward, (mean, std) = _reference(fmt, workdir, variant, seed, sizes or {},
-                                                     positions or "authors")
+                                                     reference_positions or positions or "authors")
   t1 = time.time()
   converted = importer.convert(fmt, path, positions=positions)
   config = importer.build_config(converted, base_config,
