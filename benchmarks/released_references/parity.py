@@ -113,7 +113,7 @@ def run_parity(fmt: str, workdir: str | pathlib.Path, base_config: Any, *, varia
   ours["text_tokens"] = out["text"].tokens
   t3 = time.time()
 
-  diffs, scale = {}, {}
+  diffs, scale, cosine = {}, {}, {}
   n_words = content.reshape(batch, length)
   for mine, theirs in COMPARE[fmt].items():
     a, b = np.asarray(ours[mine], np.float32), ref[theirs]
@@ -134,9 +134,12 @@ def run_parity(fmt: str, workdir: str | pathlib.Path, base_config: Any, *, varia
       if a.shape != b.shape:
         raise ValueError(f"{fmt}: ours {mine} {a.shape} vs reference {theirs} {b.shape}")
       d, s = float(np.abs(a - b).max()), float(np.abs(b).max())
+      if a.ndim == 2:  # [B, D] embeddings: the smallest cosine between ours and theirs
+        cos = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+        cosine[mine] = float(cos.min())
     diffs[mine], scale[mine] = d, s
   report = converted.report()
   return {"format": fmt, "variant": variant if fmt == "mgca" else "", "max_abs_diff": diffs,
-          "scale": scale, "counts": report["counts"], "report": report,
+          "scale": scale, "min_cosine": cosine, "counts": report["counts"], "report": report,
           "config": config, "source": str(path),
           "seconds": {"reference": t1 - t0, "convert": t2 - t1, "forward": t3 - t2}}

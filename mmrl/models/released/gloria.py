@@ -6,7 +6,12 @@ Lightning `.ckpt` whose `state_dict` holds
   gloria.img_encoder.global_embedder.*   Linear(2048 -> 768) on the pooled layer4
   gloria.img_encoder.local_embedder.weight  1x1 Conv2d(1024 -> 768, no bias) on layer3
   gloria.text_encoder.model.*            Bio_ClinicalBERT (transformers BertModel, with pooler)
-plus `optimizer_states`, `lr_schedulers`, `callbacks`, `hyper_parameters` (the OmegaConf config).
+plus `optimizer_states`, `lr_schedulers`, `callbacks` (Lightning 1.1.x: keyed by the callback
+class), `native_amp_scaling_state` (precision 16), `hyper_parameters` -- the OmegaConf
+`DictConfig` object itself (`save_hyperparameters(cfg)`; `load_gloria` reads
+`ckpt["hyper_parameters"].model.text.bert_type`) -- and `hparams_type`. The restricted unpickler
+reads the DictConfig as inert data (`source.plain`); hyper-parameters that disagree with the
+tensors (a `bert_type` of another width, an `embedding_dim` that is not the heads') are refused.
 
 Target (experiments/configs/gloria.py with these changes, all in `Converted.overrides`):
   image tower  resnet50, local_stage=3 (layer3 = regions), resize_to=299 (the encoder's
