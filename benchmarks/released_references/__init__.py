@@ -1,1 +1,2 @@
-"""PyTorch references of the released models (parity tests and benchmarks; never imported by mmrl)."""
+"""PyTorch references of the released models, for parity tests and benchmarks (mmrl never
+imports them)."""

@@ -53,7 +53,8 @@ def save_with_trainer(model: torch.nn.Module, path: pathlib.Path, hparams: Any, 
     if version:
       ckpt["pytorch-lightning_version"] = version
     if pl1_extras:
-      from pytorch_lightning.callbacks import ModelCheckpoint  # pylint: disable=import-outside-toplevel
+      from pytorch_lightning import callbacks  # pylint: disable=import-outside-toplevel
+      ModelCheckpoint = callbacks.ModelCheckpoint  # pylint: disable=invalid-name
       ckpt["callbacks"] = {ModelCheckpoint: {"monitor": "val_loss",
                                              "best_model_score": torch.tensor(1.5),
                                              "best_model_path": "epoch=7.ckpt"}}

@@ -2,7 +2,8 @@
 
 `run_parity(fmt, workdir, base_config, ...)` builds the format's reference
 (`reference_torch`, seeded random weights), saves it in the release's file structure under
-`workdir` (Lightning formats through a real `Trainer.save_checkpoint`, `lightning_files`), imports it with `importer.convert` + `importer.build_config`, runs mmrl's model
+`workdir` (Lightning formats through a real `Trainer.save_checkpoint`, `lightning_files`),
+imports it with `importer.convert` + `importer.build_config`, runs mmrl's model
 (float32, eval mode) and the reference on the same images and token ids, and returns the largest
 absolute difference of each embedding (global and local, image and text) plus the import's
 tensor counts. Needs torch, torchvision, transformers, pytorch-lightning, omegaconf (and timm

@@ -1,7 +1,13 @@
-"""PyTorch references of the released models, written from the authors' forward passes, for parity.
+"""PyTorch references of the released models, written by us from the authors' code as called.
 
-Each reference has the authors' module tree, so its `state_dict()` has their tensor names, and is
-saved in the file structure they release:
+Each reference has the authors' module tree, so its `state_dict()` has their tensor names; its
+forward calls the inner models as the authors do, positional arguments included (GLoRIA:
+`self.model(ids, attn_mask, token_type, output_hidden_states=True)` into a transformers BertModel;
+MGCA: `self.model(ids, attn_mask, token_type, return_dict=True, mode="text")` into `MedBertModel`,
+BLIP's med.py BERT, whose third positional parameter is `position_ids` and which has no token-type
+table -- `MgcaTextEncoder.positions = 'arange'` calls it with 0..L-1 instead). GLoRIA and MGCA are
+saved by Lightning itself (`lightning_files.save_with_trainer`: GLoRIA's hyper-parameters the
+OmegaConf DictConfig of its config, MGCA's its keyword arguments). The file structures:
 
   GLoRIA  (marshuang80/gloria: models/vision_model.py ImageEncoder, models/text_model.py
           BertEncoder, lightning/pretrain_model.py): a Lightning checkpoint whose state_dict keys are
@@ -15,7 +21,7 @@ saved in the file structure they release:
           img_encoder_q.model.* (BLIP/timm ViT or torchvision ResNet-50), {img,text}_encoder_q.
           {global_embed,local_embed}.head.{0,1,3,4} (Linear/Conv1d -> BN -> ReLU -> Linear/Conv1d
           -> BN(affine=False)), text_encoder_q.model.* (BLIP med.py BertModel, 6 layers, with unused
-          cross-attention tensors, no pooler), {patch,word}_local_atten_layer.* (unused with
+          cross-attention tensors, no pooler, no token-type table), {patch,word}_local_atten_layer.* (unused with
           use_local_atten=False), prototype_layer.weight.
   BioViL  (microsoft/hi-ml, hi-ml-multimodal: image/model/model.py ImageModel, modules.py MLP,
           text/model/modelling_cxrbert.py CXRBertModel): the image model's state dict
@@ -39,6 +45,8 @@ import torch.nn.functional as F
 import torchvision
 import transformers
 from torch import nn
+
+from benchmarks.released_references import lightning_files
 
 # ----------------------------------------------------------------------------------------------
 # Shared pieces.
@@ -286,7 +294,6 @@ def save_gloria(model: GloriaLightning, path: pathlib.Path, hparams: Any = None
                 ) -> pathlib.Path:
   """The released `.ckpt`: Lightning's own `save_checkpoint` with the DictConfig hparams, plus
   the 1.1.x extras (AMP scaler state, callbacks keyed by class)."""
-  from benchmarks.released_references import lightning_files  # pylint: disable=import-outside-toplevel
   return lightning_files.save_with_trainer(
       model, path, gloria_hparams(model) if hparams is None else hparams, pl1_extras=True,
       version="1.1.4")
@@ -517,7 +524,6 @@ def mgca_reference(image_kind: str = "vit", seed: int = 0, *, hidden: int = 64, 
 def save_mgca(model: MgcaLightning, path: pathlib.Path, **hparams: Any) -> pathlib.Path:
   """The released `.ckpt`: Lightning's `save_checkpoint` with MGCA's keyword hyper-parameters
   (`save_hyperparameters()` of MGCA.__init__'s arguments: an AttributeDict)."""
-  from benchmarks.released_references import lightning_files  # pylint: disable=import-outside-toplevel
   values = dict(img_encoder="vit_base" if model.img_encoder_q.kind == "vit" else "resnet_50",
                 freeze_bert=False, emb_dim=model.prototype_layer.in_features,
                 softmax_temperature=0.07, learning_rate=2e-5, momentum=0.9,
