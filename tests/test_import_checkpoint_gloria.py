@@ -136,3 +136,16 @@ def test_a_cyclic_hparams_object_is_read_without_recursion(tmp_path):
 def test_a_gloria_file_given_as_mgca_names_the_expected_keys(result):
   with pytest.raises(SourceError, match=r"not a MGCA checkpoint.*prototype_layer"):
     importer.convert("mgca", result["source"])
+
+
+def test_a_lightning_file_of_another_project_is_refused_and_nothing_is_written(tmp_path):
+  from omegaconf import OmegaConf  # pylint: disable=import-outside-toplevel
+  path = tmp_path / "other.ckpt"
+  torch.save({"state_dict": {"encoder.layer1.weight": torch.ones(3, 3)}, "epoch": 3,
+              "pytorch-lightning_version": "1.1.4",
+              "hyper_parameters": OmegaConf.create({"model": {"name": "unet"}})}, str(path))
+  out = tmp_path / "runs" / "x"
+  with pytest.raises(SourceError, match=r"other.ckpt is not a GLoRIA checkpoint.*global_embedder"):
+    importer.import_checkpoint("gloria", path, out, gloria_config.get_config(),
+                               tokenizer=str(path))
+  assert not out.exists()
