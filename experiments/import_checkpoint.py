@@ -8,7 +8,8 @@ python -m experiments.import_checkpoint --format=biovil \
     --input=/models/BiomedVLP-CXR-BERT-specialized --output=runs/biovil_released
 Then: python -m experiments.evaluate --config=experiments/configs/from_run.py:runs/gloria_released \
     --config.data.dataset_dir=/data/shards --checkpoint=runs/gloria_released
-Writes <output>/{config.json, checkpoints/0, import_report.json}; nothing on failure; an --output
+MGCA runs as its released forward by default (every text token at position 0; --positions=arange
+for 0..L-1). Writes <output>/{config.json, checkpoints/0, import_report.json}; nothing on failure; an --output
 that holds anything is refused unless --overwrite. Formats, sources and what is kept / dropped:
 docs/released_checkpoints.md. Thin: mmrl.models.released.importer does the work.
 """
