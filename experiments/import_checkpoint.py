@@ -8,7 +8,8 @@ python -m experiments.import_checkpoint --format=biovil \
     --input=/models/BiomedVLP-CXR-BERT-specialized --output=runs/biovil_released
 Then: python -m experiments.evaluate --config=experiments/configs/from_run.py:runs/gloria_released \
     --config.data.dataset_dir=/data/shards --checkpoint=runs/gloria_released
-Writes <output>/{config.json, checkpoints/0, import_report.json}; nothing on failure; an --output
+MGCA runs as its released forward by default (every text token at position 0; --positions=arange
+for 0..L-1). Writes <output>/{config.json, checkpoints/0, import_report.json}; nothing on failure; an --output
 that holds anything is refused unless --overwrite. Formats, sources and what is kept / dropped:
 docs/released_checkpoints.md. Thin: mmrl.models.released.importer does the work.
 """
@@ -32,6 +33,9 @@ _IMAGE_WEIGHTS = flags.DEFINE_string("image_weights", None, "biovil: the image m
                                      "it is not in --input.")
 _TEXT_HEADS = flags.DEFINE_integer("text_num_heads", None, "gloria/mgca: BERT attention heads "
                                    "(not stored in the tensors; default hidden / 64).")
+_POSITIONS = flags.DEFINE_enum("positions", None, ["authors", "arange"], "mgca: text positions. "
+                               "'authors' (default): every token at position 0, as MGCA's "
+                               "released forward computes; 'arange': 0..L-1.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing --output.")
 
 
@@ -47,7 +51,7 @@ def main(argv):
     out, report = importer.import_checkpoint(
         fmt, _INPUT.value, _OUTPUT.value, base, tokenizer=_TOKENIZER.value,
         overwrite=_OVERWRITE.value, image_weights=_IMAGE_WEIGHTS.value,
-        text_num_heads=_TEXT_HEADS.value)
+        text_num_heads=_TEXT_HEADS.value, positions=_POSITIONS.value)
   except (SourceError, run_writer.OutputExistsError) as e:
     sys.exit(f"import_checkpoint: {e}")
   c = report["counts"]

@@ -35,9 +35,10 @@ class Converted:
   batch_stats: Flat
   ledger: Ledger
   notes: list[str]
+  extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # format facts for the report
 
   def report(self) -> dict[str, Any]:
-    return {"format": self.format, "source": self.source, "notes": self.notes,
+    return {"format": self.format, "source": self.source, "notes": self.notes, **self.extra,
             "config_overrides": self.overrides, **self.ledger.report()}
 
 
@@ -60,13 +61,16 @@ def require(state: Mapping[str, Any], names: list[str], *, fmt: str, source: str
 # BERT.
 
 def bert_sizes(state: Mapping[str, np.ndarray], prefix: str, *, num_heads: int | None,
-               source: str) -> dict[str, int]:
+               source: str, token_types: bool = True) -> dict[str, int]:
   """Tower sizes read from the tensors under `prefix` (a BertModel's names). The head count is
-  not in the tensors: `num_heads` or hidden // 64 (BERT's head size)."""
+  not in the tensors: `num_heads` or hidden // 64 (BERT's head size). `token_types=False`: the
+  BERT has no token-type table (BLIP's med.py, MGCA); `convert_bert(..., token_types=False)`
+  then imports a zero table."""
   try:
     vocab, hidden = state[prefix + "embeddings.word_embeddings.weight"].shape
     positions = state[prefix + "embeddings.position_embeddings.weight"].shape[0]
-    types = state[prefix + "embeddings.token_type_embeddings.weight"].shape[0]
+    types = (state[prefix + "embeddings.token_type_embeddings.weight"].shape[0] if token_types
+             else BERT_DEFAULTS["type_vocab_size"])
     intermediate = state[prefix + "encoder.layer.0.intermediate.dense.weight"].shape[0]
   except KeyError as e:
     raise SourceError(f"{source}: the BERT under {prefix!r} lacks {e.args[0]!r}") from None
@@ -88,10 +92,19 @@ def bert_overrides(sizes: Mapping[str, int]) -> dict[str, Any]:
   return {"model.text.weights": "", **{f"model.text.{k}": v for k, v in sizes.items()}}
 
 
+TOKEN_TYPE_PATH = ("text_tower", "embeddings", "token_type_embeddings", "embedding")
+POSITION_PATH = ("text_tower", "embeddings", "position_embeddings", "embedding")
+
+
 def convert_bert(state: Mapping[str, np.ndarray], prefix: str, ledger: Ledger,
-                 params: Flat, *, unused: Mapping[str, str]) -> None:
+                 params: Flat, *, unused: Mapping[str, str], token_types: bool = True) -> None:
   """Maps the BertModel under `prefix` into params['text_tower', ...] (hf_weights' names).
-  `unused`: {regex on the name after prefix: reason} for tensors that the forward never reads."""
+  `unused`: {regex on the name after prefix: reason} for tensors that the forward never reads.
+  `token_types=False`: the source has no token-type table; ours gets zeros (type_vocab_size
+  rows), so that word + position embeddings are exactly the source's."""
+  if not token_types:
+    hidden = int(np.shape(state[prefix + "embeddings.word_embeddings.weight"])[1])
+    params[TOKEN_TYPE_PATH] = np.zeros((BERT_DEFAULTS["type_vocab_size"], hidden), np.float32)
   for name, value in state.items():
     if not name.startswith(prefix):
       continue

@@ -6,7 +6,12 @@ Lightning `.ckpt` whose `state_dict` holds
   gloria.img_encoder.global_embedder.*   Linear(2048 -> 768) on the pooled layer4
   gloria.img_encoder.local_embedder.weight  1x1 Conv2d(1024 -> 768, no bias) on layer3
   gloria.text_encoder.model.*            Bio_ClinicalBERT (transformers BertModel, with pooler)
-plus `optimizer_states`, `lr_schedulers`, `callbacks`, `hyper_parameters` (the OmegaConf config).
+plus `optimizer_states`, `lr_schedulers`, `callbacks` (Lightning 1.1.x: keyed by the callback
+class), `native_amp_scaling_state` (precision 16), `hyper_parameters` -- the OmegaConf
+`DictConfig` object itself (`save_hyperparameters(cfg)`; `load_gloria` reads
+`ckpt["hyper_parameters"].model.text.bert_type`) -- and `hparams_type`. The restricted unpickler
+reads the DictConfig as inert data (`source.plain`); hyper-parameters that disagree with the
+tensors (a `bert_type` of another width, an `embedding_dim` that is not the heads') are refused.
 
 Target (experiments/configs/gloria.py with these changes, all in `Converted.overrides`):
   image tower  resnet50, local_stage=3 (layer3 = regions), resize_to=299 (the encoder's
@@ -52,6 +57,9 @@ def read_lightning(path: pathlib.Path, fmt: str, expected: list[str], hint: str
     found = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
     raise SourceError(f"{path} is not a {fmt} Lightning checkpoint: expected a dict with "
                       f"'state_dict' (keys {', '.join(expected[:3])}, ...), found {found}. {hint}")
+  if not isinstance(ckpt["state_dict"], dict):
+    raise SourceError(f"{path}: ['state_dict'] is a {type(ckpt['state_dict']).__name__}, not a "
+                      f"dict of tensors. {hint}")
   state = {k: source_lib.to_numpy(v) for k, v in ckpt["state_dict"].items()
            if source_lib.is_tensor(v)}
   common.require(state, expected, fmt=fmt, source=str(path), hint=hint)
@@ -78,6 +86,29 @@ def _get(tree: Any, *keys: str, default: Any = None) -> Any:
       return default
     tree = tree[k]
   return tree
+
+
+# Hidden widths of the BERTs GLoRIA's configs name (model.text.bert_type); others are not checked.
+BERT_WIDTHS = {"emilyalsentzer/Bio_ClinicalBERT": 768, "emilyalsentzer/Bio_Discharge_Summary_BERT":
+               768, "bert-base-uncased": 768, "bert-base-cased": 768, "bert-large-uncased": 1024,
+               "bert-large-cased": 1024, "microsoft/BiomedVLP-CXR-BERT-general": 768,
+               "prajjwal1/bert-tiny": 128, "prajjwal1/bert-mini": 256}
+
+
+def _check_hparams(hparams: Any, state, sizes, path: pathlib.Path) -> None:
+  """hyper_parameters that disagree with the tensors: the file is not what it says it is."""
+  bert_type = _get(hparams, "model", "text", "bert_type")
+  if bert_type in BERT_WIDTHS and BERT_WIDTHS[bert_type] != sizes["hidden_size"]:
+    raise SourceError(f"{path}: hyper_parameters model.text.bert_type={bert_type!r} is "
+                      f"{BERT_WIDTHS[bert_type]} wide, but the tensors under {TEXT!r} are "
+                      f"{sizes['hidden_size']} wide; the config and the weights disagree - "
+                      "the file was edited or is not a GLoRIA release")
+  embed = _get(hparams, "model", "text", "embedding_dim")
+  out = int(np.shape(state[IMAGE + "global_embedder.weight"])[0])
+  if embed is not None and int(embed) != out:
+    raise SourceError(f"{path}: hyper_parameters model.text.embedding_dim={embed}, but "
+                      f"{IMAGE}global_embedder maps to {out}; the config and the weights "
+                      "disagree")
 
 
 def convert(path: str | pathlib.Path, *, text_num_heads: int | None = None) -> common.Converted:
@@ -112,6 +143,7 @@ def convert(path: str | pathlib.Path, *, text_num_heads: int | None = None) -> c
   if hparams is None:
     notes.append("hyper_parameters not readable; assumed the released configuration "
                  "(last_n_layers 4, aggregate sum, norm half)")
+  _check_hparams(hparams, state, sizes, path)
   if last_n > sizes["num_layers"] + 1:
     raise SourceError(f"{path}: last_n_layers={last_n} exceeds the BERT's {sizes['num_layers']} "
                       "layers + embeddings")

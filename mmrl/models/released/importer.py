@@ -11,6 +11,7 @@ the library never imports `experiments`).
 """
 from __future__ import annotations
 
+import inspect
 import pathlib
 from typing import Any, Callable
 
@@ -23,6 +24,7 @@ from mmrl.models.released import mgca
 from mmrl.models.released import run_writer
 from mmrl.models.released.source import SourceError
 
+# Options a format's convert() does not take are left out (the CLI passes all flags).
 FORMATS: dict[str, Callable[..., common.Converted]] = {
     "gloria": gloria.convert, "mgca": mgca.convert, "biovil": biovil.convert}
 METHOD_CONFIG = {"gloria": "gloria", "mgca": "mgca", "biovil": "biovil"}
@@ -37,7 +39,19 @@ def convert(fmt: str, path: str | pathlib.Path, **options: Any) -> common.Conver
   if fmt not in FORMATS:
     raise SourceError(f"--format={fmt!r} is not known; use one of {', '.join(FORMATS)}")
   options = {k: v for k, v in options.items() if v is not None}
-  return FORMATS[fmt](path, **options)
+  accepted = inspect.signature(FORMATS[fmt]).parameters
+  options = {k: v for k, v in options.items() if k in accepted}
+  try:
+    return FORMATS[fmt](path, **options)
+  except SourceError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    # Any other failure while reading a source is the importer's error, never a traceback.
+    where = f" at {e.args[0]!r}" if isinstance(e, KeyError) and e.args else ""
+    raise SourceError(f"{path}: reading it as --format={fmt} failed{where} "
+                      f"({type(e).__name__}: {str(e).strip()[:300] or repr(e)}); this is not the "
+                      f"file layout the {fmt} importer was written for (docs/"
+                      "released_checkpoints.md lists it)") from None
 
 
 def _vocab_size(tokenizer: str) -> int:

@@ -18,6 +18,14 @@ named ViT whose sizes match; [CLS] attention on, as the config) or resnet50 with
 and resize_to=299; the four heads as `MLPProjection(norm='batch', output_norm='batch' without
 affine)` (the Linear bias before BatchNorm folded into the running mean); `prototypes/weight`;
 the text tower with the checkpoint's sizes and [CLS] global; data mean/std 0.5.
+Text positions (`positions=`): MGCA's `BertEncoder.forward` calls `self.model(ids, attn_mask,
+token_type, ...)` and med.py's `BertModel.forward` takes `(input_ids, attention_mask,
+position_ids, ...)`, so the all-zero token types arrive as position ids: every token gets row 0 of
+the position table, and the released weights were trained that way. `positions='authors'` (the
+default) reproduces it by importing a position table whose every row is the source's row 0 (the
+weights themselves carry it, so evaluate, export and init_from compute what MGCA computed);
+`positions='arange'` imports the table as stored (positions 0..L-1). med.py's BERT has no
+token-type table: a zero table is imported.
 Dropped: the cross-attention weights (never run in mode='text'), the local attention layers
 (use_local_atten=False in the released model; a checkpoint with True is refused), position_ids,
 BatchNorm counters, optimiser moments, Lightning bookkeeping.
@@ -25,6 +33,8 @@ BatchNorm counters, optimiser moments, Lightning bookkeeping.
 from __future__ import annotations
 
 import pathlib
+
+import numpy as np
 
 from mmrl.models.released import common
 from mmrl.models.released import vision
@@ -40,9 +50,16 @@ HINT = ("Pass an MGCA checkpoint (e.g. vit_base.ckpt or resnet_50.ckpt from HKU-
 CROSS = "cross-attention of BLIP's med.py BertModel: never run in mode='text'"
 
 
-def convert(path: str | pathlib.Path, *, text_num_heads: int | None = None) -> common.Converted:
+POSITIONS = ("authors", "arange")
+
+
+def convert(path: str | pathlib.Path, *, text_num_heads: int | None = None,
+            positions: str = "authors") -> common.Converted:
   """Reads an MGCA checkpoint; see the module docstring."""
   path = pathlib.Path(path)
+  if positions not in POSITIONS:
+    raise SourceError(f"--positions={positions!r} is not known; use 'authors' (every token at "
+                      "position 0, as MGCA's released forward) or 'arange' (0..L-1)")
   state, hparams, ledger = read_lightning(path, "MGCA", EXPECTED, HINT)
   notes: list[str] = []
   params: common.Flat = {}
@@ -80,11 +97,29 @@ def convert(path: str | pathlib.Path, *, text_num_heads: int | None = None) -> c
   params[("prototypes", "weight")] = protos
   ledger.take("prototype_layer.weight", "params/prototypes/weight")
 
-  sizes = common.bert_sizes(state, TEXT + "model.", num_heads=text_num_heads, source=str(path))
-  common.convert_bert(state, TEXT + "model.", ledger, params, unused={
+  token_types = TEXT + "model.embeddings.token_type_embeddings.weight" in state
+  sizes = common.bert_sizes(state, TEXT + "model.", num_heads=text_num_heads, source=str(path),
+                            token_types=token_types)
+  common.convert_bert(state, TEXT + "model.", ledger, params, token_types=token_types, unused={
       r"\.crossattention\.": CROSS,
       r"^embeddings\.position_ids$": "constant position-id buffer (arange)",
       r"^pooler\.": "BERT pooler: MGCA builds the BERT with add_pooling_layer=False"})
+  if not token_types:
+    notes.append("med.py's BERT has no token-type table: imported zeros "
+                 "(params/text_tower/embeddings/token_type_embeddings)")
+  position_name = TEXT + "model.embeddings.position_embeddings.weight"
+  if positions == "authors":
+    table = np.asarray(state[position_name], np.float32)
+    params[common.POSITION_PATH] = np.repeat(table[:1], table.shape[0], axis=0)
+    ledger.imported[position_name] = [
+        "params/" + "/".join(common.POSITION_PATH) + " (every row = source row 0)"]
+    notes.append("text positions='authors': every token uses row 0 of the position table, as "
+                 "MGCA's forward does (BertEncoder passes the all-zero token_type ids "
+                 "positionally into med.py's position_ids); the import's position table repeats "
+                 "row 0, so evaluate / export / init_from keep this behaviour")
+  else:
+    notes.append("text positions='arange': positions 0..L-1 (not what the released MGCA model "
+                 "computed; see docs/released_checkpoints.md)")
   for name in ("patch_local_atten_layer.", "word_local_atten_layer."):
     ledger.drop_rest(name, "MultiheadAttention used only with use_local_atten=True (released: "
                            "False)")
@@ -101,4 +136,6 @@ def convert(path: str | pathlib.Path, *, text_num_heads: int | None = None) -> c
       "data.mean": 0.5, "data.std": 0.5,
   }
   overrides.setdefault("data.image_size", 224)
-  return common.Converted("mgca", str(path), overrides, params, stats, ledger, notes)
+  converted = common.Converted("mgca", str(path), overrides, params, stats, ledger, notes)
+  converted.extra["text_positions"] = positions
+  return converted

@@ -138,25 +138,32 @@ def load_torch_file(path: str | pathlib.Path) -> Any:
                       "download it again") from None
 
 
-def plain(obj: Any) -> Any:
-  """Opaque records (OmegaConf DictConfig, Namespace, AttributeDict) -> dicts where possible."""
+def plain(obj: Any, _depth: int = 0) -> Any:
+  """Opaque records (OmegaConf DictConfig / ListConfig, Namespace, AttributeDict) -> dicts and
+  lists where their state is a mapping / list (enough to read hyper-parameters). OmegaConf's
+  `_parent` back-links are not followed; nesting deeper than 64 levels is refused."""
+  if _depth > 64:
+    raise SourceError("hyper-parameters nest deeper than 64 levels (a cyclic object?)")
+  down = _depth + 1
   if isinstance(obj, Opaque):
     if obj.items:
-      return {k: plain(v) for k, v in obj.items.items()}
+      return {k: plain(v, down) for k, v in obj.items.items()}
+    if obj.list:
+      return [plain(v, down) for v in obj.list]
     state = obj.state
     if isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], Mapping):
       state = state[1]  # (dict state, slot state)
     if isinstance(state, Mapping):
-      if "_content" in state:  # OmegaConf node
-        return plain(state["_content"])
-      if "_val" in state:
-        return plain(state["_val"])
-      return {k: plain(v) for k, v in state.items() if not str(k).startswith("_")}
+      if "_content" in state:  # OmegaConf container (DictConfig / ListConfig)
+        return plain(state["_content"], down)
+      if "_val" in state:  # OmegaConf value node
+        return plain(state["_val"], down)
+      return {k: plain(v, down) for k, v in state.items() if not str(k).startswith("_")}
     return None
   if isinstance(obj, Mapping):
-    return {k: plain(v) for k, v in obj.items()}
+    return {k: plain(v, down) for k, v in obj.items()}
   if isinstance(obj, (list, tuple)):
-    return [plain(v) for v in obj]
+    return [plain(v, down) for v in obj]
   return obj
 
 
@@ -176,21 +183,35 @@ def is_tensor(value: Any) -> bool:
 
 
 def iter_tensors(obj: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
-  """(dotted path, tensor) for every tensor nested anywhere in `obj` (dicts, lists, records)."""
-  if is_tensor(obj):
-    yield prefix, obj
-    return
-  if isinstance(obj, Opaque):
-    for name, part in (("args", obj.args), ("state", obj.state), ("items", obj.items),
-                       ("list", obj.list)):
-      yield from iter_tensors(part, f"{prefix}.<{name}>" if prefix else f"<{name}>")
-    return
-  if isinstance(obj, Mapping):
-    for k, v in obj.items():
-      yield from iter_tensors(v, f"{prefix}.{k}" if prefix else str(k))
-  elif isinstance(obj, (list, tuple)):
-    for i, v in enumerate(obj):
-      yield from iter_tensors(v, f"{prefix}.{i}" if prefix else str(i))
+  """(dotted path, tensor) for every tensor nested anywhere in `obj` (dicts, lists, records).
+
+  Each container is visited once (pickled object graphs may share or cycle: an OmegaConf node
+  links to its parent, `_parent`, which is skipped as it is never data of its own)."""
+  seen: set[int] = set()
+  stack: list[tuple[str, Any]] = [(prefix, obj)]
+  while stack:
+    path, node = stack.pop()
+    if is_tensor(node):
+      yield path, node
+      continue
+    if isinstance(node, (Opaque, Mapping, list, tuple)):
+      if id(node) in seen:
+        continue
+      seen.add(id(node))
+    children: list[tuple[str, Any]] = []
+    if isinstance(node, Opaque):
+      for name, part in (("args", node.args), ("state", node.state), ("items", node.items),
+                         ("list", node.list)):
+        children.append((f"{path}.<{name}>" if path else f"<{name}>", part))
+    elif isinstance(node, Mapping):
+      for k, v in node.items():
+        if k == "_parent":
+          continue
+        children.append((f"{path}.{k}" if path else str(k), v))
+    elif isinstance(node, (list, tuple)):
+      for i, v in enumerate(node):
+        children.append((f"{path}.{i}" if path else str(i), v))
+    stack.extend(reversed(children))
 
 
 def read_safetensors_or_bin(folder: pathlib.Path) -> tuple[dict[str, np.ndarray], pathlib.Path]:

@@ -2,10 +2,12 @@
 
 `run_parity(fmt, workdir, base_config, ...)` builds the format's reference
 (`reference_torch`, seeded random weights), saves it in the release's file structure under
-`workdir`, imports it with `importer.convert` + `importer.build_config`, runs mmrl's model
+`workdir` (Lightning formats through a real `Trainer.save_checkpoint`, `lightning_files`),
+imports it with `importer.convert` + `importer.build_config`, runs mmrl's model
 (float32, eval mode) and the reference on the same images and token ids, and returns the largest
 absolute difference of each embedding (global and local, image and text) plus the import's
-tensor counts. Needs torch, torchvision, transformers (and timm for MGCA-ViT): the `torch` extra.
+tensor counts. Needs torch, torchvision, transformers, pytorch-lightning, omegaconf (and timm
+for MGCA-ViT): the `torch` extra. Lives with the benchmarks: mmrl never imports it.
 """
 from __future__ import annotations
 
@@ -34,8 +36,9 @@ COMPARE = {
 }
 
 
-def _reference(fmt: str, workdir: pathlib.Path, variant: str, seed: int, sizes: dict):
-  from mmrl.models.released import reference_torch as R  # pylint: disable=import-outside-toplevel
+def _reference(fmt: str, workdir: pathlib.Path, variant: str, seed: int, sizes: dict,
+               positions: str = "authors"):
+  from benchmarks.released_references import reference_torch as R  # pylint: disable=import-outside-toplevel
   if fmt == "gloria":
     model = R.gloria_reference(seed, **sizes.get("text", {}))
     path = R.save_gloria(model, workdir / "gloria.ckpt")
@@ -44,6 +47,7 @@ def _reference(fmt: str, workdir: pathlib.Path, variant: str, seed: int, sizes: 
   if fmt == "mgca":
     model = R.mgca_reference(variant, seed, vit=sizes.get("vit"), **sizes.get("text", {}))
     path = R.save_mgca(model, workdir / f"mgca_{variant}.ckpt")
+    model.text_encoder_q.positions = positions
     vocab = R.write_vocab(workdir / "vocab", model.text_encoder_q.model.config.vocab_size)
     return path, vocab, model, (0.5, 0.5)
   image, text = R.biovil_reference(seed, **sizes.get("text", {}))
@@ -56,18 +60,23 @@ def _reference(fmt: str, workdir: pathlib.Path, variant: str, seed: int, sizes: 
 
 def run_parity(fmt: str, workdir: str | pathlib.Path, base_config: Any, *, variant: str = "vit",
                image_size: int = 64, text_length: int = 24, batch: int = 2, seed: int = 0,
-               sizes: dict | None = None) -> dict[str, Any]:
+               sizes: dict | None = None, positions: str | None = None,
+               reference_positions: str | None = None) -> dict[str, Any]:
   """See the module docstring. Returns {'max_abs_diff': {name: float}, 'scale': {name: max |ref|},
-  'counts': the import report's counts, 'report': the report, 'seconds': {...}}."""
+  'counts': the import report's counts, 'report': the report, 'seconds': {...}}.
+  `positions` (MGCA): the import's text positions and the reference's call ('authors': the token
+  types passed positionally as position ids, as MGCA's code does; 'arange': 0..L-1);
+  `reference_positions` (default: the same) measures what a mismatch does."""
   import torch  # pylint: disable=import-outside-toplevel
-  from mmrl.models.released import reference_torch as R  # pylint: disable=import-outside-toplevel
+  from benchmarks.released_references import reference_torch as R  # pylint: disable=import-outside-toplevel
   from mmrl.models.two_tower import build_model  # pylint: disable=import-outside-toplevel
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   t0 = time.time()
-  path, vocab, ref_forward, (mean, std) = _reference(fmt, workdir, variant, seed, sizes or {})
+  path, vocab, ref_forward, (mean, std) = _reference(fmt, workdir, variant, seed, sizes or {},
+                                                     reference_positions or positions or "authors")
   t1 = time.time()
-  converted = importer.convert(fmt, path)
+  converted = importer.convert(fmt, path, positions=positions)
   config = importer.build_config(converted, base_config,
                                  tokenizer=None if vocab is None else str(vocab))
   config.data.image_size = image_size
@@ -105,7 +114,7 @@ def run_parity(fmt: str, workdir: str | pathlib.Path, base_config: Any, *, varia
   ours["text_tokens"] = out["text"].tokens
   t3 = time.time()
 
-  diffs, scale = {}, {}
+  diffs, scale, cosine = {}, {}, {}
   n_words = content.reshape(batch, length)
   for mine, theirs in COMPARE[fmt].items():
     a, b = np.asarray(ours[mine], np.float32), ref[theirs]
@@ -126,9 +135,12 @@ def run_parity(fmt: str, workdir: str | pathlib.Path, base_config: Any, *, varia
       if a.shape != b.shape:
         raise ValueError(f"{fmt}: ours {mine} {a.shape} vs reference {theirs} {b.shape}")
       d, s = float(np.abs(a - b).max()), float(np.abs(b).max())
+      if a.ndim == 2:  # [B, D] embeddings: the smallest cosine between ours and theirs
+        cos = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+        cosine[mine] = float(cos.min())
     diffs[mine], scale[mine] = d, s
   report = converted.report()
   return {"format": fmt, "variant": variant if fmt == "mgca" else "", "max_abs_diff": diffs,
-          "scale": scale, "counts": report["counts"], "report": report,
+          "scale": scale, "min_cosine": cosine, "counts": report["counts"], "report": report,
           "config": config, "source": str(path),
           "seconds": {"reference": t1 - t0, "convert": t2 - t1, "forward": t3 - t2}}

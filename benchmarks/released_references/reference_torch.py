@@ -1,7 +1,13 @@
-"""PyTorch references of the released models, written from the authors' forward passes, for parity.
+"""PyTorch references of the released models, written by us from the authors' code as called.
 
-Each reference has the authors' module tree, so its `state_dict()` has their tensor names, and is
-saved in the file structure they release:
+Each reference has the authors' module tree, so its `state_dict()` has their tensor names; its
+forward calls the inner models as the authors do, positional arguments included (GLoRIA:
+`self.model(ids, attn_mask, token_type, output_hidden_states=True)` into a transformers BertModel;
+MGCA: `self.model(ids, attn_mask, token_type, return_dict=True, mode="text")` into `MedBertModel`,
+BLIP's med.py BERT, whose third positional parameter is `position_ids` and which has no token-type
+table -- `MgcaTextEncoder.positions = 'arange'` calls it with 0..L-1 instead). GLoRIA and MGCA are
+saved by Lightning itself (`lightning_files.save_with_trainer`: GLoRIA's hyper-parameters the
+OmegaConf DictConfig of its config, MGCA's its keyword arguments). The file structures:
 
   GLoRIA  (marshuang80/gloria: models/vision_model.py ImageEncoder, models/text_model.py
           BertEncoder, lightning/pretrain_model.py): a Lightning checkpoint whose state_dict keys are
@@ -15,7 +21,7 @@ saved in the file structure they release:
           img_encoder_q.model.* (BLIP/timm ViT or torchvision ResNet-50), {img,text}_encoder_q.
           {global_embed,local_embed}.head.{0,1,3,4} (Linear/Conv1d -> BN -> ReLU -> Linear/Conv1d
           -> BN(affine=False)), text_encoder_q.model.* (BLIP med.py BertModel, 6 layers, with unused
-          cross-attention tensors, no pooler), {patch,word}_local_atten_layer.* (unused with
+          cross-attention tensors, no pooler, no token-type table), {patch,word}_local_atten_layer.* (unused with
           use_local_atten=False), prototype_layer.weight.
   BioViL  (microsoft/hi-ml, hi-ml-multimodal: image/model/model.py ImageModel, modules.py MLP,
           text/model/modelling_cxrbert.py CXRBertModel): the image model's state dict
@@ -39,6 +45,8 @@ import torch.nn.functional as F
 import torchvision
 import transformers
 from torch import nn
+
+from benchmarks.released_references import lightning_files
 
 # ----------------------------------------------------------------------------------------------
 # Shared pieces.
@@ -184,23 +192,6 @@ def _resnet_trunk(x: torch.Tensor, model: nn.Module) -> tuple[torch.Tensor, torc
   return local, model.layer4(local)
 
 
-def _lightning(state_dict: dict, hparams: Any, n_moments: int = 4) -> dict:
-  """A PyTorch Lightning checkpoint around `state_dict`, with Adam moments for a few tensors
-  (the structure of `optimizer_states`; a full set would only make the test file large)."""
-  names = [k for k, v in state_dict.items() if v.is_floating_point()][:n_moments]
-  state = {i: {"step": torch.tensor(100.0), "exp_avg": torch.randn_like(state_dict[k]),
-               "exp_avg_sq": torch.rand_like(state_dict[k])} for i, k in enumerate(names)}
-  return {"epoch": 7, "global_step": 1234, "pytorch-lightning_version": "1.5.10",
-          "state_dict": state_dict,
-          "callbacks": {"ModelCheckpoint": {"best_model_score": torch.tensor(1.5),
-                                            "best_model_path": "epoch=7.ckpt"}},
-          "optimizer_states": [{"state": state, "param_groups": [
-              {"lr": 5e-5, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-6,
-               "params": list(range(len(names)))}]}],
-          "lr_schedulers": [{"best": 1.0, "num_bad_epochs": 0}],
-          "hparams_name": "cfg", "hyper_parameters": hparams}
-
-
 # ----------------------------------------------------------------------------------------------
 # GLoRIA.
 
@@ -229,9 +220,10 @@ class GloriaTextEncoder(nn.Module):
     self.last_n_layers = last_n_layers
 
   def forward(self, ids, mask):
-    out = self.model(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids),
-                     output_hidden_states=True)
-    emb = torch.stack(out.hidden_states[-self.last_n_layers:]).permute(1, 0, 2, 3)
+    # gloria_model.py passes token_type_ids (zeros); text_model.py calls the HF BertModel
+    # positionally: (input_ids, attention_mask, token_type_ids), hidden states = outputs[2].
+    out = self.model(ids, mask, torch.zeros_like(ids), output_hidden_states=True)
+    emb = torch.stack(out[2][-self.last_n_layers:]).permute(1, 0, 2, 3)
     emb = aggregate_words(emb, ids, self.id_to_word)
     sent = emb.mean(dim=2).sum(dim=1)              # mean over all L word slots, sum over layers
     words = emb.sum(dim=1).permute(0, 2, 1)         # [B, D, L]
@@ -267,17 +259,44 @@ def gloria_reference(seed: int = 0, *, hidden: int = 64, layers: int = 4, heads:
   return randomize_(GloriaLightning(cfg), seed).eval()
 
 
-def save_gloria(model: GloriaLightning, path: pathlib.Path) -> pathlib.Path:
-  hparams = {"model": {"vision": {"model_name": "resnet_50", "pretrained": True},
-                       "text": {"bert_type": "emilyalsentzer/Bio_ClinicalBERT",
-                                "last_n_layers": model.gloria.text_encoder.last_n_layers,
-                                "aggregate_method": "sum", "norm": False,
-                                "embedding_dim": model.gloria.img_encoder.global_embedder
-                                .out_features, "agg_tokens": True},
-                       "gloria": {"temp1": 4.0, "temp2": 5.0, "temp3": 10.0}},
-             "data": {"text": {"word_num": 97}}, "transforms": {"norm": "half"}}
-  torch.save(_lightning(model.state_dict(), hparams), str(path))
-  return path
+def gloria_hparams(model: GloriaLightning, **text: Any):
+  """GLoRIA's `configs/chexpert_pretrain_config.yaml` fields the loader and forward read, as the
+  OmegaConf `DictConfig` that `PretrainModel` hands to `save_hyperparameters`. A tower that is
+  not Bio_ClinicalBERT-wide names a made-up bert_type (the importer checks known names' widths)."""
+  from omegaconf import OmegaConf  # pylint: disable=import-outside-toplevel
+  width = model.gloria.text_encoder.model.config.hidden_size
+  bert_type = ("emilyalsentzer/Bio_ClinicalBERT" if width == 768 else f"tests/tiny-bert-{width}")
+  cfg = {"experiment_name": "gloria_pretrain_v1", "phase": "pretrain",
+         "lightning": {"trainer": {"gpus": "1", "max_epochs": 50, "precision": 16,
+                                   "gradient_clip_val": 0.25, "distributed_backend": "dp"}},
+         "model": {"vision": {"model_name": "resnet_50", "freeze_cnn": False,
+                              "pretrained": True},
+                   "text": {"bert_type": bert_type,
+                            "last_n_layers": model.gloria.text_encoder.last_n_layers,
+                            "aggregate_method": "sum", "norm": False,
+                            "embedding_dim": model.gloria.img_encoder.global_embedder.out_features,
+                            "freeze_bert": False, "agg_tokens": True},
+                   "gloria": {"local_loss_weight": 1.0, "global_loss_weight": 1.0,
+                              "temp1": 4.0, "temp2": 5.0, "temp3": 10.0}},
+         "data": {"dataset": "chexpert", "text": {"word_num": 97, "captions_per_image": 5,
+                                                  "full_report": True},
+                  "image": {"imsize": 256}},
+         "transforms": {"norm": "half", "random_crop": {"crop_size": 224}},
+         "train": {"batch_size": 48, "num_workers": 18,
+                   "optimizer": {"name": "Adam", "learning_rate": 5e-5, "weight_decay": 1e-6},
+                   "scheduler": {"name": "plateau", "monitor": "val_loss"}}}
+  for k, v in text.items():
+    cfg["model"]["text"][k] = v
+  return OmegaConf.create(cfg)
+
+
+def save_gloria(model: GloriaLightning, path: pathlib.Path, hparams: Any = None
+                ) -> pathlib.Path:
+  """The released `.ckpt`: Lightning's own `save_checkpoint` with the DictConfig hparams, plus
+  the 1.1.x extras (AMP scaler state, callbacks keyed by class)."""
+  return lightning_files.save_with_trainer(
+      model, path, gloria_hparams(model) if hparams is None else hparams, pl1_extras=True,
+      version="1.1.4")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -334,42 +353,142 @@ class MgcaImageEncoder(nn.Module):
     return F.adaptive_avg_pool2d(x, 1).flatten(1), local.flatten(2).transpose(1, 2)
 
 
+class MedEmbeddings(nn.Module):
+  """BLIP `med.py` BertEmbeddings: word + absolute position embeddings, LayerNorm, dropout; no
+  token-type table. `position_ids` default to 0..L-1 (the registered buffer)."""
+
+  def __init__(self, config: transformers.BertConfig):
+    super().__init__()
+    self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size,
+                                        padding_idx=config.pad_token_id)
+    self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+    self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+    self.dropout = nn.Dropout(config.hidden_dropout_prob)
+    self.register_buffer("position_ids",
+                         torch.arange(config.max_position_embeddings).expand((1, -1)))
+
+  def forward(self, input_ids, position_ids=None):
+    if position_ids is None:
+      position_ids = self.position_ids[:, :input_ids.shape[1]]
+    x = self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
+    return self.dropout(self.LayerNorm(x))
+
+
+class MedSelfAttention(nn.Module):
+  def __init__(self, config: transformers.BertConfig):
+    super().__init__()
+    d = config.hidden_size
+    self.num_heads = config.num_attention_heads
+    self.query, self.key, self.value = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+
+  def forward(self, x, extended_mask):
+    b, length, d = x.shape
+    h = self.num_heads
+
+    def split(t):
+      return t.view(b, length, h, d // h).permute(0, 2, 1, 3)
+    q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
+    scores = q @ k.transpose(-1, -2) / (d // h) ** 0.5 + extended_mask
+    probs = scores.softmax(dim=-1)
+    return (probs @ v).permute(0, 2, 1, 3).reshape(b, length, d), probs
+
+
+class MedSelfOutput(nn.Module):
+  def __init__(self, config: transformers.BertConfig, inner: int | None = None):
+    super().__init__()
+    self.dense = nn.Linear(inner or config.hidden_size, config.hidden_size)
+    self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+  def forward(self, h, residual):
+    return self.LayerNorm(self.dense(h) + residual)
+
+
+class MedAttention(nn.Module):
+  def __init__(self, config):
+    super().__init__()
+    self.self = MedSelfAttention(config)
+    self.output = MedSelfOutput(config)
+
+  def forward(self, x, extended_mask):
+    context, probs = self.self(x, extended_mask)
+    return self.output(context, x), probs
+
+
+class MedIntermediate(nn.Module):
+  def __init__(self, config):
+    super().__init__()
+    self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+
+  def forward(self, x):
+    return F.gelu(self.dense(x))
+
+
+class MedLayer(nn.Module):
+  """med.py BertLayer with add_cross_attention: `crossattention` exists, run only in
+  mode='multimodal' (MGCA's text encoder runs mode='text')."""
+
+  def __init__(self, config):
+    super().__init__()
+    self.attention = MedAttention(config)
+    self.crossattention = MedAttention(config)
+    self.intermediate = MedIntermediate(config)
+    self.output = MedSelfOutput(config, config.intermediate_size)
+
+  def forward(self, x, extended_mask):
+    x, probs = self.attention(x, extended_mask)
+    return self.output(self.intermediate(x), x), probs
+
+
+class MedEncoder(nn.Module):
+  def __init__(self, config):
+    super().__init__()
+    self.layer = nn.ModuleList(MedLayer(config) for _ in range(config.num_hidden_layers))
+
+
+class MedBertModel(nn.Module):
+  """BLIP `med.py` BertModel(add_pooling_layer=False). Its forward's positional order is
+  (input_ids, attention_mask, position_ids, ...) -- not transformers' (..., token_type_ids)."""
+
+  def __init__(self, config: transformers.BertConfig):
+    super().__init__()
+    self.config = config
+    self.embeddings = MedEmbeddings(config)
+    self.encoder = MedEncoder(config)
+
+  def forward(self, input_ids, attention_mask=None, position_ids=None, return_dict=True,
+              mode="multimodal"):
+    assert mode == "text", "MGCA's text encoder runs mode='text'"
+    if attention_mask is None:
+      attention_mask = torch.ones_like(input_ids)
+    extended = (1.0 - attention_mask[:, None, None, :].float()) * -10000.0
+    x = self.embeddings(input_ids, position_ids)
+    attentions = []
+    for layer in self.encoder.layer:
+      x, probs = layer(x, extended)
+      attentions.append(probs)
+    return transformers.modeling_outputs.BaseModelOutput(last_hidden_state=x,
+                                                         attentions=tuple(attentions))
+
+
 class MgcaTextEncoder(nn.Module):
+  """MGCA's `BertEncoder` (models/backbones/encoder.py)."""
+
   def __init__(self, config: transformers.BertConfig, embed_dim: int, hidden_dim: int):
     super().__init__()
-    self.model = transformers.BertModel(config, add_pooling_layer=False)
+    self.model = MedBertModel(config)
     self.id_to_word = VOCAB + [""] * (config.vocab_size - len(VOCAB))
     d = config.hidden_size
-    # med.py's BertLayer also holds cross-attention weights (add_cross_attention: true), unused in
-    # mode='text'; registered here so the state dict has them, never called.
-    self.cross = nn.ModuleDict({str(i): nn.ModuleDict({
-        "self_query": nn.Linear(d, d), "self_key": nn.Linear(d, d), "self_value": nn.Linear(d, d),
-        "output_dense": nn.Linear(d, d), "output_LayerNorm": nn.LayerNorm(d)})
-        for i in range(config.num_hidden_layers)})
     self.global_embed = GlobalEmbedding(d, hidden_dim, embed_dim)
     self.local_embed = LocalEmbedding(d, hidden_dim, embed_dim)
+    self.positions = "authors"
 
-  def forward(self, ids, mask):
-    out = self.model(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids))
-    feats = aggregate_words(out.last_hidden_state.unsqueeze(1), ids, self.id_to_word)[:, 0]
+  def forward(self, ids, attn_mask, token_type):
+    if self.positions == "authors":  # the call as written: token_type lands on position_ids
+      outputs = self.model(ids, attn_mask, token_type, return_dict=True, mode="text")
+    else:  # positions 0..L-1 (what the call was presumably meant to do)
+      outputs = self.model(ids, attn_mask, return_dict=True, mode="text")
+    feats = aggregate_words(outputs.last_hidden_state.unsqueeze(1), ids, self.id_to_word)[:, 0]
     return feats[:, 0], feats[:, 1:]
-
-  def med_state_dict(self) -> dict[str, torch.Tensor]:
-    """The state dict under med.py's names (cross-attention inside each layer; position_ids)."""
-    out = {}
-    for k, v in self.state_dict().items():
-      if k.startswith("cross."):
-        _, i, name, leaf = k.split(".")
-        sub = {"self_query": "crossattention.self.query", "self_key": "crossattention.self.key",
-               "self_value": "crossattention.self.value",
-               "output_dense": "crossattention.output.dense",
-               "output_LayerNorm": "crossattention.output.LayerNorm"}[name]
-        out[f"model.encoder.layer.{i}.{sub}.{leaf}"] = v
-      else:
-        out[k] = v
-    n_pos = self.model.config.max_position_embeddings
-    out["model.embeddings.position_ids"] = torch.arange(n_pos)[None]
-    return out
 
 
 class MgcaLightning(nn.Module):
@@ -384,21 +503,13 @@ class MgcaLightning(nn.Module):
 
   def forward(self, images, ids, mask):
     g, patches = self.img_encoder_q(images)
-    report, words = self.text_encoder_q(ids, mask)
+    # mgca_module.py: self.text_encoder_q(batch["caption_ids"], batch["attention_mask"],
+    # batch["token_type_ids"]); the tokenizer's token types are all 0 for one segment.
+    report, words = self.text_encoder_q(ids, mask, torch.zeros_like(ids))
     return {"image_pooled": g, "image_embed": self.img_encoder_q.global_embed(g),
             "image_regions_local": self.img_encoder_q.local_embed(patches),
             "text_embed": self.text_encoder_q.global_embed(report),
             "text_words_local": self.text_encoder_q.local_embed(words)}
-
-  def lightning_state_dict(self) -> dict[str, torch.Tensor]:
-    out = {}
-    for k, v in self.state_dict().items():
-      if k.startswith("text_encoder_q."):
-        continue
-      out[k] = v
-    for k, v in self.text_encoder_q.med_state_dict().items():
-      out["text_encoder_q." + k] = v
-    return out
 
 
 def mgca_reference(image_kind: str = "vit", seed: int = 0, *, hidden: int = 64, layers: int = 2,
@@ -410,16 +521,19 @@ def mgca_reference(image_kind: str = "vit", seed: int = 0, *, hidden: int = 64, 
   return randomize_(MgcaLightning(image_kind, cfg, **(vit or {})), seed).eval()
 
 
-def save_mgca(model: MgcaLightning, path: pathlib.Path) -> pathlib.Path:
-  import argparse  # pylint: disable=import-outside-toplevel
-  # A Namespace (like Lightning's AttributeDict, a class outside torch's weights-only list).
-  hparams = argparse.Namespace(img_encoder="vit_base" if model.img_encoder_q.kind == "vit"
-                               else "resnet_50", emb_dim=16, softmax_temperature=0.07,
-                               local_temperature=0.1, proto_temperature=0.2,
-                               num_prototypes=model.prototype_layer.out_features,
-                               use_local_atten=False, bidirectional=True)
-  torch.save(_lightning(model.lightning_state_dict(), hparams), str(path))
-  return path
+def save_mgca(model: MgcaLightning, path: pathlib.Path, **hparams: Any) -> pathlib.Path:
+  """The released `.ckpt`: Lightning's `save_checkpoint` with MGCA's keyword hyper-parameters
+  (`save_hyperparameters()` of MGCA.__init__'s arguments: an AttributeDict)."""
+  values = dict(img_encoder="vit_base" if model.img_encoder_q.kind == "vit" else "resnet_50",
+                freeze_bert=False, emb_dim=model.prototype_layer.in_features,
+                softmax_temperature=0.07, learning_rate=2e-5, momentum=0.9,
+                weight_decay=0.05, batch_size=144, num_workers=8, local_temperature=0.1,
+                proto_temperature=0.2, num_prototypes=model.prototype_layer.out_features,
+                bidirectional=True, use_local_atten=False, num_heads=1, lamb=0.75,
+                lambda_1=1, lambda_2=1, lambda_3=1, freeze_prototypes_epochs=1,
+                sinkhorn_iterations=3, epsilon=0.05)
+  values.update(hparams)
+  return lightning_files.save_with_trainer(model, path, values, version="1.5.10")
 
 
 # ----------------------------------------------------------------------------------------------
