@@ -133,6 +133,25 @@ def test_resnet_pyramid_has_strides_8_16_32_and_leaves_the_tower_output_unchange
   np.testing.assert_allclose(pyr[-1].reshape(2, 4, -1), plain.local, rtol=1e-6)
 
 
+def test_three_stage_resnet_pyramid_is_its_three_stages_at_strides_4_8_16():
+  model = _S16Model()
+  variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 64, 64, 1)))
+  c = base_config()
+  c.model.image.name = "resnet_small_s16"
+  assert multiscale.pyramid_stages("resnet_small_s16") == (1, 2, 3)
+  images = jnp.zeros((2, 64, 64, 1), jnp.float32)
+  pyr = jax.jit(lambda v, x: multiscale.pyramid_fn(c.model)(model.apply, v, x))(variables, images)
+  assert [p.shape[1:3] for p in pyr] == [(16, 16), (8, 8), (4, 4)]
+  head = yolo_head.YoloHead(num_classes=2, width=8)
+  preds = head.apply(head.init(jax.random.key(1), pyr), pyr)
+  assert [p.shape[1:3] for p in preds] == [(16, 16), (8, 8), (4, 4)]
+
+
+class _S16Model(_Model):
+  def setup(self):
+    self.image_tower = resnet("resnet_small_s16", dtype=jnp.float32)
+
+
 def test_vit_pyramid_is_the_last_grid_upsampled_itself_and_pooled():
   from mmrl.models.vit import vit  # pylint: disable=g-import-not-at-top
   tower = vit("vit_tiny", dtype=jnp.float32)

@@ -22,4 +22,16 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   if not path.is_file():
     raise ValueError(f"{path} does not exist; give a run directory holding config.json "
                             "(written by experiments.pretrain or experiments.import_checkpoint)")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+  return ml_collections.ConfigDict(_tuples(json.loads(path.read_text())))
+
+
+def _tuples(value):
+  """JSON lists back to tuples (config.json stores tuples as lists; ml_collections flags override
+  only tuple-valued fields, e.g. --config.eval.detection.fractions=1.0 on a list is refused).
+  Lists of dicts (method.objectives) stay lists of ConfigDicts."""
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    items = [_tuples(v) for v in value]
+    return items if any(isinstance(v, dict) for v in items) else tuple(items)
+  return value

@@ -3,8 +3,8 @@
 The towers' pretraining outputs are left as they are (ImageFeatures: one grid). This module reads
 the extra scales from outside:
 
-- ResNet: the outputs of stages 2, 3 and 4 (torchvision layer2/3/4 = the papers' conv3/4/5, strides
-  8/16/32), captured by `mmrl.models.stage_features` (flax `capture_intermediates` on the last block of
+- ResNet: the outputs of its last three stages: 2, 3 and 4 (torchvision layer2/3/4 = the papers' conv3/4/5, strides
+  8/16/32; a 3-stage tower such as resnet_small_s16 gives stages 1..3, strides 4/8/16), captured by `mmrl.models.stage_features` (flax `capture_intermediates` on the last block of
   each stage; the tower module and its parameter tree are unchanged).
 - ViT: a simple feature pyramid from the last patch grid (stride 16): bilinear x2 upsampling
   (stride 8), the grid itself, and x2 average pooling (stride 32). Parameter-free; the detection
@@ -34,8 +34,18 @@ STRIDES = (8, 16, 32)
 
 
 def resnet_stage_names(name: str) -> tuple[str, ...]:
-  """Module names of the last block of stages 2, 3, 4 of ResNet `name`."""
-  return stage_features.resnet_stage_names(name, (2, 3, 4))
+  """Module names of the last block of the pyramid stages (`pyramid_stages`) of ResNet `name`."""
+  return stage_features.resnet_stage_names(name, pyramid_stages(name))
+
+
+def pyramid_stages(name: str) -> tuple[int, ...]:
+  """The last three stages of ResNet `name` (2, 3, 4 for a 4-stage ResNet; 1, 2, 3 for the
+  3-stage resnet_small_s16, strides 4/8/16): the YOLO head needs three scales, any strides."""
+  n = len(RESNETS[name].stage_sizes)
+  if n < 3:
+    raise ConfigError(f"config.model.image.name={name!r} has {n} stages; the detection pyramid "
+                      "needs 3; use a ResNet with at least 3 stages (e.g. resnet_small_s16)")
+  return tuple(range(n - 2, n + 1))
 
 
 def simple_pyramid(grid: jax.Array) -> list[jax.Array]:
@@ -53,7 +63,7 @@ def pyramid_fn(model_cfg: Any) -> PyramidFn:
   """See the module docstring; `model_cfg` = config.model."""
   name = str(model_cfg.image.name)
   if name in RESNETS:
-    stages = stage_features.stage_features_fn(model_cfg, (2, 3, 4))
+    stages = stage_features.stage_features_fn(model_cfg, pyramid_stages(name))
     return lambda apply_fn, variables, images: stages(apply_fn, variables, images)
   if name in VITS:
     grid = stage_features.stage_features_fn(model_cfg)
@@ -62,4 +72,4 @@ def pyramid_fn(model_cfg: Any) -> PyramidFn:
                     f"{', '.join(sorted(RESNETS) + sorted(VITS))}")
 
 
-__all__ = ["pyramid_fn", "simple_pyramid", "resnet_stage_names", "STRIDES"]
+__all__ = ["pyramid_fn", "pyramid_stages", "simple_pyramid", "resnet_stage_names", "STRIDES"]
