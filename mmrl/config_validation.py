@@ -12,6 +12,8 @@ automatically. It raises `ConfigError` naming the key, the value and the fix for
 - a value outside an enumerated set (dtype, tower names, pooling, policies, method, objectives);
 - sizes that cannot work (max_tokens not a multiple of 64, non-positive steps/batches, a batch
   that does not split over config.mesh's explicit axes or the configured processes);
+- model.text.cache_frozen_features without a frozen, dropout-free text tower or with a method
+  that runs the text tower through the model (mmrl.train.text_feature_cache.check_config);
 - a method's own cross-key constraints (`Method.check_config`, e.g. local_mi's sentence view
   needs data.sentence_sampling='random_sentence');
 - paths that do not exist (data.dataset_dir and its dataset_info.json, data.tokenizer,
@@ -69,6 +71,7 @@ def validate_config(config: ml_collections.ConfigDict, *, check_paths: bool = Tr
   _check_tree(_as_dict(config), schema, "", notes)
   _check_enums(config)
   _check_method(config)
+  _check_text_cache(config)
   _check_sizes(config)
   if check_paths:
     _check_paths(config)
@@ -188,6 +191,15 @@ def _check_method(config: Any) -> None:
     return
   from mmrl.objectives import methods  # pylint: disable=g-import-not-at-top
   methods.get_method(config.method).check_config(config)
+
+
+def _check_text_cache(config: Any) -> None:
+  """model.text.cache_frozen_features needs a frozen, dropout-free text tower (the cache's owner,
+  mmrl.train.text_feature_cache, says why)."""
+  if not _get(config, "model.text.cache_frozen_features", False):
+    return
+  from mmrl.train import text_feature_cache  # pylint: disable=g-import-not-at-top
+  text_feature_cache.check_config(config)
 
 
 def _choice_message(path: str, value: Any, allowed) -> str:

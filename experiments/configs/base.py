@@ -91,6 +91,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.text.remat = False       # rematerialise each BERT layer in the backward pass
   c.model.text.remat_policy = "nothing"  # nothing | dots | dots_no_batch (mmrl/models/remat.py)
   c.model.text.cls_attention = False  # also return the last layer's [CLS] attention (MGCA)
+  # Frozen text tower: each report's features computed once (mmrl/train/text_feature_cache.py);
+  # needs optim.freeze.text=True and dropout 0; refused for methods with uses_model (MLIP).
+  c.model.text.cache_frozen_features = False
   # Attention kernel: None = cuDNN's fused kernel where it applies (GPU, bf16/fp16), else XLA's;
   # 'xla' | 'cudnn' force one ('cudnn' fails loudly where it does not apply).
   c.model.text.attention_impl = ml_collections.FieldReference(None, field_type=str)

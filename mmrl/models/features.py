@@ -34,3 +34,25 @@ class TextFeatures:
   sentences: jax.Array
   sentence_mask: jax.Array
   cls_attention: jax.Array | None = None
+
+
+# Cached text features travel in the batch as flat keys (the batch is a flat dict of arrays with
+# leading axis B, sharded like every other entry): 'text_features/<field>'. TwoTowerModel reads
+# them instead of running the text tower (mmrl.train.text_feature_cache fills them).
+CACHED_TEXT_PREFIX = "text_features/"
+_TEXT_FIELDS = ("global_embedding", "tokens", "token_mask", "sentences", "sentence_mask",
+                "cls_attention")
+
+
+def text_features_to_batch(features: TextFeatures) -> dict[str, jax.Array]:
+  """{'text_features/<field>': array} for each field of `features` that is not None."""
+  return {CACHED_TEXT_PREFIX + name: getattr(features, name) for name in _TEXT_FIELDS
+          if getattr(features, name) is not None}
+
+
+def text_features_from_batch(batch) -> TextFeatures | None:
+  """The TextFeatures packed into `batch` by `text_features_to_batch`; None when absent."""
+  if CACHED_TEXT_PREFIX + "tokens" not in batch:
+    return None
+  return TextFeatures(**{name: batch[CACHED_TEXT_PREFIX + name] for name in _TEXT_FIELDS
+                         if CACHED_TEXT_PREFIX + name in batch})

@@ -4,6 +4,11 @@
     outputs['image']  ImageFeatures      outputs['text']  TextFeatures
     + the method's head outputs, e.g. 'image_embed' [B,d], 'text_embed' [B,d], 'log_tau' []
 
+Cached text features: when the batch holds 'text_features/...' entries
+(mmrl.models.features.text_features_to_batch, filled by mmrl.train.text_feature_cache for a frozen
+text tower), the online forward uses them instead of running the text tower; the heads see the
+same TextFeatures. The teacher forward and the method's own calls through `model` ignore them.
+
 `apply(variables, batch, train=..., teacher=True)` is the EMA teacher's forward (the step passes
 the EMA variables): only the method's `teacher_towers`, then `method.teacher_heads`; it returns
 that dict alone.
@@ -20,6 +25,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from mmrl.models import towers
+from mmrl.models.features import text_features_from_batch
 from mmrl.objectives.methods import Method, get_method
 
 
@@ -57,7 +63,9 @@ class TwoTowerModel(nn.Module):
       return self.method.teacher_heads(image, text, batch, train=train, dtype=self.dtype,
                                        **extra)
     image = self.encode_image(batch["image"], train=train)
-    text = self.encode_text(batch, train=train)
+    text = text_features_from_batch(batch)
+    if text is None or self.is_initializing():  # init still creates the text tower's params
+      text = self.encode_text(batch, train=train)
     outputs = {"image": image, "text": text}
     outputs.update(self.method.apply_heads(image, text, batch, train=train, dtype=self.dtype,
                                            **extra))

@@ -38,6 +38,7 @@ from mmrl.train import checkpoint as ckpt_lib
 from mmrl.train import metric_writers
 from mmrl.train import state as state_lib
 from mmrl.train import step as step_lib
+from mmrl.train import text_feature_cache
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   elif config.train.init_from:
     state = _load_towers(state, config.train.init_from)
 
+  # Frozen text tower: each report's features are computed once (never checkpointed: rebuilt
+  # here from the restored / loaded weights).
+  text_cache = (text_feature_cache.TextFeatureCache(config, state.params["text_tower"])
+                if text_feature_cache.enabled(config) else None)
   batch_sharding = mesh_lib.batch_sharding(mesh)
   to_global = lambda b: distributed.global_batch_from_local(b, mesh, batch_sharding)
   train_step = step_lib.make_train_step(config, mesh, state_shardings)
@@ -111,6 +116,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
   def next_batch():
     host = next(train_iter)
+    if text_cache is not None:
+      host = text_cache.add_to_batch(host)
     # The host-side ids of the batch, to name it if its step turns out non-finite.
     return to_global(host), np.asarray(host["study_id"]).copy()
 
