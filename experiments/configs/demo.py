@@ -44,12 +44,14 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.optim.warmup_steps = 50
   c.optim.weight_decay = 1e-4
   c.optim.freeze.text = True  # pretrained MiniLM features; the projection and image tower learn
+  c.model.text.cache_frozen_features = True  # each report's frozen features computed once
 
   c.train.batch_size = 32
-  c.train.num_steps = 600
-  c.train.log_every = 20
-  c.train.eval_every = 100
-  c.train.checkpoint_every = 100
+  c.train.num_steps = 2000
+  c.train.log_every = 50
+  c.train.eval_every = 250
+  c.train.checkpoint_every = 500
+  c.train.plot_curves = True  # runs/demo/curves.png
   c.eval.batch_size = 32
   c.eval.max_examples = 256
   if arg == "quick":  # a 1-minute look at the whole path
@@ -58,6 +60,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.optim.warmup_steps = 4  # must stay below num_steps
     c.train.eval_every = 20
     c.train.checkpoint_every = 20
+    c.train.log_every = 10
   elif arg:
     raise ValueError(f"unknown config argument {arg!r} for demo.py; use '' or 'quick'")
   return c
