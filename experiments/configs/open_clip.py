@@ -1,6 +1,7 @@
-"""BiomedCLIP (Zhang et al., 2023; microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224, an
-open_clip model) as an mmrl two-tower config: ViT-B/16 + PubMedBERT, open_clip's heads (method
-`open_clip`), CLIP's symmetric InfoNCE with a learned temperature.
+"""BiomedCLIP (open_clip: ViT-B/16 + PubMedBERT) as an mmrl two-tower config, method `open_clip`.
+
+Zhang et al., 2023; microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224: open_clip's heads,
+CLIP's symmetric InfoNCE with a learned temperature.
 
 COMMAND: python -m experiments.import_checkpoint --format=open_clip \
            --input=/path/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224 \
