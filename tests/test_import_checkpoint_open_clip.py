@@ -125,3 +125,13 @@ def test_gelu_mlp_projection_without_biases_equals_numpy():
   h = 0.5 * h * (1 + erf(h / np.sqrt(2)))
   ref = h @ np.asarray(v["params"]["dense_1"]["kernel"])
   np.testing.assert_allclose(np.asarray(head.apply(v, x)), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_export_of_the_import_carries_the_bias_free_image_projection(folder, tmp_path):
+  from mmrl import export  # pylint: disable=import-outside-toplevel
+  run, _ = importer.import_checkpoint("open_clip", folder, tmp_path / "run",
+                                      open_clip_config.get_config())
+  info = export.export_run(run, tmp_path / "export")
+  assert info["image"]["projection"] == {"kind": "linear", "name": "image_projection",
+                                         "out": 32, "use_bias": False}
+  assert info["image"]["projection_note"] == ""  # tower + head equals the model's image_embed
