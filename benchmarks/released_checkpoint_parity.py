@@ -3,9 +3,10 @@
 python -m benchmarks.released_checkpoint_parity            # small text towers, ResNet-50s (CPU, ~1 min)
 python -m benchmarks.released_checkpoint_parity --full     # the released sizes: Bio_ClinicalBERT-size
                                                            # BERTs (12 / 6 layers), ViT-B/16, 224 px
-For each format (GLoRIA; MGCA with its ViT and with its ResNet-50; BioViL) it builds the PyTorch
-reference from the authors' code as called (benchmarks/released_references), with seeded random
-weights, saves it in the release's file structure (GLoRIA / MGCA: Lightning's own
+For each format (GLoRIA; MGCA with its ViT and with its ResNet-50; BioViL; open_clip / BiomedCLIP)
+it builds the PyTorch reference from the authors' code as called (benchmarks/released_references;
+open_clip: open-clip-torch's own CustomTextCLIP, read back by open_clip.create_model), with seeded
+random weights, saves it in the release's file structure (GLoRIA / MGCA: Lightning's own
 `Trainer.save_checkpoint`, GLoRIA's hyper-parameters an OmegaConf DictConfig), imports it, and
 prints the largest absolute and relative difference of every global and local embedding (mmrl
 float32 vs torch float32, same inputs) and the tensor counts of the import (imported / dropped,
@@ -29,6 +30,7 @@ from absl import flags  # noqa: E402
 _FULL = flags.DEFINE_bool("full", False, "Released sizes instead of small text towers.")
 _OUTPUT = flags.DEFINE_string("output", None, "Also write the rows as JSON here.")
 _FORMATS = flags.DEFINE_list("formats", ["gloria", "mgca_vit", "mgca_resnet", "biovil",
+                                          "open_clip",
                                           "mgca_vit_positions_0toL",
                                           "mgca_resnet_positions_0toL"],
                              "Which rows.")
@@ -48,6 +50,8 @@ def _cases(full: bool) -> dict[str, dict]:
         "biovil": dict(fmt="biovil", image_size=480, text_length=64,
                        sizes={"text": dict(hidden=768, layers=12, heads=12, intermediate=3072,
                                            vocab_size=30522, joint=128)}),
+        "open_clip": dict(fmt="open_clip", image_size=224, text_length=256,
+                          sizes={"full": True}),  # timm vit_base_patch16_224 + PubMedBERT sizes
     }
   small = dict(hidden=64, layers=4, heads=1, intermediate=128, vocab_size=64)
   return {
@@ -60,6 +64,7 @@ def _cases(full: bool) -> dict[str, dict]:
                           sizes={"text": dict(small, layers=2)}),
       "biovil": dict(fmt="biovil", image_size=64, text_length=24,
                      sizes={"text": dict(small, heads=2, layers=2, joint=32)}),
+      "open_clip": dict(fmt="open_clip", image_size=32, text_length=24),  # mmrl's vit_tiny sizes
   }
 
 

@@ -33,11 +33,15 @@ COMPARE = {
     "biovil": {"image_global": "image_pooled", "image_embed": "image_embed",
                "image_regions": "image_regions", "text_embed": "text_embed",
                "text_tokens": "text_tokens"},
+    "open_clip": {"image_global": "image_pooled", "image_embed": "image_embed",
+                  "text_global": "text_pooled", "text_embed": "text_embed",
+                  "text_tokens": "text_tokens"},
 }
 
 
 def _reference(fmt: str, workdir: pathlib.Path, variant: str, seed: int, sizes: dict,
                positions: str = "authors"):
+  import torch  # pylint: disable=import-outside-toplevel
   from benchmarks.released_references import reference_torch as R  # pylint: disable=import-outside-toplevel
   if fmt == "gloria":
     model = R.gloria_reference(seed, **sizes.get("text", {}))
@@ -50,6 +54,15 @@ def _reference(fmt: str, workdir: pathlib.Path, variant: str, seed: int, sizes: 
     model.text_encoder_q.positions = positions
     vocab = R.write_vocab(workdir / "vocab", model.text_encoder_q.model.config.vocab_size)
     return path, vocab, model, (0.5, 0.5)
+  if fmt == "open_clip":
+    from benchmarks.released_references import open_clip_files as O  # pylint: disable=import-outside-toplevel
+    folder = O.write_release(workdir / "open_clip", seed, full=bool(sizes.get("full")))
+    model = O.load_reference(folder)  # open_clip's own loader on the written folder
+    # Grey in [0, 1] repeated to RGB, then open_clip's per-channel Normalize (preprocess_cfg).
+    mean_c = torch.tensor(O.CLIP_MEAN).view(1, 3, 1, 1)
+    std_c = torch.tensor(O.CLIP_STD).view(1, 3, 1, 1)
+    return folder, None, (lambda x, ids, mask: O.forward(model, (x - mean_c) / std_c, ids)), \
+        (0.0, 1.0)
   image, text = R.biovil_reference(seed, **sizes.get("text", {}))
   folder = R.save_biovil(image, text, workdir / "biovil")
 
@@ -112,6 +125,7 @@ def run_parity(fmt: str, workdir: str | pathlib.Path, base_config: Any, *, varia
   ours = {k: v for k, v in out.items() if not isinstance(v, dict)}
   ours["image_global"] = out["image"].global_embedding
   ours["text_tokens"] = out["text"].tokens
+  ours["text_global"] = out["text"].global_embedding
   t3 = time.time()
 
   diffs, scale, cosine = {}, {}, {}

@@ -1,7 +1,8 @@
 """Projection heads (`LinearProjection`, `MLPProjection`) and the learnable temperature.
 
 `MLPProjection(hidden, out, norm)` is METHODS.md §11.3's `mlp2`: Linear -> [norm] -> ReLU ->
-Linear [-> norm]; ConVIRT uses norm='none', LoVT 'batch'. Heads apply to the last axis, so the
+Linear [-> norm]; ConVIRT uses norm='none', LoVT 'batch'. `activation='gelu', use_bias=False` is
+open_clip's `hf_proj_type='mlp'` text head (Linear -> exact GELU -> Linear, no biases; BiomedCLIP). Heads apply to the last axis, so the
 same module projects globals [B,D] and tokens/regions [B,N,D]. Params are float32; compute in
 `dtype`. BatchNorm statistics live in the 'batch_stats' collection (global batch statistics
 under jit: the batch axis is sharded and XLA reduces across devices).
@@ -18,6 +19,7 @@ import jax.numpy as jnp
 from mmrl.config_errors import ConfigError
 
 NORMS = ("none", "batch", "layer")
+ACTIVATIONS = {"relu": nn.relu, "gelu": lambda x: nn.gelu(x, approximate=False)}
 
 
 def _norm(kind: str, dtype: Any, train: bool, name: str, use_scale: bool = True,
@@ -55,12 +57,16 @@ class MLPProjection(nn.Module):
     output_norm: 'none' | 'batch' | 'layer' after the last layer (MGCA: 'batch' with
       output_norm_affine=False).
     output_norm_affine: learn scale/bias of the output norm.
+    activation: 'relu' | 'gelu' (exact erf; open_clip's nn.GELU()).
+    use_bias: False drops both Dense biases (open_clip's mlp text projection).
   """
   hidden: int
   out: int
   norm: str = "none"
   output_norm: str = "none"
   output_norm_affine: bool = True
+  activation: str = "relu"
+  use_bias: bool = True
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -68,13 +74,16 @@ class MLPProjection(nn.Module):
     if self.norm not in NORMS:
       raise ConfigError(f"config.method.projection_norm={self.norm!r} is not known; use one of "
                         f"{NORMS}")
+    if self.activation not in ACTIVATIONS:
+      raise ConfigError(f"MLPProjection activation={self.activation!r} is not known; use one of "
+                        f"{tuple(ACTIVATIONS)}")
     norm = _norm(self.norm, self.dtype, train, "norm")
-    x = nn.Dense(self.hidden, use_bias=norm is None or self.norm == "layer", dtype=self.dtype,
-                 name="dense_0")(x)
+    x = nn.Dense(self.hidden, use_bias=self.use_bias and (norm is None or self.norm == "layer"),
+                 dtype=self.dtype, name="dense_0")(x)
     if norm is not None:
       x = norm(x) if self.norm == "layer" else _apply_batch_norm(norm, x)
-    x = nn.relu(x)
-    x = nn.Dense(self.out, dtype=self.dtype, name="dense_1")(x)
+    x = ACTIVATIONS[self.activation](x)
+    x = nn.Dense(self.out, use_bias=self.use_bias, dtype=self.dtype, name="dense_1")(x)
     out_norm = _norm(self.output_norm, self.dtype, train, "output_norm",
                      self.output_norm_affine, self.output_norm_affine)
     if out_norm is not None:

@@ -51,6 +51,7 @@ BUILTIN_MODULES = (
     "mmrl.objectives.mlip",
     "mmrl.objectives.lrclr",
     "mmrl.objectives.biovil",
+    "mmrl.objectives.open_clip",
 )
 
 

@@ -38,10 +38,10 @@ HINT = ("Pass the folder of microsoft/BiomedVLP-CXR-BERT-specialized (config.jso
         f"{IMAGE_FILE}), or choose the --format that matches")
 
 
-def convert(path: str | pathlib.Path, *, image_weights: str | pathlib.Path | None = None,
-            text_num_heads: int | None = None) -> common.Converted:
-  """Reads a BioViL release folder; see the module docstring."""
-  del text_num_heads  # config.json has the head count
+def convert(path: str | pathlib.Path, *, image_weights: str | pathlib.Path | None = None
+            ) -> common.Converted:
+  """Reads a BioViL release folder; see the module docstring (config.json has the head count,
+  so --text_num_heads is not an option of this format)."""
   folder = pathlib.Path(path)
   if not folder.is_dir():
     raise SourceError(f"{folder} is not a folder; --format=biovil reads the Hugging Face folder "

@@ -21,17 +21,22 @@ from mmrl.models.released import biovil
 from mmrl.models.released import common
 from mmrl.models.released import gloria
 from mmrl.models.released import mgca
+from mmrl.models.released import open_clip
 from mmrl.models.released import run_writer
 from mmrl.models.released.source import SourceError
 
-# Options a format's convert() does not take are left out (the CLI passes all flags).
+# A set option (not None) that a format's convert() does not take is an error naming both.
 FORMATS: dict[str, Callable[..., common.Converted]] = {
-    "gloria": gloria.convert, "mgca": mgca.convert, "biovil": biovil.convert}
-METHOD_CONFIG = {"gloria": "gloria", "mgca": "mgca", "biovil": "biovil"}
+    "gloria": gloria.convert, "mgca": mgca.convert, "biovil": biovil.convert,
+    "open_clip": open_clip.convert}
+METHOD_CONFIG = {"gloria": "gloria", "mgca": "mgca", "biovil": "biovil",
+                 "open_clip": "open_clip"}
 # Where the formats without a vocabulary of their own get theirs (named in the error).
 TOKENIZER_HINT = {
     "gloria": "Bio_ClinicalBERT's vocab.txt (Hugging Face emilyalsentzer/Bio_ClinicalBERT)",
     "mgca": "Bio_ClinicalBERT's vocab.txt (Hugging Face emilyalsentzer/Bio_ClinicalBERT)",
+    "open_clip": "the text tower's vocab.txt (BiomedCLIP: PubMedBERT's, Hugging Face "
+                 "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract)",
 }
 
 
@@ -39,8 +44,13 @@ def convert(fmt: str, path: str | pathlib.Path, **options: Any) -> common.Conver
   if fmt not in FORMATS:
     raise SourceError(f"--format={fmt!r} is not known; use one of {', '.join(FORMATS)}")
   options = {k: v for k, v in options.items() if v is not None}
-  accepted = inspect.signature(FORMATS[fmt]).parameters
-  options = {k: v for k, v in options.items() if k in accepted}
+  accepted = [k for k, p in inspect.signature(FORMATS[fmt]).parameters.items()
+              if p.kind == inspect.Parameter.KEYWORD_ONLY]
+  unknown = [k for k in options if k not in accepted]
+  if unknown:
+    takes = ", ".join(f"--{k}" for k in accepted) or "no options"
+    raise SourceError(f"--{unknown[0]}={options[unknown[0]]!r} is not an option of "
+                      f"--format={fmt} (it takes {takes}); leave it out")
   try:
     return FORMATS[fmt](path, **options)
   except SourceError:

@@ -78,9 +78,11 @@ def convert_resnet(state: Mapping[str, np.ndarray], prefix: str, ledger: Ledger,
 
 
 def convert_vit(state: Mapping[str, np.ndarray], prefix: str, ledger: Ledger, params: Flat, *,
-                source: str) -> tuple[str, int]:
+                source: str, source_norm=None, input_norm=None) -> tuple[str, int]:
   """The timm-layout ViT under `prefix` -> params['image_tower', ...] at its own position grid;
-  returns (the named mmrl ViT whose sizes match, the checkpoint's image size)."""
+  returns (the named mmrl ViT whose sizes match, the checkpoint's image size). `source_norm`
+  (per-channel mean, std the checkpoint expects) with `input_norm` (our 1-channel mean, std)
+  folds that normalisation into the 1-channel patch kernel and bias (exact; open_clip)."""
   from mmrl.models import pretrained  # pylint: disable=import-outside-toplevel
   sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
   if not sub:
@@ -89,7 +91,7 @@ def convert_vit(state: Mapping[str, np.ndarray], prefix: str, ledger: Ledger, pa
   try:
     variables, report = pretrained.vit_params_from_timm(
         state, model_name=name, in_channels=1, image_size=image_size, prefix=prefix,
-        layout="timm", source=source)
+        layout="timm", source_norm=source_norm, input_norm=input_norm, source=source)
   except ValueError as e:
     raise SourceError(str(e)) from None
   _record(variables, report, ledger, params, {})
