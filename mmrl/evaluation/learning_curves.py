@@ -104,8 +104,16 @@ def collect_curves(output: str | pathlib.Path, methods: Sequence[str], seed: int
   """method -> its evaluated points (by step) found under `output`."""
   curves = {}
   for m in methods:
-    rows = [json.loads(p.read_text()) for p in run_dir(output, m, seed).glob("curve_*.json")]
-    curves[m] = sorted(rows, key=lambda r: r["step"])
+    workdir = run_dir(output, m, seed)
+    rows = sorted((json.loads(p.read_text()) for p in workdir.glob("curve_*.json")),
+                  key=lambda r: r["step"])
+    losses, previous = _logged_losses(workdir), 0
+    for r in rows:  # from the whole log (a point evaluated while its run trained may lack it)
+      window = [v for s, v in losses.items() if previous < s <= r["step"]]
+      if window:
+        r["metrics"]["train/loss"] = float(np.mean(window))
+      previous = r["step"]
+    curves[m] = rows
   return curves
 
 
