@@ -56,7 +56,7 @@ def test_the_realistic_variant_keeps_todays_sizes_and_the_calibrated_one_is_larg
 
 
 # LoVT on the reduced calibrated set. The margin: across the 3 seeds of the localisation
-# comparison (results/localisation/comparison.md) cell pointing varies by a sample std of up to
+# comparison (results/localisation/preset_300steps/comparison.md) cell pointing varies by a sample std of up to
 # ~0.1 per method, and the random-init baseline's cell pointing sits within ~0.02 of the random
 # map's, so a model localises only when it beats the random map by more than 0.1 in cell
 # pointing. Today no method does at CPU budgets, LoVT included (docs/localisation.md, sections
