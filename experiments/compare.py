@@ -4,8 +4,11 @@ each (global metrics and localisation) plus a random-initialisation baseline, an
 COMMAND: python -m experiments.compare --output=runs/compare
 LOCALISATION: python -m experiments.compare --preset=localisation --output=runs/compare_loc \
            --results=results/localisation --jobs=3   (calibrated synthetic set, 128 px,
-           stride-16 tower, 300 steps, ConVIRT, GLoRIA, LoVT, MGCA, LRCLR x 3 seeds + random
-           init; 59 min on the shared 2-core CPU, about 3,000 CPU-s; docs/localisation.md)
+           stride-16 tower, 6 frozen MiniLM layers with cached features, 2,000 steps, every
+           method x 3 seeds + random init, scored also by frozen segmentation and detection;
+           ConVIRT and LoVT x 3 seeds took about 75 min on the shared 2-core CPU; one run costs
+           about 0.1-0.36 CPU-s per step (MLIP 1.6, uncached) plus ~220 CPU-s of evaluation;
+           docs/localisation.md, round 3)
 SHORT:   python -m experiments.compare --methods=convirt,lovt --seeds=1 --steps=20 \
            --output=/tmp/compare --results=/tmp/compare/results
 EXPECT:  about 30-35 min on an idle 2-core CPU for 8 methods x 3 seeds at the defaults (80 steps;
