@@ -17,7 +17,6 @@ EXPECT:  under a minute on one core for 64 studies.
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 
 from absl import app
@@ -49,19 +48,13 @@ def map_statistics(maps: np.ndarray) -> dict[str, float]:
 
 
 def _run_stats(run: pathlib.Path) -> None:
-  import jax  # pylint: disable=g-import-not-at-top
-  import ml_collections  # pylint: disable=g-import-not-at-top
   from data_pipeline import pipeline, tokenization  # pylint: disable=g-import-not-at-top
   from mmrl.evaluation import alignment_maps  # pylint: disable=g-import-not-at-top
   from mmrl.evaluation import localisation as loc  # pylint: disable=g-import-not-at-top
-  from mmrl.parallel import distributed, mesh as mesh_lib  # pylint: disable=g-import-not-at-top
-  from mmrl.train import checkpoint as ckpt_lib, state as state_lib  # pylint: disable=g-import-not-at-top
-  c = ml_collections.ConfigDict(json.loads((run / "config.json").read_text()))
-  mesh = mesh_lib.make_mesh(c.mesh)
-  state, shardings = state_lib.create_train_state(c, jax.random.key(0), mesh)
-  ck = ckpt_lib.Checkpointer(run / "checkpoints", async_save=False)
-  state = ck.restore(state, with_data_iter=False).state
-  ck.close()
+  from mmrl.parallel import distributed  # pylint: disable=g-import-not-at-top
+  from mmrl.train import run_dir  # pylint: disable=g-import-not-at-top
+  c = run_dir.read_config(run)
+  state, mesh, shardings, _ = run_dir.restore_for_eval(c, run)
   fn = alignment_maps.make_alignment_fn(c, mesh, shardings)
   names = pipeline.dataset_info(c.data.dataset_dir)["label_names"]
   report, images, items = [], [], []
