@@ -83,7 +83,9 @@ def _run_stats(run: pathlib.Path) -> None:
 def _text_probe() -> None:
   import jax  # pylint: disable=g-import-not-at-top
   from data_pipeline import tokenization  # pylint: disable=g-import-not-at-top
-  from mmrl.evaluation import alignment_maps, comparison  # pylint: disable=g-import-not-at-top
+  from experiments.comparison import budget as budget_lib  # pylint: disable=g-import-not-at-top
+  from experiments.comparison import method_configs  # pylint: disable=g-import-not-at-top
+  from mmrl.evaluation import alignment_maps  # pylint: disable=g-import-not-at-top
   from mmrl.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   from mmrl.train import state as state_lib  # pylint: disable=g-import-not-at-top
   sents = [f"There is a nodule in the {s} {z} zone." for s in ("right", "left")
@@ -91,8 +93,8 @@ def _text_probe() -> None:
   sents += ["There is a pleural effusion in the right upper zone.", "There is a nodule."]
   np.set_printoptions(precision=2, suppress=True, linewidth=150)
   for layers in (int(x) for x in _LAYERS.value):
-    b = dataclasses.replace(comparison.PRESETS["localisation"], text_layers=layers, image_size=64)
-    c = comparison.method_config("convirt", b, seed=0)
+    b = dataclasses.replace(budget_lib.PRESETS["localisation"], text_layers=layers, image_size=64)
+    c = method_configs.method_config("convirt", b, seed=0)
     mesh = mesh_lib.make_mesh(c.mesh)
     state, _ = state_lib.create_train_state(c, jax.random.key(0), mesh)
     tok = tokenization.ReportTokenizer(str(c.data.tokenizer))

@@ -12,7 +12,7 @@ Every reader of a run goes through here:
   `read_config(path)`           config.json as a ConfigDict (JSON lists back to tuples)
   `config_json(config)`, `write_config(directory, config_json)`   what the loop and the importer
                                 write
-  `latest_step(path)`           the latest complete step (None when there is none)
+  `saved_steps(path)`, `latest_step(path)`   the complete steps / the latest (None when none)
   `restore_for_eval(config, path, step=None, init='checkpoint')`  (state, mesh, shardings, step)
                                 for the evaluators; init='random' gives the random-init baseline
   `random_init(config)`         (state, mesh, shardings): a fresh state at config.seed
@@ -76,6 +76,19 @@ def run_root(path: str | pathlib.Path) -> pathlib.Path:
   if path.name == CHECKPOINTS and not (path / CONFIG_FILE).exists():
     return path.parent
   return path
+
+
+def saved_steps(path: str | pathlib.Path) -> list[int]:
+  """The complete checkpoint steps of a run, oldest first ([] while it has saved none)."""
+  path = pathlib.Path(path).expanduser().absolute()
+  directory = _checkpoints_of(path)
+  if not directory.is_dir():
+    return []
+  ckpt = ckpt_lib.Checkpointer(directory, async_save=False)
+  try:
+    return sorted(ckpt.all_steps())
+  finally:
+    ckpt.close()
 
 
 def latest_step(path: str | pathlib.Path) -> Optional[int]:
@@ -233,5 +246,5 @@ def load_towers(state: Any, init_from: str | pathlib.Path) -> Any:
 
 
 __all__ = ["CONFIG_FILE", "TOWER_KEYS", "RunConfigMissingError", "checkpoint_dir", "run_root",
-           "latest_step", "config_json", "write_config", "read_config", "random_init",
+           "saved_steps", "latest_step", "config_json", "write_config", "read_config", "random_init",
            "restore_for_eval", "read_weights", "load_towers"]
