@@ -33,14 +33,16 @@ def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
   from data_pipeline import pipeline  # pylint: disable=g-import-not-at-top
-  from mmrl.evaluation import comparison  # pylint: disable=g-import-not-at-top
+  from experiments.comparison import budget as budget_lib  # pylint: disable=g-import-not-at-top
+  from experiments.comparison import run as comparison_run  # pylint: disable=g-import-not-at-top
+  from experiments.comparison import method_configs  # pylint: disable=g-import-not-at-top
   from mmrl.parallel import distributed, mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   from mmrl.train import state as state_lib, step as step_lib  # pylint: disable=g-import-not-at-top
-  budget = comparison.budget_with(
-      dataclasses.replace(comparison.PRESETS["localisation"], text_cache=False), _BUDGET.value)
-  dataset_dir = comparison.prepare_synthetic(budget, pathlib.Path(_DATA.value))
+  budget = budget_lib.budget_with(
+      dataclasses.replace(budget_lib.PRESETS["localisation"], text_cache=False), _BUDGET.value)
+  dataset_dir = comparison_run.prepare_synthetic(budget, pathlib.Path(_DATA.value))
   for m in _METHODS.value:
-    c = comparison.method_config(m, budget, seed=0, dataset_dir=dataset_dir)
+    c = method_configs.method_config(m, budget, seed=0, dataset_dir=dataset_dir)
     mesh = mesh_lib.make_mesh(c.mesh)
     state, shardings = state_lib.create_train_state(c, jax.random.key(0), mesh)
     batches = [distributed.global_batch_from_local(b, mesh) for b in pipeline.make_eval_batches(

@@ -2,7 +2,7 @@
 
 COMMAND: nice -n 2 python -m benchmarks.text_cache --methods=convirt,gloria,lovt --steps=20
 
-Config: mmrl.evaluation.comparison.method_config at Budget 'localisation' with text_layers=6,
+Config: mmrl.evaluation.method_configs.method_config at Budget 'localisation' with text_layers=6,
 freeze_text=True (128 px, resnet_small_s16, batch 16, 64 tokens, pretrained MiniLM), once with
 config.model.text.cache_frozen_features=False and once True. Batches: random images and token
 rows from a pool of 64 reports (after the first pass every row hits the cache, as it does after
@@ -20,7 +20,8 @@ from absl import app, flags
 import jax
 import numpy as np
 
-from mmrl.evaluation import comparison
+from experiments.comparison import budget as budget_lib
+from experiments.comparison import method_configs
 from mmrl.parallel.distributed import global_batch_from_local
 from mmrl.parallel.mesh import batch_sharding, make_mesh
 from mmrl.train.state import create_train_state
@@ -63,9 +64,9 @@ def host_batch(config, pool, step):
 
 
 def time_run(method: str, cached: bool, steps: int) -> dict[str, float]:
-  budget = dataclasses.replace(comparison.PRESETS["localisation"], text_layers=6,
+  budget = dataclasses.replace(budget_lib.PRESETS["localisation"], text_layers=6,
                                freeze_text=True)
-  config = comparison.method_config(method, budget, seed=0)
+  config = method_configs.method_config(method, budget, seed=0)
   config.model.text.dropout = 0.0
   config.model.text.cache_frozen_features = cached
   mesh = make_mesh(config.mesh, devices=jax.devices()[:1])

@@ -15,7 +15,7 @@ EXPECT:  about 30-35 min on an idle 2-core CPU for 8 methods x 3 seeds at the de
          extrapolated from the CPU seconds of timed short runs, docs/localisation.md); writes results/comparison.md,
          results/comparison.json, results/comparison_*.png and results/heatmaps/.
 Runs already finished under --output are not repeated (delete a run's result.json to redo it).
-Everything is in mmrl.evaluation.comparison.
+Everything is in experiments/comparison/ (budget, method_configs, run, report).
 """
 from __future__ import annotations
 
@@ -25,20 +25,22 @@ import sys
 from absl import app
 from absl import flags
 
-from mmrl.evaluation import comparison
+from experiments.comparison import budget as budget_lib
+from experiments.comparison import run as comparison_run
+from experiments.comparison import report
 
-_PRESET = flags.DEFINE_enum("preset", "default", sorted(comparison.PRESETS),
+_PRESET = flags.DEFINE_enum("preset", "default", sorted(budget_lib.PRESETS),
                             "named budget (and method list); flags given explicitly override it")
-_METHODS = flags.DEFINE_list("methods", list(comparison.ALL_METHODS), "methods to compare")
+_METHODS = flags.DEFINE_list("methods", list(budget_lib.ALL_METHODS), "methods to compare")
 _VARIANT = flags.DEFINE_enum("variant", None, ["realistic", "calibrated"],
                              "synthetic finding sizes (default: the preset's)")
 _SEEDS = flags.DEFINE_integer("seeds", 3, "number of seeds (0, 1, ..., seeds-1)")
-_STEPS = flags.DEFINE_integer("steps", comparison.Budget.steps, "training steps per run")
-_BATCH = flags.DEFINE_integer("batch_size", comparison.Budget.batch_size, "global batch size")
-_IMAGE = flags.DEFINE_integer("image_size", comparison.Budget.image_size, "image size (px)")
-_PATIENTS = flags.DEFINE_integer("patients", comparison.Budget.patients, "synthetic patients")
-_LR = flags.DEFINE_float("lr", comparison.Budget.lr, "peak learning rate (every method)")
-_EVAL = flags.DEFINE_integer("eval_examples", comparison.Budget.eval_examples,
+_STEPS = flags.DEFINE_integer("steps", budget_lib.Budget.steps, "training steps per run")
+_BATCH = flags.DEFINE_integer("batch_size", budget_lib.Budget.batch_size, "global batch size")
+_IMAGE = flags.DEFINE_integer("image_size", budget_lib.Budget.image_size, "image size (px)")
+_PATIENTS = flags.DEFINE_integer("patients", budget_lib.Budget.patients, "synthetic patients")
+_LR = flags.DEFINE_float("lr", budget_lib.Budget.lr, "peak learning rate (every method)")
+_EVAL = flags.DEFINE_integer("eval_examples", budget_lib.Budget.eval_examples,
                              "held-out synthetic examples evaluated per run")
 _OUTPUT = flags.DEFINE_string("output", "runs/compare", "data and run directories")
 _RESULTS = flags.DEFINE_string("results", "results", "where the tables and plots go")
@@ -65,10 +67,10 @@ def main(argv):
   import dataclasses  # pylint: disable=g-import-not-at-top
   command = "python -m experiments.compare " + " ".join(sys.argv[1:])
   if _REANALYSE.value:
-    comparison.reanalyse(_RESULTS.value, command=command.strip(), note=_NOTE.value)
+    report.reanalyse(_RESULTS.value, command=command.strip(), note=_NOTE.value)
     print(f"\nrewrote {_RESULTS.value}/comparison.md from {_RESULTS.value}/comparison.json")
     return
-  preset = comparison.PRESETS[_PRESET.value]
+  preset = budget_lib.PRESETS[_PRESET.value]
   given = {name for name in ("steps", "batch_size", "image_size", "patients", "lr",
                              "eval_examples", "variant", "methods")
            if flags.FLAGS[name].present}
@@ -80,10 +82,10 @@ def main(argv):
       lr=pick("lr", _LR), eval_examples=pick("eval_examples", _EVAL),
       variant=pick("variant", _VARIANT),
       warmup_steps=min(preset.warmup_steps, max(steps // 10, 1)))
-  budget = comparison.budget_with(budget, _BUDGET.value)
+  budget = budget_lib.budget_with(budget, _BUDGET.value)
   methods = (_METHODS.value if "methods" in given
-             else list(comparison.PRESET_METHODS[_PRESET.value]))
-  out = comparison.run_comparison(methods, list(range(_SEEDS.value)), budget,
+             else list(budget_lib.PRESET_METHODS[_PRESET.value]))
+  out = comparison_run.run_comparison(methods, list(range(_SEEDS.value)), budget,
                                   output=_OUTPUT.value, results_dir=_RESULTS.value,
                                   shared_data=_SHARED.value, command=command.strip(),
                                   only_existing=_ONLY_EXISTING.value, jobs=_JOBS.value)

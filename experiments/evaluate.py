@@ -43,8 +43,8 @@ def main(argv):
   logging.getLogger().setLevel(logging.INFO)
   logging.getLogger("absl").setLevel(logging.WARNING)
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  from mmrl.evaluation import features  # pylint: disable=g-import-not-at-top
   from mmrl.evaluation import runner  # pylint: disable=g-import-not-at-top
+  from mmrl.train import run_dir  # pylint: disable=g-import-not-at-top
 
   if _INIT.value == "random" and not _CHECKPOINT.value:
     if not _OUTPUT.value:
@@ -57,7 +57,7 @@ def main(argv):
                            "--config.data.dataset_dir)")
     scalars, images, step = runner.evaluate_checkpoint(
         _CONFIG.value, _CHECKPOINT.value, _EVALUATORS.value, step=_STEP.value, init=_INIT.value)
-    source = str(features.checkpoint_dir(_CHECKPOINT.value))
+    source = str(run_dir.checkpoint_dir(_CHECKPOINT.value))
   output = pathlib.Path(_OUTPUT.value or pathlib.Path(source).parent / "eval" / f"step_{step}.json")
   output.parent.mkdir(parents=True, exist_ok=True)
   doc = {"checkpoint": source, "step": step, "init": _INIT.value,

@@ -17,7 +17,7 @@ MGCA runs as its released forward by default (every text token at position 0; --
 for 0..L-1). Writes <output>/{config.json, checkpoints/0, import_report.json}; nothing on failure; an --output
 that holds anything is refused unless --overwrite; an option the format does not take is an
 error. Formats, sources and what is kept / dropped:
-docs/released_checkpoints.md. Thin: mmrl.models.released.importer does the work.
+docs/released_checkpoints.md. Thin: mmrl.train.released_import does the work.
 """
 from __future__ import annotations
 
@@ -53,16 +53,16 @@ def main(argv):
   del argv
   logging.getLogger("absl").setLevel(logging.WARNING)
   from mmrl.models.released import importer  # pylint: disable=g-import-not-at-top
-  from mmrl.models.released import run_writer  # pylint: disable=g-import-not-at-top
+  from mmrl.train import released_import  # pylint: disable=g-import-not-at-top
   from mmrl.models.released.source import SourceError  # pylint: disable=g-import-not-at-top
   fmt = _FORMAT.value
   base = importlib.import_module(f"experiments.configs.{importer.METHOD_CONFIG[fmt]}").get_config()
   try:
-    out, report = importer.import_checkpoint(
+    out, report = released_import.import_checkpoint(
         fmt, _INPUT.value, _OUTPUT.value, base, tokenizer=_TOKENIZER.value,
         overwrite=_OVERWRITE.value, image_weights=_IMAGE_WEIGHTS.value,
         text_num_heads=_TEXT_HEADS.value, positions=_POSITIONS.value)
-  except (SourceError, run_writer.OutputExistsError) as e:
+  except (SourceError, released_import.OutputExistsError) as e:
     sys.exit(f"import_checkpoint: {e}")
   c = report["counts"]
   print(f"imported {fmt} {_INPUT.value} -> {out}")

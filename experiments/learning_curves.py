@@ -27,15 +27,16 @@ import time
 from absl import app
 from absl import flags
 
-from mmrl.evaluation import comparison
-from mmrl.evaluation import learning_curves as curves_lib
+from experiments.comparison import budget as budget_lib
+from experiments.comparison import curves as curves_lib
+from experiments.comparison import run as comparison_run
 
 _METHODS = flags.DEFINE_list("methods", ["convirt", "gloria", "lovt"], "methods")
 _POINTS = flags.DEFINE_list("points", ["500", "1000", "2000", "3000", "4000", "6000"],
                             "steps at which the run is evaluated")
 _STEPS = flags.DEFINE_integer("steps", 6000, "training steps (the schedule's length)")
 _SEED = flags.DEFINE_integer("seed", 0, "seed")
-_PRESET = flags.DEFINE_enum("preset", "localisation", sorted(comparison.PRESETS), "budget")
+_PRESET = flags.DEFINE_enum("preset", "localisation", sorted(budget_lib.PRESETS), "budget")
 _BUDGET = flags.DEFINE_list("budget", [], "Budget fields as name=value over the preset's")
 _OUTPUT = flags.DEFINE_string("output", "runs/curves", "data and run directories")
 _RESULTS = flags.DEFINE_string("results", "results/localisation", "where curves.* go")
@@ -50,9 +51,9 @@ CURVE_METRICS = ("train/loss", "retrieval/i2t_R@1", "loc/synthetic/pointing",
                  "loc/synthetic_templated/pointing", "loc/nih_templated/pointing")
 
 
-def _budget() -> comparison.Budget:
-  b = dataclasses.replace(comparison.PRESETS[_PRESET.value], steps=int(_STEPS.value))
-  return comparison.budget_with(b, _BUDGET.value)
+def _budget() -> budget_lib.Budget:
+  b = dataclasses.replace(budget_lib.PRESETS[_PRESET.value], steps=int(_STEPS.value))
+  return budget_lib.budget_with(b, _BUDGET.value)
 
 
 def _main(argv):
@@ -62,8 +63,8 @@ def _main(argv):
   budget = _budget()
   out = pathlib.Path(_OUTPUT.value)
   if _FOLLOW.value:
-    dataset_dir = comparison.prepare_synthetic(budget, out / "data")
-    nih_dir = comparison.prepare_nih(_SHARED.value, out / "data", budget.image_size,
+    dataset_dir = comparison_run.prepare_synthetic(budget, out / "data")
+    nih_dir = comparison_run.prepare_nih(_SHARED.value, out / "data", budget.image_size,
                                      budget.nih_items)
     while True:
       done = [len(curves_lib.evaluate_points(m, int(_SEED.value), budget, points, dataset_dir,
@@ -73,8 +74,8 @@ def _main(argv):
         break
       time.sleep(30)
   elif not _REPORT_ONLY.value:
-    dataset_dir = comparison.prepare_synthetic(budget, out / "data")
-    nih_dir = comparison.prepare_nih(_SHARED.value, out / "data", budget.image_size,
+    dataset_dir = comparison_run.prepare_synthetic(budget, out / "data")
+    nih_dir = comparison_run.prepare_nih(_SHARED.value, out / "data", budget.image_size,
                                      budget.nih_items)
     args = [(m, int(_SEED.value), budget, points, dataset_dir, nih_dir, str(out))
             for m in _METHODS.value]

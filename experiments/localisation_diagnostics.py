@@ -17,7 +17,6 @@ EXPECT:  under a minute on one core for 64 studies.
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 
 from absl import app
@@ -49,19 +48,13 @@ def map_statistics(maps: np.ndarray) -> dict[str, float]:
 
 
 def _run_stats(run: pathlib.Path) -> None:
-  import jax  # pylint: disable=g-import-not-at-top
-  import ml_collections  # pylint: disable=g-import-not-at-top
   from data_pipeline import pipeline, tokenization  # pylint: disable=g-import-not-at-top
   from mmrl.evaluation import alignment_maps  # pylint: disable=g-import-not-at-top
   from mmrl.evaluation import localisation as loc  # pylint: disable=g-import-not-at-top
-  from mmrl.parallel import distributed, mesh as mesh_lib  # pylint: disable=g-import-not-at-top
-  from mmrl.train import checkpoint as ckpt_lib, state as state_lib  # pylint: disable=g-import-not-at-top
-  c = ml_collections.ConfigDict(json.loads((run / "config.json").read_text()))
-  mesh = mesh_lib.make_mesh(c.mesh)
-  state, shardings = state_lib.create_train_state(c, jax.random.key(0), mesh)
-  ck = ckpt_lib.Checkpointer(run / "checkpoints", async_save=False)
-  state = ck.restore(state, with_data_iter=False).state
-  ck.close()
+  from mmrl.parallel import distributed  # pylint: disable=g-import-not-at-top
+  from mmrl.train import run_dir  # pylint: disable=g-import-not-at-top
+  c = run_dir.read_config(run)
+  state, mesh, shardings, _ = run_dir.restore_for_eval(c, run)
   fn = alignment_maps.make_alignment_fn(c, mesh, shardings)
   names = pipeline.dataset_info(c.data.dataset_dir)["label_names"]
   report, images, items = [], [], []
@@ -90,7 +83,9 @@ def _run_stats(run: pathlib.Path) -> None:
 def _text_probe() -> None:
   import jax  # pylint: disable=g-import-not-at-top
   from data_pipeline import tokenization  # pylint: disable=g-import-not-at-top
-  from mmrl.evaluation import alignment_maps, comparison  # pylint: disable=g-import-not-at-top
+  from experiments.comparison import budget as budget_lib  # pylint: disable=g-import-not-at-top
+  from experiments.comparison import method_configs  # pylint: disable=g-import-not-at-top
+  from mmrl.evaluation import alignment_maps  # pylint: disable=g-import-not-at-top
   from mmrl.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   from mmrl.train import state as state_lib  # pylint: disable=g-import-not-at-top
   sents = [f"There is a nodule in the {s} {z} zone." for s in ("right", "left")
@@ -98,8 +93,8 @@ def _text_probe() -> None:
   sents += ["There is a pleural effusion in the right upper zone.", "There is a nodule."]
   np.set_printoptions(precision=2, suppress=True, linewidth=150)
   for layers in (int(x) for x in _LAYERS.value):
-    b = dataclasses.replace(comparison.PRESETS["localisation"], text_layers=layers, image_size=64)
-    c = comparison.method_config("convirt", b, seed=0)
+    b = dataclasses.replace(budget_lib.PRESETS["localisation"], text_layers=layers, image_size=64)
+    c = method_configs.method_config("convirt", b, seed=0)
     mesh = mesh_lib.make_mesh(c.mesh)
     state, _ = state_lib.create_train_state(c, jax.random.key(0), mesh)
     tok = tokenization.ReportTokenizer(str(c.data.tokenizer))

@@ -19,7 +19,6 @@ bilinear resize, normalise), so `encoder(images)` equals the in-training eval st
 from __future__ import annotations
 
 import json
-import logging
 import pathlib
 import shutil
 from typing import Any, Mapping, Optional, Sequence
@@ -71,45 +70,9 @@ def _unflat(flat: Mapping[str, Any]) -> dict[str, Any]:
 
 def read_run_config(run_dir: str | pathlib.Path) -> Any:
   """The ConfigDict a run was trained with (`<run_dir>/config.json`, written by the loop)."""
-  import ml_collections  # pylint: disable=import-outside-toplevel
-  path = pathlib.Path(run_dir) / "config.json"
-  if not path.is_file():
-    raise FileNotFoundError(
-        f"{path} does not exist: --checkpoint must be a run directory written by "
-        "experiments.pretrain (holding config.json and checkpoints/), or pass --config")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
-
-
-def read_checkpoint(run_dir: str | pathlib.Path, step: Optional[int] = None
-                    ) -> tuple[int, dict[str, Any]]:
-  """(step, {'params': ..., 'batch_stats': ...}) of a run's checkpoint as host numpy arrays."""
-  from mmrl.train import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
-  run_dir = pathlib.Path(run_dir)
-  directory = run_dir / "checkpoints" if (run_dir / "checkpoints").is_dir() else run_dir
-  if not directory.is_dir():
-    raise FileNotFoundError(f"{run_dir} does not exist; give the run directory of a pretraining "
-                            "run (the --workdir of experiments.pretrain)")
-  ckpt = ckpt_lib.Checkpointer(directory, async_save=False)
-  try:
-    steps = ckpt.all_steps()
-    if not steps:
-      raise FileNotFoundError(f"no complete checkpoint under {directory}; train longer than "
-                              "train.checkpoint_every steps or let the run finish")
-    if step is None:
-      step = max(steps)
-    elif step not in steps:
-      raise FileNotFoundError(f"{directory} has no checkpoint of step {step}; it has {steps}")
-    absl_logger = logging.getLogger("absl")
-    level = absl_logger.level
-    absl_logger.setLevel(logging.ERROR)  # a raw restore warns that it reads no item metadata
-    try:
-      raw = ckpt.restore_raw_state(step)
-    finally:
-      absl_logger.setLevel(level)
-  finally:
-    ckpt.close()
-  return step, {"params": dict(raw.get("params") or {}),
-                "batch_stats": dict(raw.get("batch_stats") or {})}
+  from mmrl.train import run_dir as run_dir_lib  # pylint: disable=import-outside-toplevel
+  return run_dir_lib.read_config(pathlib.Path(run_dir) / "config.json",
+                                 hint="or pass --config")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -366,13 +329,14 @@ def export_run(run_dir: str | pathlib.Path, output_dir: str | pathlib.Path, *,
     encoder_config.json's content.
   """
   from mmrl.models import towers as towers_lib  # pylint: disable=import-outside-toplevel
+  from mmrl.train import run_dir as run_dir_lib  # pylint: disable=import-outside-toplevel
   unknown = [t for t in towers if t not in TOWERS]
   if unknown or not towers:
     raise ValueError(f"towers={list(towers)}: choose one or more of {', '.join(TOWERS)}")
   if projection not in PROJECTION_MODES:
     raise ValueError(f"projection={projection!r}: use one of {', '.join(PROJECTION_MODES)}")
   config = read_run_config(run_dir) if config is None else config
-  step, state = read_checkpoint(run_dir, step)
+  step, state = run_dir_lib.read_weights(run_dir, step)
   out = pathlib.Path(output_dir)
   out.mkdir(parents=True, exist_ok=True)
   encoder: dict[str, Any] = {

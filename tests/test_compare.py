@@ -5,7 +5,10 @@ import json
 
 import pytest
 
-from mmrl.evaluation import comparison
+from experiments.comparison import budget as budget_lib
+from experiments.comparison import run as comparison_run
+from experiments.comparison import method_configs
+from experiments.comparison import report
 
 from conftest import shared_data_dir
 
@@ -13,11 +16,11 @@ from conftest import shared_data_dir
 @pytest.mark.slow
 def test_compare_writes_table_json_plots_and_heatmaps_and_resumes(tmp_path, synthetic_cache):
   shared = shared_data_dir()
-  budget = comparison.Budget(steps=2, batch_size=8, image_size=32, patients=24, warmup_steps=1,
+  budget = budget_lib.Budget(steps=2, batch_size=8, image_size=32, patients=24, warmup_steps=1,
                              eval_examples=16, synthetic_image_size=96, synthetic_short_side=48,
                              nih_items=8, nih_splits=("train", "validate", "test"))
   results = tmp_path / "results"
-  out = comparison.run_comparison(["convirt", "gloria"], [0], budget, output=tmp_path / "out",
+  out = comparison_run.run_comparison(["convirt", "gloria"], [0], budget, output=tmp_path / "out",
                                   results_dir=results, shared_data=str(shared or ""),
                                   command="pytest compare", data_root=str(synthetic_cache),
                                   progress=lambda _: None)
@@ -41,7 +44,7 @@ def test_compare_writes_table_json_plots_and_heatmaps_and_resumes(tmp_path, synt
   # A second call finds every run finished and only rewrites the tables.
   done = tmp_path / "out" / "runs" / "gloria" / "seed_0" / "result.json"
   before = done.stat().st_mtime_ns
-  again = comparison.run_comparison(["convirt", "gloria"], [0], budget, output=tmp_path / "out",
+  again = comparison_run.run_comparison(["convirt", "gloria"], [0], budget, output=tmp_path / "out",
                                     results_dir=results, shared_data=str(shared or ""),
                                     data_root=str(synthetic_cache), progress=lambda _: None)
   assert done.stat().st_mtime_ns == before
@@ -63,7 +66,7 @@ def test_analysis_calls_a_difference_only_when_the_paired_test_says_so():
       "gloria": {"loc/synthetic/pointing": _entry(0.25, 0.19, 0.19),
                  "retrieval/i2t_R@1": _entry(0.10, 0.12, 0.08)},
   }
-  text = "\n".join(comparison.analysis(summary))
+  text = "\n".join(report.analysis(summary))
   assert "1 of 2 local methods localise better than ConVIRT by the paired t-test" in text
   assert ": lovt." in text
   assert "worse than ConVIRT by the paired t-test: lovt." in text
@@ -73,19 +76,19 @@ def test_analysis_calls_a_difference_only_when_the_paired_test_says_so():
 
 def test_summary_uses_the_sample_std_and_keeps_the_seeds_for_pairing():
   runs = [{"method": "lovt", "seed": s, "metrics": {"m": v}} for s, v in enumerate([1., 2., 3.])]
-  got = comparison.summarise(runs)["lovt"]["m"]
+  got = report.summarise(runs)["lovt"]["m"]
   assert got["std"] == 1.0 and got["n"] == 3 and got["by_seed"] == {"0": 1., "1": 2., "2": 3.}
   assert got["ci_low"] < 2.0 < got["ci_high"]
 
 
 def test_every_method_reads_the_whole_report_in_the_comparison():
-  budget = comparison.PRESETS["localisation"]
-  for m in comparison.PRESET_METHODS["localisation"]:
-    c = comparison.method_config(m, budget, seed=0)
+  budget = budget_lib.PRESETS["localisation"]
+  for m in budget_lib.PRESET_METHODS["localisation"]:
+    c = method_configs.method_config(m, budget, seed=0)
     assert c.data.sentence_sampling == "all", m
     assert c.data.synthetic.variant == "calibrated"
-  assert any("sentence" in f for f in comparison.fallbacks("convirt", budget))
-  assert any("uniform" in f for f in comparison.fallbacks("mgca", budget))
+  assert any("sentence" in f for f in method_configs.fallbacks("convirt", budget))
+  assert any("uniform" in f for f in method_configs.fallbacks("mgca", budget))
 
 
 def test_reanalyse_rewrites_a_stored_comparison_with_paired_tests_and_keeps_its_runs(tmp_path):
@@ -100,7 +103,7 @@ def test_reanalyse_rewrites_a_stored_comparison_with_paired_tests_and_keeps_its_
           "jax": "0", "budget": {"steps": 8}, "seeds": [0, 1, 2],
           "methods": ["convirt", "gloria"], "nih": "not used", "plots": []}
   (tmp_path / "comparison.json").write_text(json.dumps({"meta": meta, "summary": {}, "runs": runs}))
-  comparison.reanalyse(tmp_path, command="reanalyse cmd", note="an old run")
+  report.reanalyse(tmp_path, command="reanalyse cmd", note="an old run")
   md = (tmp_path / "comparison.md").read_text()
   assert "reanalyse cmd" in md and "an old run" in md and "old command" in md
   assert "gloria vs ConVIRT" in md and "paired t-test" in md and "): better" in md
@@ -113,19 +116,19 @@ def test_reanalyse_rewrites_a_stored_comparison_with_paired_tests_and_keeps_its_
 @pytest.mark.slow
 def test_compare_with_one_worker_per_seed_gives_the_runs_a_single_process_gives(
     tmp_path, synthetic_cache):
-  budget = comparison.Budget(steps=2, batch_size=8, image_size=32, patients=24, warmup_steps=1,
+  budget = budget_lib.Budget(steps=2, batch_size=8, image_size=32, patients=24, warmup_steps=1,
                              eval_examples=16, synthetic_image_size=96, synthetic_short_side=48,
                              nih_splits=())
   results = tmp_path / "results"
-  out = comparison.run_comparison(["convirt"], [0, 1], budget, output=tmp_path / "par",
+  out = comparison_run.run_comparison(["convirt"], [0, 1], budget, output=tmp_path / "par",
                                   results_dir=results, data_root=str(synthetic_cache),
                                   progress=lambda _: None, jobs=2)
   assert sorted((r["method"], r["seed"]) for r in out["results"]) == [
       ("convirt", 0), ("convirt", 1), ("random_init", 0), ("random_init", 1)]
   assert list((results / "heatmaps" / "convirt").glob("*.png"))  # seed 0's heat maps
   # Seed 1 again, in this process: the same training and the same metrics.
-  ds = comparison.prepare_synthetic(budget, synthetic_cache)
-  alone = comparison.run_one("convirt", 1, budget, dataset_dir=ds, nih_dir="",
+  ds = comparison_run.prepare_synthetic(budget, synthetic_cache)
+  alone = comparison_run.run_one("convirt", 1, budget, dataset_dir=ds, nih_dir="",
                              workdir=tmp_path / "alone", heatmap_dir=None)["metrics"]
   par = next(r for r in out["results"] if r["method"] == "convirt" and r["seed"] == 1)["metrics"]
   assert alone["train/final_loss"] == pytest.approx(par["train/final_loss"], abs=1e-5)
@@ -134,13 +137,13 @@ def test_compare_with_one_worker_per_seed_gives_the_runs_a_single_process_gives(
 
 
 def test_budget_fields_can_be_set_by_name_with_their_types_and_a_bad_name_is_refused():
-  preset = comparison.PRESETS["localisation"]
-  b = comparison.budget_with(preset, ["text_lr_mult=1", "gloria_exact=false", "steps=40",
+  preset = budget_lib.PRESETS["localisation"]
+  b = budget_lib.budget_with(preset, ["text_lr_mult=1", "gloria_exact=false", "steps=40",
                                       "nih_splits=validate+test", "variant=realistic"])
   assert (b.text_lr_mult, b.gloria_exact, b.steps, b.nih_splits, b.variant) == (
       1.0, False, 40, ("validate", "test"), "realistic")
   assert b.image_tower == preset.image_tower  # untouched fields keep the preset's values
   with pytest.raises(ValueError, match="name one of"):
-    comparison.budget_with(preset, ["text_lr=1"])
+    budget_lib.budget_with(preset, ["text_lr=1"])
   with pytest.raises(ValueError, match="true or false"):
-    comparison.budget_with(preset, ["gloria_exact=maybe"])
+    budget_lib.budget_with(preset, ["gloria_exact=maybe"])

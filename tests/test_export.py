@@ -26,6 +26,7 @@ from mmrl.models import towers
 from mmrl.parallel import mesh as mesh_lib
 from mmrl.train import checkpoint as ckpt_lib
 from mmrl.train import loop
+from mmrl.train import run_dir
 from mmrl.train import state as state_lib
 from mmrl.train import step as step_lib
 
@@ -147,7 +148,7 @@ def test_text_encoder_loads_in_transformers_with_the_towers_hidden_states(export
   torch = pytest.importorskip("torch", reason="torch not installed (pip install 'mmrl[torch]')")
   transformers = pytest.importorskip("transformers", reason="transformers not installed")
   config, run, out = exported
-  _, raw = export.read_checkpoint(run)
+  _, raw = run_dir.read_weights(run)
   tok = tokenization.ReportTokenizer(str(out / "text_encoder"))
   text = tok.encode_batch([["The heart is enlarged.", "No effusion."], ["Lungs are clear."]],
                           64, 4)

@@ -19,6 +19,7 @@ pytest.importorskip("omegaconf")
 from experiments.configs import gloria as gloria_config  # noqa: E402
 from benchmarks.released_references import parity  # noqa: E402
 from mmrl.models.released import importer  # noqa: E402
+from mmrl.train import released_import  # noqa: E402
 from mmrl.models.released.source import SourceError  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -146,6 +147,6 @@ def test_a_lightning_file_of_another_project_is_refused_and_nothing_is_written(t
               "hyper_parameters": OmegaConf.create({"model": {"name": "unet"}})}, str(path))
   out = tmp_path / "runs" / "x"
   with pytest.raises(SourceError, match=r"other.ckpt is not a GLoRIA checkpoint.*global_embedder"):
-    importer.import_checkpoint("gloria", path, out, gloria_config.get_config(),
+    released_import.import_checkpoint("gloria", path, out, gloria_config.get_config(),
                                tokenizer=str(path))
   assert not out.exists()

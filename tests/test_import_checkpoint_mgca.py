@@ -19,8 +19,8 @@ pytest.importorskip("pytorch_lightning", reason="the reference file is written b
 from experiments.configs import from_run  # noqa: E402
 from experiments.configs import mgca as mgca_config  # noqa: E402
 from mmrl.models.released import importer  # noqa: E402
+from mmrl.train import released_import  # noqa: E402
 from benchmarks.released_references import parity  # noqa: E402
-from mmrl.models.released import run_writer  # noqa: E402
 from mmrl.models.released.source import SourceError  # noqa: E402
 
 TOL = 1e-4
@@ -39,7 +39,7 @@ def result(tmp_path_factory):
 def run_dir(result, tmp_path_factory):
   out = tmp_path_factory.mktemp("runs") / "mgca_released"
   vocab = pathlib.Path(result["source"]).parent / "vocab"
-  path, _ = importer.import_checkpoint("mgca", result["source"], out, mgca_config.get_config(),
+  path, _ = released_import.import_checkpoint("mgca", result["source"], out, mgca_config.get_config(),
                                        tokenizer=str(vocab))
   return path
 
@@ -129,11 +129,11 @@ def test_a_truncated_file_is_refused_and_nothing_is_written(result, tmp_path):
 def test_an_output_holding_a_run_is_refused_unless_overwrite(run_dir, result):
   vocab = pathlib.Path(result["source"]).parent / "vocab"
   before = sorted(p.name for p in run_dir.iterdir())
-  with pytest.raises(run_writer.OutputExistsError, match="holds a run.*--overwrite"):
-    importer.import_checkpoint("mgca", result["source"], run_dir, mgca_config.get_config(),
+  with pytest.raises(released_import.OutputExistsError, match="holds a run.*--overwrite"):
+    released_import.import_checkpoint("mgca", result["source"], run_dir, mgca_config.get_config(),
                                tokenizer=str(vocab))
   assert sorted(p.name for p in run_dir.iterdir()) == before
-  path, _ = importer.import_checkpoint("mgca", result["source"], run_dir,
+  path, _ = released_import.import_checkpoint("mgca", result["source"], run_dir,
                                        mgca_config.get_config(), tokenizer=str(vocab),
                                        overwrite=True)
   assert (path / "checkpoints" / "0").is_dir()

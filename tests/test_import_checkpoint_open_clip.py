@@ -18,6 +18,7 @@ from experiments.configs import from_run  # noqa: E402
 from experiments.configs import open_clip as open_clip_config  # noqa: E402
 from benchmarks.released_references import parity  # noqa: E402
 from mmrl.models.released import importer  # noqa: E402
+from mmrl.train import released_import  # noqa: E402
 from mmrl.models.released.source import SourceError  # noqa: E402
 
 TOL = 1e-4
@@ -73,7 +74,7 @@ def test_open_clip_config_feeds_unit_pixels_with_the_clip_normalisation_folded_i
 
 def test_zero_shot_and_retrieval_run_on_the_import(folder, tmp_path, synthetic_cache):
   from mmrl.evaluation import runner  # pylint: disable=import-outside-toplevel
-  run, _ = importer.import_checkpoint("open_clip", folder, tmp_path / "run",
+  run, _ = released_import.import_checkpoint("open_clip", folder, tmp_path / "run",
                                       open_clip_config.get_config())
   c = from_run.get_config(str(run))
   c.data.dataset_dir = ""
@@ -129,7 +130,7 @@ def test_gelu_mlp_projection_without_biases_equals_numpy():
 
 def test_export_of_the_import_carries_the_bias_free_image_projection(folder, tmp_path):
   from mmrl import export  # pylint: disable=import-outside-toplevel
-  run, _ = importer.import_checkpoint("open_clip", folder, tmp_path / "run",
+  run, _ = released_import.import_checkpoint("open_clip", folder, tmp_path / "run",
                                       open_clip_config.get_config())
   info = export.export_run(run, tmp_path / "export")
   assert info["image"]["projection"] == {"kind": "linear", "name": "image_projection",

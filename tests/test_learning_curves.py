@@ -1,12 +1,12 @@
-"""Learning curves (mmrl.evaluation.learning_curves): points collected per method with the
+"""Learning curves (experiments/comparison/curves.py): points collected per method with the
 training loss of each point's window, the config keeps a checkpoint at every point, and the
 picture and JSON are written."""
 import json
 
 import pytest
 
-from mmrl.evaluation import comparison
-from mmrl.evaluation import learning_curves as lc
+from experiments.comparison import budget as budget_lib
+from experiments.comparison import curves as lc
 
 
 def _fake_run(root, method, points, losses):
@@ -28,7 +28,7 @@ def test_collect_curves_orders_points_and_takes_each_window_mean_loss(tmp_path):
 
 
 def test_curve_config_keeps_a_checkpoint_at_every_point():
-  budget = comparison.Budget(steps=600)
+  budget = budget_lib.Budget(steps=600)
   c = lc.curve_config("convirt", 0, budget, [100, 300, 600], dataset_dir="")
   assert (c.train.checkpoint_every, c.train.keep_every, c.train.num_steps) == (100, 100, 600)
   with pytest.raises(ValueError, match="<= budget.steps"):

@@ -9,17 +9,19 @@ import numpy as np
 import pytest
 
 from data_pipeline.synthetic import phantom
-from mmrl.evaluation import comparison
+from experiments.comparison import budget as budget_lib
+from experiments.comparison import run as comparison_run
+from experiments.comparison import method_configs
 from mmrl.evaluation import localisation as loc
 
 # The reduced calibrated set: the localisation preset at 60 patients.
-REDUCED = dataclasses.replace(comparison.PRESETS["localisation"], patients=60,
+REDUCED = dataclasses.replace(budget_lib.PRESETS["localisation"], patients=60,
                               synthetic_image_size=160, eval_examples=64, nih_splits=())
 
 
 def _eval_boxes(budget, dataset_dir):
   from data_pipeline import pipeline  # pylint: disable=g-import-not-at-top
-  c = comparison.method_config("lovt", budget, seed=0, dataset_dir=dataset_dir)
+  c = method_configs.method_config("lovt", budget, seed=0, dataset_dir=dataset_dir)
   size = int(c.data.image_size)
   gts = []
   for split in ("train", "validate", "test"):
@@ -32,7 +34,7 @@ def _eval_boxes(budget, dataset_dir):
 
 @pytest.mark.slow
 def test_the_calibrated_set_lets_a_grid_oracle_point_at_least_0_8(synthetic_cache):
-  ds = comparison.prepare_synthetic(REDUCED, synthetic_cache)
+  ds = comparison_run.prepare_synthetic(REDUCED, synthetic_cache)
   gt = _eval_boxes(REDUCED, ds)
   grid = REDUCED.image_size // 16  # resnet_small_s16: stride 16
   ref = loc.baseline_pointing(gt, grid, grid)
@@ -69,8 +71,8 @@ def test_the_realistic_variant_keeps_todays_sizes_and_the_calibrated_one_is_larg
 def test_lovt_trained_on_the_reduced_calibrated_set_points_above_a_random_map(
     tmp_path, synthetic_cache):
   budget = dataclasses.replace(REDUCED, steps=30, warmup_steps=3, eval_examples=32)
-  ds = comparison.prepare_synthetic(budget, synthetic_cache)
-  r = comparison.run_one("lovt", 0, budget, dataset_dir=ds, nih_dir="",
+  ds = comparison_run.prepare_synthetic(budget, synthetic_cache)
+  r = comparison_run.run_one("lovt", 0, budget, dataset_dir=ds, nih_dir="",
                          workdir=tmp_path / "lovt", heatmap_dir=None)
   m = r["metrics"]
   assert m["loc/synthetic/grid_oracle/pointing"] >= 0.8

@@ -19,6 +19,7 @@ from data_pipeline import synthetic_dataset
 from experiments.configs import convirt
 from mmrl.train import checkpoint as ckpt_lib
 from mmrl.train import loop
+from mmrl.train import run_dir
 from mmrl.train import state as state_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -117,7 +118,7 @@ def test_init_from_copies_the_towers_and_leaves_the_heads(tmp_path, data_cache):
   ck.save(7, donor, data_iter=None, config={})
   ck.close()
   fresh, _ = state_lib.create_train_state(config, jax.random.key(2), mesh)
-  loaded = loop._load_towers(fresh, str(tmp_path / "donor"))  # pylint: disable=protected-access
+  loaded = run_dir.load_towers(fresh, str(tmp_path / "donor"))
   towers = [k for k in loaded.params if k in loop.TOWER_KEYS]
   heads = [k for k in loaded.params if k not in loop.TOWER_KEYS]
   assert towers and heads, f"expected tower and head parameters, got {list(loaded.params)}"

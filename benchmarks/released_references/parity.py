@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmrl.models.released import common
 from mmrl.models.released import importer
-from mmrl.models.released import run_writer
 
 # ours -> reference output name, per format; 'masked' compares only real words / tokens.
 COMPARE = {
@@ -116,10 +116,10 @@ def run_parity(fmt: str, workdir: str | pathlib.Path, base_config: Any, *, varia
       "valid": jnp.ones((batch,), bool),
   }
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), ours_batch, train=False))
-  variables = {"params": run_writer.fill(shapes["params"], converted.params, what="parameters",
+  variables = {"params": common.fill(shapes["params"], converted.params, what="parameters",
                                          source=str(path))}
   if "batch_stats" in shapes:
-    variables["batch_stats"] = run_writer.fill(shapes["batch_stats"], converted.batch_stats,
+    variables["batch_stats"] = common.fill(shapes["batch_stats"], converted.batch_stats,
                                                what="BatchNorm statistics", source=str(path))
   out = jax.jit(lambda v, b: model.apply(v, b, train=False))(variables, ours_batch)
   ours = {k: v for k, v in out.items() if not isinstance(v, dict)}

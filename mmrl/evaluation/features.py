@@ -23,6 +23,7 @@ from mmrl.objectives.contrastive import l2_normalize
 from mmrl.parallel import distributed
 from mmrl.parallel import mesh as mesh_lib
 from mmrl.train import checkpoint as ckpt_lib
+from mmrl.train import run_dir
 from mmrl.train import state as state_lib
 
 log = logging.getLogger(__name__)
@@ -129,19 +130,9 @@ def restore_or_init(config: Any, checkpoint: str | pathlib.Path, *, step: Option
                     init: str = "checkpoint") -> tuple[Any, Mesh, Any, int]:
   """(state, mesh, state_shardings, step) for an evaluation of `checkpoint` (latest complete
   step unless `step`). init='random' gives a freshly initialised state instead (config.seed) on
-  the same mesh: the random-init baseline of the downstream protocols."""
-  ckpt_dir = checkpoint_dir(checkpoint)
-  ckpt = ckpt_lib.Checkpointer(ckpt_dir, async_save=False)
-  step = ckpt.latest_step() if step is None else step
-  ckpt.close()
-  if step is None:
-    raise FileNotFoundError(f"no complete checkpoint under {ckpt_dir}")
-  if init not in ("checkpoint", "random"):
-    raise ValueError(f"--init={init!r}: use 'checkpoint' or 'random'")
-  state, mesh, shardings = load_for_eval(config, ckpt_dir, step=step)
-  if init == "random":
-    state, _ = state_lib.create_train_state(config, jax.random.key(int(config.seed)), mesh)
-  return state, mesh, shardings, int(step)
+  the same mesh: the random-init baseline of the downstream protocols.
+  `mmrl.train.run_dir.restore_for_eval` does it."""
+  return run_dir.restore_for_eval(config, checkpoint, step=step, init=init)
 
 
 __all__ = ["make_feature_step", "extract_features", "load_for_eval", "restore_or_init",

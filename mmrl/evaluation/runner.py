@@ -247,14 +247,11 @@ def evaluate_random_init(config: Any, names: Optional[Sequence[str]] = None
   """The evaluators on a freshly initialised state (seed `config.seed`; no training): the
   random-initialisation baseline. `config.data.dataset_dir` must name converted shards.
   Returns (scalars, images, 0)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from mmrl.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
-  from mmrl.train import state as state_lib  # pylint: disable=g-import-not-at-top
+  from mmrl.train import run_dir  # pylint: disable=g-import-not-at-top
   if not str(config.data.dataset_dir):
     raise ValueError("--init=random without --checkpoint needs --config.data.dataset_dir=<converted shards> (there "
                      "is no run directory to find synthetic data under)")
-  mesh = mesh_lib.make_mesh(config.mesh)
-  state, shardings = state_lib.create_train_state(config, jax.random.key(int(config.seed)), mesh)
+  state, mesh, shardings = run_dir.random_init(config)
   runner = EvalRunner(config, mesh, shardings)
   if names is None:
     names = [n for n in EVALUATORS if n != "localisation" or _localisation_installed()]

@@ -1,1 +1,2 @@
-"""TrainState, optimiser, sharded step, loop, Orbax checkpoints and metric writers."""
+"""TrainState, optimiser, sharded step, loop, Orbax checkpoints, metric writers, and run
+directories: finding, reading, writing and restoring them (`run_dir`, `released_import`)."""

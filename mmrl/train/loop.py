@@ -36,13 +36,14 @@ from mmrl.parallel import distributed
 from mmrl.parallel import mesh as mesh_lib
 from mmrl.train import checkpoint as ckpt_lib
 from mmrl.train import metric_writers
+from mmrl.train import run_dir
 from mmrl.train import state as state_lib
 from mmrl.train import step as step_lib
 from mmrl.train import text_feature_cache
 
 log = logging.getLogger(__name__)
 
-TOWER_KEYS = ("image_tower", "text_tower")
+TOWER_KEYS = run_dir.TOWER_KEYS
 
 
 class NonFiniteLossError(RuntimeError):
@@ -72,11 +73,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   mesh = mesh_lib.make_mesh(config.mesh)
   mesh_lib.check_batch_size(config.train.batch_size, mesh, key="train.batch_size")
   mesh_lib.check_batch_size(config.eval.batch_size, mesh, key="eval.batch_size")
-  config_json = json.loads(config.to_json_best_effort())
+  config_json = run_dir.config_json(config)
   if pidx == 0:
-    (workdir / "config.json").write_text(json.dumps(config_json, indent=2))
+    run_dir.write_config(workdir, config_json)
   writer = metric_writers.make_writers(workdir, process_index=pidx)
-  ckpt = ckpt_lib.Checkpointer(workdir / "checkpoints", keep_last=config.train.keep_last,
+  ckpt = ckpt_lib.Checkpointer(workdir / run_dir.CHECKPOINTS, keep_last=config.train.keep_last,
                                keep_every=config.train.keep_every,
                                async_save=config.train.async_checkpoint)
 
@@ -95,7 +96,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       guard.skipped = int(restored.data_iter.get("nonfinite_skipped", 0))
     log.info("resumed from %s at step %d", ckpt.directory, start_step)
   elif config.train.init_from:
-    state = _load_towers(state, config.train.init_from)
+    state = run_dir.load_towers(state, config.train.init_from)
 
   # Frozen text tower: each report's features are computed once (never checkpointed: rebuilt
   # here from the restored / loaded weights).
@@ -316,31 +317,3 @@ def _make_evaluator(config, mesh, state_shardings) -> Optional[EvalRunner]:
   """The evaluators of config.eval.* (mmrl.evaluation.runner); None when none is enabled."""
   runner = EvalRunner(config, mesh, state_shardings)
   return runner if runner.enabled() else None
-
-
-def _load_towers(state, init_from: str):
-  """Copies the tower parameters (and BatchNorm statistics) of another run's last checkpoint."""
-  path = pathlib.Path(init_from)
-  if (path / "checkpoints").is_dir():
-    path = path / "checkpoints"
-  raw = ckpt_lib.Checkpointer(path, async_save=False).restore_raw_state()
-  new = state
-  for collection in ("params", "batch_stats"):
-    ours = getattr(state, collection, None)
-    theirs = raw.get(collection) if isinstance(raw, dict) else None
-    if not ours or not theirs:
-      continue
-    updated = dict(ours)
-    for key in TOWER_KEYS:
-      if key in ours and key in theirs:
-        updated[key] = jax.tree.map(
-            lambda a, b: jax.device_put(np.asarray(b, a.dtype).reshape(a.shape), a.sharding),
-            ours[key], theirs[key])
-        log.info("init_from %s: loaded %s/%s", path, collection, key)
-    new = new.replace(**{collection: updated})
-  if new.ema:  # the EMA teacher starts from the loaded towers too, not from random ones
-    new = new.replace(ema={name: (jax.tree.map(lambda a, e: jax.device_put(a, e.sharding),
-                                               getattr(new, name), value)
-                                  if name in ("params", "batch_stats") else value)
-                           for name, value in new.ema.items()})
-  return new

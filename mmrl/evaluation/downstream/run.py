@@ -158,15 +158,15 @@ def run_task(task: tasks_lib.Task | str, checkpoint: str, data_dir: str, *,
              progress: bool = True) -> dict:
   """Scores `checkpoint` on `task` (module docstring). Fractions are percentages."""
   from data_pipeline import pipeline  # pylint: disable=g-import-not-at-top
-  from experiments.configs import from_run  # pylint: disable=g-import-not-at-top
   from mmrl.evaluation import runner as runner_lib  # pylint: disable=g-import-not-at-top
+  from mmrl.train import run_dir  # pylint: disable=g-import-not-at-top
   task = tasks_lib.get_task(task) if isinstance(task, str) else task
   data_dir = str(pathlib.Path(data_dir).expanduser().absolute())
   info = pipeline.dataset_info(data_dir)
   if info.get("converter", {}).get("layout") not in (None, task.layout):
     log.warning("task %s expects layout %s; %s was converted from layout %s", task.name,
                 task.layout, data_dir, info["converter"]["layout"])
-  cfg = task_config(from_run.get_config(str(checkpoint)), task, data_dir, finetune=finetune,
+  cfg = task_config(run_dir.read_config(str(checkpoint)), task, data_dir, finetune=finetune,
                     overrides=overrides)
   fractions = [float(f) for f in fractions] if task.trains else [100.0]
   seeds = [int(s) for s in seeds] if task.trains else [int(seeds[0])]
@@ -177,10 +177,7 @@ def run_task(task: tasks_lib.Task | str, checkpoint: str, data_dir: str, *,
   from mmrl.evaluation import features as features_lib  # pylint: disable=g-import-not-at-top
   ckpt_step = step
   if ckpt_step is None:
-    from mmrl.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-    c = ckpt_lib.Checkpointer(features_lib.checkpoint_dir(checkpoint), async_save=False)
-    ckpt_step = c.latest_step()
-    c.close()
+    ckpt_step = run_dir.latest_step(checkpoint)
   prov = prov_lib.checkpoint_provenance(checkpoint, ckpt_step, init=init)
   key = results_lib.entry_key(prov, mode)
   entry = doc["entries"].setdefault(key, {"provenance": prov, "mode": mode, "runs": {},

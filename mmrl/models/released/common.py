@@ -8,6 +8,10 @@ BatchNorm after a biased Linear / conv: our `MLPProjection(norm='batch')` has no
 Dense (a bias before BatchNorm is redundant), so the source bias b is folded into the running mean
 (mean' = mean - b). Eval mode: (Wx + b - mean) / sqrt(var + eps) = (Wx - mean') / sqrt(var + eps),
 exactly; train mode normalises with the batch's own mean, from which a constant bias cancels.
+
+`fill(ours, converted)` checks an imported flat tree against the model's own parameters: every
+leaf of ours must be given with its exact shape, and nothing else may be given; the error lists
+the first missing, mismatched and unexpected paths.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from mmrl.models import hf_weights
+from mmrl.models.param_tree import flatten, unflatten
 from mmrl.models.released.source import Ledger, SourceError
 
 Flat = dict[tuple[str, ...], np.ndarray]
@@ -40,6 +45,27 @@ class Converted:
   def report(self) -> dict[str, Any]:
     return {"format": self.format, "source": self.source, "notes": self.notes, **self.extra,
             "config_overrides": self.overrides, **self.ledger.report()}
+
+
+def fill(ours: Mapping[str, Any], converted: Flat, *, what: str, source: str) -> dict[str, Any]:
+  """`ours` (a param / batch_stats tree of arrays or ShapeDtypeStructs) with every leaf replaced
+  by `converted`'s (float32 numpy); errors name what is missing, mismatched or unexpected."""
+  flat = flatten(ours)
+  missing = [p for p in flat if p not in converted]
+  extra = [p for p in converted if p not in flat]
+  mismatched = [f"{'/'.join(p)}: ours {tuple(flat[p].shape)} vs imported "
+                f"{tuple(converted[p].shape)}" for p in flat
+                if p in converted and tuple(flat[p].shape) != tuple(converted[p].shape)]
+  if missing or extra or mismatched:
+    parts = []
+    if missing:
+      parts.append(f"missing ({len(missing)}): " + ", ".join("/".join(p) for p in missing[:8]))
+    if mismatched:
+      parts.append(f"shape mismatches ({len(mismatched)}): " + "; ".join(mismatched[:8]))
+    if extra:
+      parts.append(f"unexpected ({len(extra)}): " + ", ".join("/".join(p) for p in extra[:8]))
+    raise SourceError(f"{source} does not fit the model's {what}: " + " | ".join(parts))
+  return unflatten({p: np.asarray(converted[p], np.float32) for p in flat})
 
 
 def strip(state: Mapping[str, Any], prefix: str) -> dict[str, Any]:

@@ -1,11 +1,10 @@
-"""One call from a released checkpoint to an mmrl run directory (`experiments/import_checkpoint.py`).
+"""A released checkpoint converted to our parameters and config (`experiments/import_checkpoint.py`).
 
     converted = convert('gloria', '/ckpts/chexpert_resnet50.ckpt')
     config = build_config(converted, base_config, tokenizer='/models/Bio_ClinicalBERT')
-    write_run('runs/gloria', config, converted.params, converted.batch_stats, report)
 
-`import_checkpoint(...)` does the three, checking the output folder first so a refused
---output costs nothing. `FORMATS` names the importers (one module per format in this package) and
+`mmrl.train.released_import` writes the result as a run directory (`write_run`) and does all
+of it in one call (`import_checkpoint`). `FORMATS` names the importers (one module per format in this package) and
 the method config each starts from (experiments/configs/<method>.py, passed in by the caller so
 the library never imports `experiments`).
 """
@@ -22,7 +21,6 @@ from mmrl.models.released import common
 from mmrl.models.released import gloria
 from mmrl.models.released import mgca
 from mmrl.models.released import open_clip
-from mmrl.models.released import run_writer
 from mmrl.models.released.source import SourceError
 
 # A set option (not None) that a format's convert() does not take is an error naming both.
@@ -102,18 +100,3 @@ def build_config(converted: common.Converted, base: ml_collections.ConfigDict, *
     raise SourceError(f"the tokenizer {config.data.tokenizer} has {n} tokens but the imported "
                       f"word-embedding table has {vocab} rows: it is not the model's vocabulary")
   return config
-
-
-def import_checkpoint(fmt: str, path: str | pathlib.Path, output: str | pathlib.Path,
-                      base: ml_collections.ConfigDict, *, tokenizer: str | None = None,
-                      overwrite: bool = False, **options: Any) -> tuple[pathlib.Path, dict]:
-  """Converts and writes the run; returns (run directory, import report)."""
-  run_writer.check_output(output, overwrite)
-  converted = convert(fmt, path, **options)
-  config = build_config(converted, base, tokenizer=tokenizer)
-  report = converted.report()
-  report["config_overrides"] = {**report["config_overrides"],
-                                "data.tokenizer": str(config.data.tokenizer)}
-  out = run_writer.write_run(output, config, converted.params, converted.batch_stats, report,
-                             overwrite=overwrite)
-  return out, report

@@ -1,6 +1,7 @@
 """Learning curves: one run per method with checkpoints kept at chosen steps, each evaluated
 like a comparison run, then `curves.json` + `curves.png` (metric against step, one line each).
 
+It trains (mmrl.train.loop), so it sits beside the comparison, above the library.
 `curve_run(method, seed, budget, points, dataset_dir, nih_dir, output)` trains
 `<output>/runs/<method>/seed_<k>` to `budget.steps` (resuming), keeping the checkpoint of every
 point, and writes `curve_<step>.json` per point (skipped when present: resumable).
@@ -15,7 +16,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from mmrl.evaluation import comparison
+from experiments.comparison import budget as budget_lib
+from experiments.comparison import method_configs
+from experiments.comparison import run as comparison_run
 
 
 def run_dir(output: str | pathlib.Path, method: str, seed: int) -> pathlib.Path:
@@ -33,13 +36,13 @@ def _logged_losses(workdir: pathlib.Path) -> dict[int, float]:
   return rows
 
 
-def curve_config(method: str, seed: int, budget: comparison.Budget, points: Sequence[int],
+def curve_config(method: str, seed: int, budget: budget_lib.Budget, points: Sequence[int],
                  dataset_dir: str):
   """`method`'s comparison config with a checkpoint kept at every point."""
   points = sorted(int(p) for p in points)
   if not points or points[-1] > budget.steps:
     raise ValueError(f"points {points} must be non-empty and <= budget.steps={budget.steps}")
-  config = comparison.method_config(method, budget, seed=seed, dataset_dir=dataset_dir)
+  config = method_configs.method_config(method, budget, seed=seed, dataset_dir=dataset_dir)
   step_gcd = int(np.gcd.reduce(np.asarray(points + [budget.steps])))
   config.train.checkpoint_every = step_gcd
   config.train.keep_every = step_gcd
@@ -48,7 +51,7 @@ def curve_config(method: str, seed: int, budget: comparison.Budget, points: Sequ
   return config
 
 
-def curve_run(method: str, seed: int, budget: comparison.Budget, points: Sequence[int],
+def curve_run(method: str, seed: int, budget: budget_lib.Budget, points: Sequence[int],
               dataset_dir: str, nih_dir: str, output: str) -> list[dict[str, Any]]:
   """Trains (resuming) and evaluates `method` at every step of `points` (module docstring)."""
   from mmrl.train import loop  # pylint: disable=g-import-not-at-top
@@ -59,20 +62,16 @@ def curve_run(method: str, seed: int, budget: comparison.Budget, points: Sequenc
   return evaluate_points(method, seed, budget, points, dataset_dir, nih_dir, output)
 
 
-def evaluate_points(method: str, seed: int, budget: comparison.Budget, points: Sequence[int],
+def evaluate_points(method: str, seed: int, budget: budget_lib.Budget, points: Sequence[int],
                     dataset_dir: str, nih_dir: str, output: str, *,
                     available_only: bool = False) -> list[dict[str, Any]]:
   """Evaluates the run's checkpoint at each point (skipping points already evaluated; with
   `available_only`, also those not yet saved: a run still training can be followed)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from mmrl.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
-  from mmrl.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-  from mmrl.train import state as state_lib  # pylint: disable=g-import-not-at-top
+  from mmrl.train import run_dir as run_dir_lib  # pylint: disable=g-import-not-at-top
   points = sorted(int(p) for p in points)
   workdir = run_dir(output, method, seed)
   config = curve_config(method, seed, budget, points, dataset_dir)
   losses = _logged_losses(workdir)
-  mesh = mesh_lib.make_mesh(config.mesh)
   out = []
   previous = 0
   for p in points:
@@ -81,15 +80,11 @@ def evaluate_points(method: str, seed: int, budget: comparison.Budget, points: S
       out.append(json.loads(path.read_text()))
       previous = p
       continue
-    ckpt = ckpt_lib.Checkpointer(workdir / "checkpoints", async_save=False)
-    if available_only and p not in ckpt.all_steps():
-      ckpt.close()
+    if available_only and p not in run_dir_lib.saved_steps(workdir):
       break
-    state, shardings = state_lib.create_train_state(config, jax.random.key(config.seed), mesh)
-    state = ckpt.restore(state, step=p, with_data_iter=False).state
-    ckpt.close()
-    metrics = comparison.evaluate_state(config, state, mesh, shardings, nih_dir=nih_dir,
-                                        budget=budget, heatmap_dir=None)
+    state, mesh, shardings, _ = run_dir_lib.restore_for_eval(config, workdir, step=p)
+    metrics = comparison_run.evaluate_state(config, state, mesh, shardings, nih_dir=nih_dir,
+                                            budget=budget, heatmap_dir=None)
     window = [v for s, v in losses.items() if previous < s <= p]
     metrics["train/loss"] = float(np.mean(window)) if window else math.nan
     row = {"method": method, "seed": seed, "step": p, "metrics": metrics}

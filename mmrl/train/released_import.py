@@ -1,8 +1,13 @@
-"""Writing an imported checkpoint as an mmrl run directory, all or nothing.
+"""A released checkpoint (GLoRIA / MGCA / BioViL / open_clip) as an mmrl run directory, all or
+nothing (`experiments/import_checkpoint.py`).
 
-`write_run(output, config, params, batch_stats, report, overwrite=False)` writes
+`import_checkpoint(fmt, path, output, base)` converts the source
+(`mmrl.models.released.importer.convert`), builds the run's config
+(`importer.build_config`) and `write_run`s it, checking the output folder first so a refused
+--output costs nothing. `write_run(output, config, params, batch_stats, report, overwrite=False)`
+writes
 
-  <output>/config.json                the run's config (as `mmrl.train.loop` writes it)
+  <output>/config.json                the run's config (`mmrl.train.run_dir`, as the loop writes it)
   <output>/checkpoints/0/{state,config}  an Orbax checkpoint of a fresh TrainState at step 0 whose
                                       params / batch_stats are the imported ones (the optimiser
                                       state is new; `mmrl.train.checkpoint.Checkpointer.save`)
@@ -13,9 +18,8 @@ pretraining run. Everything is written into a temporary sibling folder first and
 place at the end, so a failure leaves nothing behind. An `output` that already holds a run (or
 anything) is refused unless `overwrite=True`.
 
-`fill(ours, converted)` checks an imported flat tree against the model's own parameters: every
-leaf of ours must be given with its exact shape, and nothing else may be given; the error lists
-the first missing, mismatched and unexpected paths.
+This is the train layer's half of the import: the conversion itself (mmrl.models.released)
+knows nothing of TrainStates or checkpoints.
 """
 from __future__ import annotations
 
@@ -26,41 +30,18 @@ import shutil
 import tempfile
 from typing import Any, Mapping
 
+import ml_collections
 import numpy as np
 
-from mmrl.models.param_tree import flatten, unflatten
-from mmrl.models.released.source import SourceError
+from mmrl.models.released import importer
+from mmrl.models.released.common import fill
+from mmrl.train import run_dir
 
 Flat = dict[tuple[str, ...], np.ndarray]
 
 
 class OutputExistsError(FileExistsError):
   """--output already holds a run (or other files) and overwrite was not asked for."""
-
-
-
-
-
-
-def fill(ours: Mapping[str, Any], converted: Flat, *, what: str, source: str) -> dict[str, Any]:
-  """`ours` (a param / batch_stats tree of arrays or ShapeDtypeStructs) with every leaf replaced
-  by `converted`'s (float32 numpy); errors name what is missing, mismatched or unexpected."""
-  flat = flatten(ours)
-  missing = [p for p in flat if p not in converted]
-  extra = [p for p in converted if p not in flat]
-  mismatched = [f"{'/'.join(p)}: ours {tuple(flat[p].shape)} vs imported "
-                f"{tuple(converted[p].shape)}" for p in flat
-                if p in converted and tuple(flat[p].shape) != tuple(converted[p].shape)]
-  if missing or extra or mismatched:
-    parts = []
-    if missing:
-      parts.append(f"missing ({len(missing)}): " + ", ".join("/".join(p) for p in missing[:8]))
-    if mismatched:
-      parts.append(f"shape mismatches ({len(mismatched)}): " + "; ".join(mismatched[:8]))
-    if extra:
-      parts.append(f"unexpected ({len(extra)}): " + ", ".join("/".join(p) for p in extra[:8]))
-    raise SourceError(f"{source} does not fit the model's {what}: " + " | ".join(parts))
-  return unflatten({p: np.asarray(converted[p], np.float32) for p in flat})
 
 
 def train_state(config: Any, params: Flat, batch_stats: Flat, *, source: str) -> Any:
@@ -86,7 +67,7 @@ def train_state(config: Any, params: Flat, batch_stats: Flat, *, source: str) ->
 
 
 def holds_run(path: pathlib.Path) -> bool:
-  return (path / "config.json").exists() or (path / "checkpoints").exists()
+  return (path / run_dir.CONFIG_FILE).exists() or (path / run_dir.CHECKPOINTS).exists()
 
 
 def check_output(output: str | pathlib.Path, overwrite: bool) -> pathlib.Path:
@@ -110,13 +91,13 @@ def write_run(output: str | pathlib.Path, config: Any, params: Flat, batch_stats
   out = check_output(output, overwrite)
   config_validation.validate_config(config, check_paths=False)  # the data set comes later
   state = train_state(config, params, batch_stats, source=str(report.get("source", "")))
-  config_json = json.loads(config.to_json_best_effort())
+  config_json = run_dir.config_json(config)
 
   out.parent.mkdir(parents=True, exist_ok=True)
   tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.importing-", dir=out.parent))
   try:
-    (tmp / "config.json").write_text(json.dumps(config_json, indent=2))
-    ckpt = ckpt_lib.Checkpointer(tmp / "checkpoints", keep_last=1, async_save=False)
+    run_dir.write_config(tmp, config_json)
+    ckpt = ckpt_lib.Checkpointer(tmp / run_dir.CHECKPOINTS, keep_last=1, async_save=False)
     try:
       ckpt.save(0, state, data_iter=None, config=config_json)
       ckpt.wait_until_finished()
@@ -134,3 +115,18 @@ def write_run(output: str | pathlib.Path, config: Any, params: Flat, batch_stats
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   return out
+
+
+def import_checkpoint(fmt: str, path: str | pathlib.Path, output: str | pathlib.Path,
+                      base: ml_collections.ConfigDict, *, tokenizer: str | None = None,
+                      overwrite: bool = False, **options: Any) -> tuple[pathlib.Path, dict]:
+  """Converts and writes the run; returns (run directory, import report)."""
+  check_output(output, overwrite)
+  converted = importer.convert(fmt, path, **options)
+  config = importer.build_config(converted, base, tokenizer=tokenizer)
+  report = converted.report()
+  report["config_overrides"] = {**report["config_overrides"],
+                                "data.tokenizer": str(config.data.tokenizer)}
+  out = write_run(output, config, converted.params, converted.batch_stats, report,
+                  overwrite=overwrite)
+  return out, report
