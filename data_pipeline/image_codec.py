@@ -1,22 +1,19 @@
-"""Image sanity checks, short-side resizing, grey PNG encode/decode and loading any image file.
+"""Image sanity checks, short-side resizing, grey PNG encode/decode and reading a Pillow image file.
 
 Owns the pixel format of records: single-channel 8- or 16-bit PNG made from a float image in
-[0, 1]. `load_image` is the one entry point for source images of any kind (PNG/JPEG, 8/16-bit,
-RGB/RGBA converted to grey, or DICOM via `data_pipeline.dicom_decode`), always returning float32
-[H, W] in [0, 1]. Uses Pillow only.
+[0, 1]. `read_pillow_image` reads PNG/JPEG/TIFF... (8/16-bit, RGB/RGBA converted to grey) as
+float32 [H, W] in [0, 1]. Uses Pillow only; the loader of any source image (DICOM included) is
+data_pipeline.image_io, above this module and data_pipeline.dicom_decode.
 """
 from __future__ import annotations
 
 import io
 import os
-import pathlib
 
 import numpy as np
 from PIL import Image
 
 from data_pipeline import errors
-
-_DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
 
 
 def check_image(image: np.ndarray, item_id: str) -> None:
@@ -86,24 +83,13 @@ def decode_png(data: bytes) -> np.ndarray:
     return _pil_to_integer_grey(pil)
 
 
-def load_image(path: str | os.PathLike, *, item_id: str | None = None) -> np.ndarray:
-  """Any source image -> float32 [H, W] in [0, 1] (bright = dense for DICOM).
-
-  DICOM is recognised by extension (.dcm/.dicom/.dic) or by the 'DICM' magic at byte 128;
-  everything else goes through Pillow (PNG, JPEG, TIFF...; 8/16-bit; RGB/RGBA -> grey).
+def read_pillow_image(path: str | os.PathLike, item_id: str) -> np.ndarray:
+  """A Pillow-readable image file (PNG, JPEG, TIFF...; 8/16-bit; RGB/RGBA -> grey) -> float32
+  [H, W] in [0, 1].
 
   Raises:
-    errors.MissingFileError: the path does not exist.
     errors.BadImageError: unreadable image file, or zero-size/constant/non-finite image.
-    errors.DicomDecodeError (and subclasses): for DICOM input.
   """
-  path = pathlib.Path(path)
-  item_id = str(path) if item_id is None else item_id
-  if not path.is_file():
-    raise errors.MissingFileError(item_id, f"image file {str(path)!r} does not exist")
-  if path.suffix.lower() in _DICOM_SUFFIXES or _has_dicom_magic(path):
-    from data_pipeline import dicom_decode  # pylint: disable=import-outside-toplevel
-    return dicom_decode.decode_dicom(path, item_id=item_id).image
   try:
     with Image.open(path) as pil:
       grey = _pil_to_integer_grey(pil)
@@ -113,12 +99,6 @@ def load_image(path: str | os.PathLike, *, item_id: str | None = None) -> np.nda
   image = grey.astype(np.float32) / np.float32(top)
   check_image(image, item_id)
   return image
-
-
-def _has_dicom_magic(path: pathlib.Path) -> bool:
-  with open(path, "rb") as f:
-    head = f.read(132)
-  return len(head) == 132 and head[128:132] == b"DICM"
 
 
 def _pil_to_integer_grey(pil: Image.Image) -> np.ndarray:

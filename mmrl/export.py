@@ -236,7 +236,7 @@ def preprocessing_spec(config: Any) -> dict:
           "initial_weights": _initial_weights(config),
       },
       "source_files": {
-          "reader": "data_pipeline.image_codec.load_image (DICOM, PNG, JPEG, 8/16-bit, RGB -> grey)",
+          "reader": "data_pipeline.image_io.load_image (DICOM, PNG, JPEG, 8/16-bit, RGB -> grey)",
           "dicom_windowing": _DICOM_WINDOWING,
           "stored_short_side": converter.get("short_side"),
           "stored_bit_depth": converter.get("bit_depth"),
@@ -512,8 +512,9 @@ class ImageEncoder:
     """A DICOM / PNG / JPEG file as the training data saw it: decoded (DICOM windowed), resized to
     the converter's stored short side and quantised to its bit depth (uint8 or uint16 [H, W])."""
     from data_pipeline import image_codec  # pylint: disable=import-outside-toplevel
+    from data_pipeline import image_io  # pylint: disable=import-outside-toplevel
     spec = self.preprocessing.get("source_files", {})
-    image = image_codec.load_image(path)
+    image = image_io.load_image(path)
     if spec.get("stored_short_side"):
       image = image_codec.resize_short_side(image, int(spec["stored_short_side"]))
     bit_depth = int(spec.get("stored_bit_depth") or 8)

@@ -1,4 +1,4 @@
-"""check_image, resize_short_side, PNG encode/decode and load_image (PNG, JPEG, RGB, DICOM)."""
+"""check_image, resize_short_side, PNG encode/decode and image_io.load_image (PNG, JPEG, RGB, DICOM)."""
 from __future__ import annotations
 
 import json
@@ -9,6 +9,7 @@ from PIL import Image
 
 from data_pipeline import errors
 from data_pipeline import image_codec
+from data_pipeline import image_io
 
 
 def _ramp(h=37, w=53, seed=0):
@@ -100,14 +101,14 @@ def test_check_image_rejects_a_nan_image():
 
 def test_load_image_reads_an_nih_png_as_float_in_unit_range(shared_data):
   row = _first_row(shared_data, "nih_cxr14")
-  image = image_codec.load_image(shared_data / "nih_cxr14" / row["image"])
+  image = image_io.load_image(shared_data / "nih_cxr14" / row["image"])
   assert image.dtype == np.float32 and image.shape == (row["height"], row["width"])
   assert 0.0 <= image.min() < image.max() <= 1.0
 
 
 def test_load_image_reads_a_covid_png_with_its_manifest_size(shared_data):
   row = _first_row(shared_data, "covid_cxr")
-  image = image_codec.load_image(shared_data / "covid_cxr" / row["image"])
+  image = image_io.load_image(shared_data / "covid_cxr" / row["image"])
   assert image.shape == (row["height"], row["width"])
   assert 0.0 <= image.min() < image.max() <= 1.0
 
@@ -116,14 +117,14 @@ def test_load_image_reads_a_16_bit_png_at_full_precision(tmp_path):
   image = _ramp()
   path = tmp_path / "x16.png"
   path.write_bytes(image_codec.encode_png(image, 16))
-  np.testing.assert_allclose(image_codec.load_image(path), image, atol=0.5 / 65535 + 1e-7)
+  np.testing.assert_allclose(image_io.load_image(path), image, atol=0.5 / 65535 + 1e-7)
 
 
 def test_load_image_converts_rgb_jpeg_to_grey(tmp_path):
   grey = (np.indices((40, 60)).sum(axis=0) * 2 % 256).astype(np.uint8)
   path = tmp_path / "x.jpg"
   Image.fromarray(np.stack([grey] * 3, axis=-1), mode="RGB").save(path, quality=95)
-  image = image_codec.load_image(path)
+  image = image_io.load_image(path)
   assert image.shape == (40, 60)
   assert np.corrcoef(image.ravel(), grey.ravel())[0, 1] > 0.95
 
@@ -131,22 +132,22 @@ def test_load_image_converts_rgb_jpeg_to_grey(tmp_path):
 def test_load_image_detects_dicom_by_magic_without_extension(shared_data, tmp_path):
   path = tmp_path / "no_extension"
   path.write_bytes((shared_data / "dicom" / "CT_small.dcm").read_bytes())
-  image = image_codec.load_image(path)
+  image = image_io.load_image(path)
   assert image.shape == (128, 128) and image.dtype == np.float32
 
 
 def test_load_image_reads_dicom_by_extension(shared_data):
-  image = image_codec.load_image(shared_data / "dicom" / "MR_small_RLE.dcm")
+  image = image_io.load_image(shared_data / "dicom" / "MR_small_RLE.dcm")
   assert image.shape == (64, 64)
 
 
 def test_load_image_of_a_missing_path_raises_missing_file_error(tmp_path):
   with pytest.raises(errors.MissingFileError):
-    image_codec.load_image(tmp_path / "none.png")
+    image_io.load_image(tmp_path / "none.png")
 
 
 def test_load_image_of_a_corrupt_png_raises_bad_image_error(tmp_path):
   path = tmp_path / "broken.png"
   path.write_bytes(image_codec.encode_png(_ramp())[:40])
   with pytest.raises(errors.BadImageError, match="broken.png"):
-    image_codec.load_image(path)
+    image_io.load_image(path)

@@ -1,1 +1,2 @@
-"""Input layouts -> StudyRecord items: MIMIC-CXR tree, generic CSV/JSONL manifests."""
+"""Input layouts -> Datasets of Items: MIMIC-CXR tree, CheXpert, generic CSV/JSONL manifests and
+the downstream sets. base.py holds what they share (Item, Dataset, error_entry) and LAYOUTS."""

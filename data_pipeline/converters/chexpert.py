@@ -1,4 +1,4 @@
-"""CheXpert layout (+ optional CheXpert-Plus reports) -> convert.Dataset.
+"""CheXpert layout (+ optional CheXpert-Plus reports) -> base.Dataset.
 
 Owns reading the official CheXpert-v1.0 release (also the `-small` one):
 ```
@@ -30,13 +30,12 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import pathlib
 import re
 from typing import Optional
 
 from data_pipeline import record_spec
-from data_pipeline.convert import Dataset, Item, error_entry
+from data_pipeline.converters.base import Dataset, Item, error_entry, label_value
 
 SPLIT_FILES = (("train.csv", "train"), ("valid.csv", "validate"), ("test.csv", "test"),
                ("test_labels.csv", "test"))
@@ -47,16 +46,6 @@ _PATIENT_STUDY = re.compile(r"(patient\d+)/(study\d+)/([^/]+?)(?:\.[A-Za-z0-9]+)
 def _read_csv(path: pathlib.Path) -> list[dict[str, str]]:
   text = path.read_bytes().decode("utf-8-sig")
   return list(csv.DictReader(io.StringIO(text)))
-
-
-def _label_value(cell: Optional[str]) -> float:
-  cell = (cell or "").strip()
-  if not cell:
-    return math.nan
-  v = float(cell)
-  if v not in (1.0, 0.0, -1.0):
-    raise ValueError(f"label value {cell!r} is not 1, 0, -1 or empty")
-  return v
 
 
 def _resolve(root: pathlib.Path, rel: str) -> pathlib.Path:
@@ -152,7 +141,7 @@ def list_chexpert(root: str | pathlib.Path, *,
                                     "earlier; kept the first", str(path)))
         continue
       try:
-        labels = tuple(_label_value(row.get(name)) for name in record_spec.CHEXPERT_LABELS)
+        labels = tuple(label_value(row.get(name)) for name in record_spec.CHEXPERT_LABELS)
       except ValueError as e:
         problems.append(error_entry(item_id, "bad_label", f"{e} in {where}; use 1.0, 0.0, -1.0 "
                                     "or leave empty", str(path)))

@@ -1,4 +1,4 @@
-"""CheXpert 5x200: the zero-shot / retrieval set GLoRIA builds from CheXpert -> convert.Dataset.
+"""CheXpert 5x200: the zero-shot / retrieval set GLoRIA builds from CheXpert -> base.Dataset.
 
 Owns the selection, as GLoRIA's `preprocess_chexpert_5x200_data` makes it (MGCA copies it):
 from the official CheXpert `train.csv` (the `chexpert` layout's input), frontal images only, blank
@@ -26,7 +26,7 @@ from typing import Optional
 import numpy as np
 
 from data_pipeline import splits as split_lists
-from data_pipeline.convert import Dataset
+from data_pipeline.converters.base import Dataset
 from data_pipeline.converters import chexpert
 
 CLASSES = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")

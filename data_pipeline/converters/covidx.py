@@ -1,4 +1,4 @@
-"""COVIDx CXR (COVID-Net; Kaggle andyczhao/covidx-cxr2, releases CXR-2 .. CXR-4) -> convert.Dataset.
+"""COVIDx CXR (COVID-Net; Kaggle andyczhao/covidx-cxr2, releases CXR-2 .. CXR-4) -> base.Dataset.
 
 Owns reading the release's image lists:
 ```
@@ -24,7 +24,7 @@ from __future__ import annotations
 import pathlib
 
 from data_pipeline import splits as split_lists
-from data_pipeline.convert import Dataset, Item, error_entry
+from data_pipeline.converters.base import Dataset, Item, error_entry
 
 SOURCES = ("official", "benchx")
 VALIDATION_FRACTION = 0.1  # of the train patients, when the release has no val.txt

@@ -1,4 +1,4 @@
-"""Generic manifests (CSV or JSONL, one row per image) -> convert.Dataset.
+"""Generic manifests (CSV or JSONL, one row per image) -> base.Dataset.
 
 Owns reading a table that names image files and, optionally, their report, labels, boxes and
 mask. Which column means what is a `ManifestSpec`; its defaults match the schemas of
@@ -30,7 +30,7 @@ import math
 import pathlib
 from typing import Any, Optional, Sequence
 
-from data_pipeline.convert import Dataset, Item, SourceBox, error_entry
+from data_pipeline.converters.base import Dataset, Item, SourceBox, error_entry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +113,8 @@ def _names(value: Any) -> list[str]:
 
 
 def _label_value(value: Any) -> float:
+  """A manifest label cell (string, number or JSON null) -> 1.0 / 0.0 / -1.0 / NaN. Unlike
+  base.label_value (CSV text cells), it takes numbers and lets NaN through."""
   if value is None or (isinstance(value, str) and not value.strip()):
     return math.nan
   v = float(value)

@@ -1,4 +1,4 @@
-"""MIMIC-CXR layout -> convert.Dataset: walks the DICOM tree and joins the MIMIC CSVs.
+"""MIMIC-CXR layout -> base.Dataset: walks the DICOM tree and joins the MIMIC CSVs.
 
 Owns reading the MIMIC-CXR (DICOM) layout:
 ```
@@ -26,7 +26,7 @@ import re
 from typing import Iterable, Optional
 
 from data_pipeline import record_spec
-from data_pipeline.convert import Dataset, Item, SourceBox, error_entry
+from data_pipeline.converters.base import Dataset, Item, SourceBox, error_entry, label_value
 
 METADATA = "mimic-cxr-2.0.0-metadata.csv"
 CHEXPERT = "mimic-cxr-2.0.0-chexpert.csv"
@@ -49,16 +49,6 @@ def read_csv(path: pathlib.Path) -> list[dict[str, str]]:
     raw = gzip.decompress(raw)
   text = raw.decode("utf-8-sig")
   return list(csv.DictReader(io.StringIO(text)))
-
-
-def _label_value(cell: str) -> float:
-  cell = (cell or "").strip()
-  if not cell:
-    return math.nan
-  v = float(cell)
-  if v not in (1.0, 0.0, -1.0):
-    raise ValueError(f"label value {cell!r} is not 1, 0, -1 or empty")
-  return v
 
 
 def _study_dir(root: pathlib.Path, subject: str, study: str) -> pathlib.Path:
@@ -107,7 +97,7 @@ def list_mimic(root: str | pathlib.Path, *, views: Iterable[str] = (),
     for r in read_csv(chexpert_path):
       key = (str(r["subject_id"]), str(r["study_id"]))
       try:
-        labels[key] = tuple(_label_value(r.get(name, "")) for name in record_spec.CHEXPERT_LABELS)
+        labels[key] = tuple(label_value(r.get(name, "")) for name in record_spec.CHEXPERT_LABELS)
       except ValueError as e:
         problems.append(error_entry(f"s{key[1]}", "bad_label", f"{e} in {chexpert_path.name}; "
                                     "use 1.0, 0.0, -1.0 or leave empty", str(chexpert_path)))

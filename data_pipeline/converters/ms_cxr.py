@@ -1,4 +1,4 @@
-"""MS-CXR (PhysioNet ms-cxr 1.0.0 / 1.1.0, Boecking et al. ECCV 2022) -> convert.Dataset.
+"""MS-CXR (PhysioNet ms-cxr 1.0.0 / 1.1.0, Boecking et al. ECCV 2022) -> base.Dataset.
 
 Owns reading MS-CXR's phrase-grounding boxes on top of a MIMIC-CXR (DICOM) download:
 ```
@@ -28,7 +28,7 @@ import re
 from typing import Optional
 
 from data_pipeline import splits as split_lists
-from data_pipeline.convert import Dataset, Item, SourceBox, error_entry, normalise_split
+from data_pipeline.converters.base import Dataset, Item, SourceBox, error_entry, normalise_split
 from data_pipeline.converters import download_files
 
 CATEGORIES = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Lung Opacity",

@@ -1,4 +1,4 @@
-"""Object-CXR (MIDL 2020 foreign-object challenge, JF Healthcare) -> convert.Dataset.
+"""Object-CXR (MIDL 2020 foreign-object challenge, JF Healthcare) -> base.Dataset.
 
 Owns reading the official release (github.com/jfhealthcare/object-CXR):
 ```
@@ -29,7 +29,7 @@ import pathlib
 
 from data_pipeline import mask_shapes
 from data_pipeline import splits as split_lists
-from data_pipeline.convert import Dataset, Item, SourceBox, error_entry
+from data_pipeline.converters.base import Dataset, Item, SourceBox, error_entry
 from data_pipeline.converters import download_files
 
 LABEL = "Foreign object"

@@ -1,4 +1,4 @@
-"""RSNA Pneumonia Detection Challenge (Kaggle, 2018) -> convert.Dataset.
+"""RSNA Pneumonia Detection Challenge (Kaggle, 2018) -> base.Dataset.
 
 Owns reading the official download
 (`kaggle competitions download rsna-pneumonia-detection-challenge`):
@@ -28,7 +28,7 @@ import pathlib
 
 from data_pipeline import mask_shapes
 from data_pipeline import splits as split_lists
-from data_pipeline.convert import Dataset, Item, SourceBox, error_entry
+from data_pipeline.converters.base import Dataset, Item, SourceBox, error_entry
 from data_pipeline.converters import download_files
 
 LABEL = "Pneumonia"

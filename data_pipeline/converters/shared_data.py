@@ -17,7 +17,7 @@ import dataclasses
 import pathlib
 
 from data_pipeline import record_spec
-from data_pipeline.convert import Dataset
+from data_pipeline.converters.base import Dataset
 from data_pipeline.converters import manifest
 
 NIH_CXR14 = manifest.ManifestSpec(

@@ -1,4 +1,4 @@
-"""SIIM-ACR Pneumothorax Segmentation (Kaggle, 2019) -> convert.Dataset.
+"""SIIM-ACR Pneumothorax Segmentation (Kaggle, 2019) -> base.Dataset.
 
 Owns reading the official download as LoVT and GLoRIA read it:
 ```
@@ -27,7 +27,7 @@ import pathlib
 
 from data_pipeline import mask_rle
 from data_pipeline import splits as split_lists
-from data_pipeline.convert import Dataset, Item, error_entry
+from data_pipeline.converters.base import Dataset, Item, error_entry
 from data_pipeline.converters import download_files
 
 LABEL = "Pneumothorax"

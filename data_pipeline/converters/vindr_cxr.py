@@ -1,4 +1,4 @@
-"""VinDr-CXR (PhysioNet vindr-cxr 1.0.0) -> convert.Dataset.
+"""VinDr-CXR (PhysioNet vindr-cxr 1.0.0) -> base.Dataset.
 
 Owns reading the official release:
 ```
@@ -33,7 +33,7 @@ import pathlib
 from typing import Optional
 
 from data_pipeline import splits as split_lists
-from data_pipeline.convert import Dataset, Item, SourceBox, error_entry
+from data_pipeline.converters.base import Dataset, Item, SourceBox, error_entry
 from data_pipeline.converters import download_files
 
 SOURCES = ("official", "benchx")
