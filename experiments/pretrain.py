@@ -52,7 +52,7 @@ def main(argv):
   logging.getLogger("absl").setLevel(logging.WARNING)
   logging.getLogger("mmrl").setLevel(logging.INFO)
   # Imported here so that `--help` is fast and absl has parsed flags before Grain reads them.
-  from mmrl import config_validation  # pylint: disable=g-import-not-at-top
+  from mmrl.train import validation as config_validation  # pylint: disable=g-import-not-at-top
   from mmrl.config_errors import ConfigError  # pylint: disable=g-import-not-at-top
   from mmrl.train import checkpoint  # pylint: disable=g-import-not-at-top
   from mmrl.train import loop  # pylint: disable=g-import-not-at-top

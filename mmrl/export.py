@@ -155,7 +155,7 @@ def _check_projection(config: Any, state: Mapping[str, Any], spec: Mapping[str, 
   """None when the full model's eval image embedding equals tower + `spec` head; else why not."""
   import jax  # pylint: disable=import-outside-toplevel
   import ml_collections  # pylint: disable=import-outside-toplevel
-  from mmrl.models.two_tower import build_model  # pylint: disable=import-outside-toplevel
+  from mmrl.objectives.two_tower import build_model  # pylint: disable=import-outside-toplevel
   from mmrl.objectives.contrastive import l2_normalize  # pylint: disable=import-outside-toplevel
   from mmrl.train.state import dummy_batch  # pylint: disable=import-outside-toplevel
   cfg = ml_collections.ConfigDict(json.loads(config.to_json_best_effort()))

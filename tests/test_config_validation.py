@@ -10,7 +10,7 @@ import ml_collections
 import pytest
 
 from experiments.configs import convirt
-from mmrl import config_validation
+from mmrl.train import validation as config_validation
 from mmrl.config_errors import ConfigError
 from mmrl.train import loop
 

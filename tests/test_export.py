@@ -174,7 +174,7 @@ def test_text_encoder_loads_in_transformers_with_the_towers_hidden_states(export
 @pytest.mark.parametrize("method, head", [("mgca", "image_projection"), ("lovt", None)])
 def test_projection_is_exported_only_where_it_is_the_methods_image_embedding(method, head):
   import importlib  # pylint: disable=import-outside-toplevel
-  from mmrl.models.two_tower import build_model  # pylint: disable=import-outside-toplevel
+  from mmrl.objectives.two_tower import build_model  # pylint: disable=import-outside-toplevel
   config = importlib.import_module(f"experiments.configs.{method}").get_config("tiny")
   model = build_model(config)
   init = jax.jit(lambda batch: model.init({"params": jax.random.key(0),

@@ -355,7 +355,7 @@ def test_sentence_feature_does_not_change_when_other_sentences_of_the_report_cha
 
 
 def test_sentence_feature_needs_the_one_sentence_text_view():
-  from mmrl import config_validation  # pylint: disable=g-import-not-at-top
+  from mmrl.train import validation as config_validation  # pylint: disable=g-import-not-at-top
   c = local_mi_config.get_config("tiny")
   config_validation.validate_config(c, check_paths=False)
   c.data.sentence_sampling = "all"

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmrl.heads.pooling import masked_max, masked_mean, pool_sentences
+from mmrl.ops.pooling import masked_max, masked_mean, pool_sentences
 
 
 def _np_pool_sentences(tokens, ids, s, mode):

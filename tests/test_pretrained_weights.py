@@ -9,7 +9,7 @@ import pytest
 
 from experiments import fetch_weights
 from experiments.configs import base
-from mmrl import config_validation
+from mmrl.train import validation as config_validation
 from mmrl.config_errors import ConfigError
 from mmrl.models.pretrained import catalog, stems
 

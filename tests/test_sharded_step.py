@@ -12,7 +12,7 @@ import pytest
 from experiments.configs.base import base_config
 from jax.sharding import Mesh
 
-from mmrl.models.two_tower import build_model
+from mmrl.objectives.two_tower import build_model
 from mmrl.objectives.methods import total_loss
 from mmrl.parallel import sharding
 from mmrl.parallel.distributed import global_batch_from_local

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from mmrl import config_validation
+from mmrl.train import validation as config_validation
 from mmrl.config_errors import ConfigError
 from mmrl.parallel.distributed import global_batch_from_local
 from mmrl.parallel.mesh import batch_sharding, make_mesh

@@ -82,7 +82,7 @@ def run_parity(fmt: str, workdir: str | pathlib.Path, base_config: Any, *, varia
   `reference_positions` (default: the same) measures what a mismatch does."""
   import torch  # pylint: disable=import-outside-toplevel
   from benchmarks.released_references import reference_torch as R  # pylint: disable=import-outside-toplevel
-  from mmrl.models.two_tower import build_model  # pylint: disable=import-outside-toplevel
+  from mmrl.objectives.two_tower import build_model  # pylint: disable=import-outside-toplevel
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   t0 = time.time()

@@ -55,8 +55,8 @@ from mmrl.objectives.gloria import gloria_attention_maps
 from mmrl.objectives.methods import get_method, method_config, objective_options
 from mmrl.objectives.registry import declared_options
 from mmrl.parallel.mesh import batch_sharding
+from mmrl.ops.masking import NEG_INF
 
-NEG_INF = -1e9
 # Batch keys the alignment function reads (the model's keys plus word ids and validity).
 ALIGNMENT_KEYS = ("image", "input_ids", "attention_mask", "token_to_sentence", "token_to_word",
                   "sentence_mask", "valid")

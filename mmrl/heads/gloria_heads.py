@@ -2,7 +2,7 @@
 
 `pool_words` merges the word-pieces of each word (`batch['token_to_word']`, METHODS.md §11.1) by
 summing them (GLoRIA `agg_tokens`, MGCA), with the same flattened-batch segment op as
-`mmrl.heads.pooling.pool_sentences`: one `segment_sum` over the whole batch, no Python loop over
+`mmrl.ops.pooling.pool_sentences`: one `segment_sum` over the whole batch, no Python loop over
 examples, float32 whatever the input dtype. Word slots with no pieces are zeros and masked out.
 """
 from __future__ import annotations

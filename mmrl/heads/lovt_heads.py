@@ -24,8 +24,8 @@ import jax
 import jax.numpy as jnp
 
 from mmrl.config_errors import ConfigError
+from mmrl.ops.masking import NEG_INF, masked_softmax
 
-NEG_INF = -1e9
 LOCAL_NORMS = ("none", "batch", "layer")
 
 
@@ -79,12 +79,6 @@ class MaskedMLPProjection(nn.Module):
     x = nn.relu(x)
     x = nn.Dense(self.out, dtype=self.dtype, name="dense_1")(x)
     return jnp.where(mask[..., None], x, 0).astype(x.dtype)
-
-
-def masked_softmax(scores: jax.Array, mask: jax.Array, axis: int = -1) -> jax.Array:
-  """float32 softmax of `scores` over `axis` where `mask` (broadcastable) is True, else -1e9."""
-  scores = jnp.where(mask, scores.astype(jnp.float32), NEG_INF)
-  return jax.nn.softmax(scores, axis=axis)
 
 
 class AttentionPool(nn.Module):

@@ -30,8 +30,8 @@ import numpy as np
 
 from mmrl.config_errors import ConfigError
 from mmrl.heads.region_selection import Fusion
+from mmrl.ops.masking import NEG_INF
 
-NEG_INF = -1e9
 
 
 def encode_knowledge(text_tower: nn.Module, tokens: Mapping[str, np.ndarray]) -> jax.Array:

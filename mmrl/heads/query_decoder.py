@@ -30,8 +30,8 @@ import jax.numpy as jnp
 
 from mmrl.config_errors import ConfigError
 from mmrl.models.vit import MlpBlock, SelfAttention
+from mmrl.ops.masking import NEG_INF
 
-NEG_INF = -1e9
 
 
 class CrossAttention(nn.Module):

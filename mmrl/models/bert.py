@@ -52,7 +52,7 @@ import jax.numpy as jnp
 
 from mmrl.config_errors import ConfigError
 from mmrl.models import remat as remat_lib
-from mmrl.heads.pooling import masked_max, masked_mean, pool_sentences
+from mmrl.ops.pooling import masked_max, masked_mean, pool_sentences
 from mmrl.models.features import TextFeatures
 from mmrl.models.vit import SelfAttention
 

@@ -14,14 +14,8 @@ import jax.numpy as jnp
 
 from mmrl.config_errors import ConfigError
 from mmrl.objectives.registry import OBJECTIVES, Metrics
+from mmrl.ops.masking import NEG_INF, l2_normalize  # re-exported for the objectives
 
-NEG_INF = -1e9  # finite mask value: never -inf (NaN-free gradients)
-
-
-def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
-  """x / ||x|| along the last axis, in float32."""
-  x = x.astype(jnp.float32)
-  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
 
 
 def resolve_tau(outputs: dict[str, Any], *, tau: float, learnable_tau: bool,

@@ -41,15 +41,10 @@ from mmrl.heads.projection import LinearProjection
 from mmrl.objectives.contrastive import NEG_INF, symmetric_nce, valid_mean
 from mmrl.objectives.methods import METHODS, Method
 from mmrl.objectives.registry import OBJECTIVES, Metrics
+from mmrl.ops.masking import masked_softmax, valid_rows
 
 
 COS_EPS = 1e-8  # GLoRIA's cosine clamp on |a| |b|
-
-
-def masked_softmax(logits: jax.Array, mask: jax.Array, axis: int) -> jax.Array:
-  """Softmax in float32 over `axis`, with mask False -> -1e9 (an all-False slice is uniform)."""
-  logits = jnp.where(mask, logits.astype(jnp.float32), NEG_INF)
-  return jax.nn.softmax(logits, axis=axis)
 
 
 # Mean over the rows that take part; shared with MGCA.
@@ -153,11 +148,6 @@ def _region_mask(outputs: Mapping[str, Any], regions: jax.Array, key: str) -> ja
   return jnp.ones(regions.shape[:2], bool)
 
 
-def _valid(batch: Mapping[str, Any], b: int) -> jax.Array:
-  valid = batch.get("valid") if isinstance(batch, Mapping) else None
-  return jnp.ones((b,), bool) if valid is None else jnp.asarray(valid).astype(bool)
-
-
 @OBJECTIVES.register("gloria_local")
 def gloria_local(outputs: dict[str, Any], batch: dict[str, Any], *, rng: jax.Array | None = None,
                  tau1: float = 4.0, tau2: float = 5.0, tau3: float = 10.0, exact: bool = False,
@@ -198,7 +188,7 @@ def gloria_local(outputs: dict[str, Any], batch: dict[str, Any], *, rng: jax.Arr
   regions = outputs[regions_key]
   region_mask = _region_mask(outputs, regions, region_mask_key)
   b = words.shape[0]
-  ok = _valid(batch, b) & jnp.any(word_mask, axis=1) & jnp.any(region_mask, axis=1)
+  ok = valid_rows(batch, b) & jnp.any(word_mask, axis=1) & jnp.any(region_mask, axis=1)
   g = int(negatives_group)
   if g < 0 or (g and b % g):
     raise ConfigError(f"gloria_local negatives_group={g} must be 0 (the whole batch) or a "

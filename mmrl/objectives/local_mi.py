@@ -64,8 +64,8 @@ from mmrl.config_errors import ConfigError
 from mmrl.heads.critics import CRITICS, make_critic
 from mmrl.objectives.methods import METHODS, Method
 from mmrl.objectives.registry import OBJECTIVES, Metrics
+from mmrl.ops.masking import NEG_INF
 
-NEG_INF = -1e9  # finite mask value: never -inf (NaN-free gradients)
 ESTIMATORS = ("dv", "infonce", "jsd", "nwj")
 PAIRS = ("global", "local_max", "local_per_sample")
 TEXT_FEATURES = ("sentence", "sentence_in_report", "global")

@@ -116,7 +116,7 @@ class Method:
 
   def check_config(self, config: Any) -> None:
     """Raises ConfigError when the rest of `config` (e.g. config.data) cannot serve this method
-    as configured; called by `mmrl.config_validation.validate_config`. Default: no constraint."""
+    as configured; called by `mmrl.train.validation.validate_config`. Default: no constraint."""
     del config
 
   def learnable_tau(self) -> float | None:
@@ -178,7 +178,7 @@ def parse_objectives(method_cfg: Any) -> list[tuple[str, float, dict[str, Any]]]
 
 def _check_objective_options(i: int, name: str, given: Mapping[str, Any],
                              declared: Mapping[str, Any]) -> None:
-  from mmrl.config_validation import check_type  # pylint: disable=g-import-not-at-top
+  from mmrl.config.checks import check_type  # pylint: disable=g-import-not-at-top
   fn = get_objective(name)
   where = f"{fn.__module__}.{fn.__name__}"
   for key, value in given.items():

@@ -64,6 +64,7 @@ from mmrl.objectives.contrastive import l2_normalize
 from mmrl.objectives.gloria import NEG_INF, masked_mean, masked_softmax
 from mmrl.objectives.methods import METHODS, Method, objective_options
 from mmrl.objectives.registry import OBJECTIVES, Metrics
+from mmrl.ops.masking import valid_rows
 
 TOKEN_WEIGHTS = ("uniform", "cls_attn")
 
@@ -118,11 +119,6 @@ def _one_side(queries, q_mask, keys, k_mask, *, tau, normalize_ctx, mask_negativ
   omega = jax.lax.stop_gradient(omega)
   per_sample = jnp.sum(omega * 0.5 * (ce_rows + ce_cols), axis=-1)
   return per_sample, att
-
-
-def _valid(batch: Mapping[str, Any], b: int) -> jax.Array:
-  valid = batch.get("valid") if isinstance(batch, Mapping) else None
-  return jnp.ones((b,), bool) if valid is None else jnp.asarray(valid).astype(bool)
 
 
 def _need(outputs: Mapping[str, Any], keys, objective: str) -> None:
@@ -192,7 +188,7 @@ def tca(outputs: dict[str, Any], batch: dict[str, Any], *, rng: jax.Array | None
   else:
     region_mask = jnp.ones(regions.shape[:2], bool)
   b = words.shape[0]
-  ok = _valid(batch, b) & jnp.any(word_mask, axis=1) & jnp.any(region_mask, axis=1)
+  ok = valid_rows(batch, b) & jnp.any(word_mask, axis=1) & jnp.any(region_mask, axis=1)
   if word_weights == "cls_attn":
     raw = outputs[word_attention_key]
     weight_mask = word_mask & (jnp.asarray(raw) != 0) if exact else word_mask
@@ -270,7 +266,7 @@ def proto_swap(outputs: dict[str, Any], batch: dict[str, Any], *, rng: jax.Array
   protos = l2_normalize(outputs[prototypes_key])
   img = l2_normalize(outputs[image_key])
   txt = l2_normalize(outputs[text_key])
-  valid = _valid(batch, img.shape[0])
+  valid = valid_rows(batch, img.shape[0])
   q_img = img @ protos.T
   q_txt = txt @ protos.T
   code_img = jnp.exp(jax.lax.stop_gradient(log_sinkhorn(q_img / epsilon, valid,

@@ -59,6 +59,7 @@ from mmrl.heads.projection import LogTemperature, MLPProjection
 from mmrl.objectives.contrastive import NEG_INF, l2_normalize, resolve_tau, valid_mean
 from mmrl.objectives.methods import METHODS, Method, objective_options, teacher_outputs
 from mmrl.objectives.registry import OBJECTIVES, Metrics
+from mmrl.ops.masking import valid_rows
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 TARGETS = ("online", "teacher")
@@ -66,8 +67,8 @@ TARGETS = ("online", "teacher")
 
 
 def _valid(batch: Any, b: int) -> jax.Array:
-  valid = batch.get("valid") if isinstance(batch, dict) else None
-  return jnp.ones((b,), bool) if valid is None else jnp.asarray(valid).astype(bool)
+  """The row mask of a plain-dict batch (a non-dict Mapping is treated as having none, as before)."""
+  return valid_rows(batch if isinstance(batch, dict) else None, b)
 
 
 def _soft_ce(logits: jax.Array, target_logits: jax.Array, col_ok: jax.Array,

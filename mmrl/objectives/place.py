@@ -43,6 +43,7 @@ from mmrl.heads.query_decoder import CorrelationPredictor, QueryDecoder
 from mmrl.objectives.contrastive import NEG_INF, l2_normalize, resolve_tau, symmetric_nce, valid_mean
 from mmrl.objectives.methods import METHODS, Method, objective_options, teacher_outputs
 from mmrl.objectives.registry import OBJECTIVES, Metrics
+from mmrl.ops.masking import valid_rows
 
 AGGREGATES = ("max_mean",)
 CORR_ROWS = ("all", "hidden")
@@ -51,8 +52,8 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def _valid(batch: Any, b: int) -> jax.Array:
-  valid = batch.get("valid") if isinstance(batch, dict) else None
-  return jnp.ones((b,), bool) if valid is None else jnp.asarray(valid).astype(bool)
+  """The row mask of a plain-dict batch (a non-dict Mapping is treated as having none, as before)."""
+  return valid_rows(batch if isinstance(batch, dict) else None, b)
 
 
 def _set_block(query: jax.Array, sent: jax.Array, sent_mask: jax.Array) -> jax.Array:

@@ -1,6 +1,6 @@
 """The EMA (momentum) teacher's parameters: config check, decay schedule, init and update.
 
-Config `config.train.ema` (defaults in experiments/configs/base.py):
+Config `config.train.ema` (defaults in mmrl/config/schema.py):
   enabled      False: the TrainState holds `ema = {}` and the step pays nothing.
   decay        m in  theta' <- m theta' + (1 - m) theta, applied once per finite step after the
                optimiser update (MLIP/ALBEF 0.995, PLACE 0.996; METHODS.md §8.2, §7.2).

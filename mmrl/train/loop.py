@@ -29,7 +29,7 @@ import tqdm
 
 from data_pipeline import pipeline as data_lib
 from data_pipeline import synthetic_dataset
-from mmrl import config_validation
+from mmrl.train import validation as config_validation
 from mmrl.config_errors import ConfigError
 from mmrl.evaluation.runner import EvalRunner
 from mmrl.parallel import distributed

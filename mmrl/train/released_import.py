@@ -85,7 +85,7 @@ def check_output(output: str | pathlib.Path, overwrite: bool) -> pathlib.Path:
 def write_run(output: str | pathlib.Path, config: Any, params: Flat, batch_stats: Flat,
               report: Mapping[str, Any], *, overwrite: bool = False) -> pathlib.Path:
   """Writes the run directory (module docstring); returns its absolute path."""
-  from mmrl import config_validation  # pylint: disable=import-outside-toplevel
+  from mmrl.train import validation as config_validation  # pylint: disable=import-outside-toplevel
   from mmrl.train import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
 
   out = check_output(output, overwrite)

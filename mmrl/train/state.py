@@ -22,7 +22,7 @@ import optax
 from flax import struct
 from jax.sharding import Mesh
 
-from mmrl.models.two_tower import build_model
+from mmrl.objectives.two_tower import build_model
 from mmrl.parallel import sharding as sharding_lib
 from mmrl.train import ema as ema_lib
 from mmrl.train.optimizer import make_optimizer

@@ -51,7 +51,7 @@ def task_config(base: Any, task: tasks_lib.Task, data_dir: str, *, finetune: boo
   cfg.data.eval_split = task.test_split
   cfg.eval.max_examples = ALL_ROWS
   block = cfg.eval[task.config_block]
-  from experiments.configs import base as base_lib  # pylint: disable=g-import-not-at-top
+  from mmrl.config import schema as base_lib  # pylint: disable=g-import-not-at-top
   for key, value in base_lib.base_config().eval[task.config_block].items():
     if key not in block:  # a run made before the key existed: the schema's default
       block[key] = value

@@ -1,6 +1,6 @@
 """Checks a run's config against the schema before anything is built or compiled.
 
-`validate_config(config)` compares the user's config with `experiments/configs/base.py`'s
+`validate_config(config)` compares the user's config with `mmrl/config/schema.py`'s
 `base_config()` (the schema: every key with a default), so keys added there are accepted
 automatically. It raises `ConfigError` naming the key, the value and the fix for:
 - unknown keys (with a did-you-mean suggestion). `config.method` holds base.py's common keys plus
@@ -29,6 +29,7 @@ from typing import Any, Callable, Optional
 
 import ml_collections
 
+from mmrl.config.checks import check_type
 from mmrl.config_errors import ConfigError
 
 _ENUMS: dict[str, tuple[str, ...]] = {
@@ -54,10 +55,10 @@ def validate_config(config: ml_collections.ConfigDict, *, check_paths: bool = Tr
   Args:
     config: the run's config (a method config, possibly overridden on the command line).
     check_paths: also check that the files/folders the config names exist.
-    base: the schema; default `experiments.configs.base.base_config()`.
+    base: the schema; default `mmrl.config.schema.base_config()`.
   """
   if base is None:
-    from experiments.configs.base import base_config  # pylint: disable=g-import-not-at-top
+    from mmrl.config.schema import base_config  # pylint: disable=g-import-not-at-top
     base = base_config()
   schema = _as_dict(base)
   notes = {}
@@ -65,7 +66,7 @@ def validate_config(config: ml_collections.ConfigDict, *, check_paths: bool = Tr
   if "method" in schema and isinstance(name, str):
     method_cls = _method_class(name)
     schema["method"] = {**_as_dict(schema["method"]), **dict(method_cls.options)}
-    notes["method."] = (f" (method {name!r} reads the common keys of experiments/configs/base.py "
+    notes["method."] = (f" (method {name!r} reads the common keys of mmrl/config/schema.py "
                         f"and its own options, {method_cls.__name__}.options in "
                         f"{method_cls.__module__})")
   _check_tree(_as_dict(config), schema, "", notes)
@@ -105,7 +106,7 @@ def _check_tree(user: dict, schema: dict, prefix: str, notes: dict[str, str]) ->
               f"known keys under config.{prefix.rstrip('.') or '<root>'}: "
               f"{', '.join(sorted(schema))}")
       note = next((n for p, n in notes.items() if prefix.startswith(p)),
-                  " (every key and its default is in experiments/configs/base.py)")
+                  " (every key and its default is in mmrl/config/schema.py)")
       raise ConfigError(f"config.{path} is not a known config key; {hint}{note}")
     default = schema[key]
     if _is_dict(default):
@@ -118,29 +119,6 @@ def _check_tree(user: dict, schema: dict, prefix: str, notes: dict[str, str]) ->
       _check_objectives(value)
     else:
       check_type(path, value, default)
-
-
-def check_type(path: str, value: Any, default: Any) -> None:
-  """Raises ConfigError when `value` (at config.`path`) does not have the type of `default`
-  (an int is fine for a float, a list for a tuple; a None default accepts anything)."""
-  if default is None:
-    return
-  want = type(default)
-  ok: bool
-  if isinstance(default, bool):
-    ok = isinstance(value, bool)
-  elif isinstance(default, int):
-    ok = isinstance(value, int) and not isinstance(value, bool)
-  elif isinstance(default, float):
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-  elif isinstance(default, (tuple, list)):
-    ok = isinstance(value, (tuple, list))
-    want = tuple
-  else:
-    ok = isinstance(value, want)
-  if not ok:
-    raise ConfigError(f"config.{path}={value!r} has type {type(value).__name__}, but it must be "
-                      f"{want.__name__} (default {default!r}); e.g. --config.{path}={default!r}")
 
 
 def _check_objectives(entries: Any) -> None:
