@@ -1,6 +1,5 @@
 """experiments/evaluate.py end to end on a tiny pretraining run; the runner's schedule."""
 import json
-import logging
 import os
 import pathlib
 import subprocess
@@ -70,17 +69,3 @@ def test_each_evaluator_runs_on_its_own_schedule_and_all_after_the_last_step():
   assert r.due(4, 10) == ["retrieval", "zero_shot"]
   assert r.due(5, 10) == []
   assert r.due(10, 10) == ["retrieval", "zero_shot", "linear_probe"]
-
-
-def test_missing_localisation_module_is_skipped_with_a_warning(monkeypatch, caplog):
-  real = runner_lib.importlib.import_module
-
-  def fake(name, *a):
-    if name == "mmrl.evaluation.localisation":
-      raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-    return real(name, *a)
-
-  monkeypatch.setattr(runner_lib.importlib, "import_module", fake)
-  with caplog.at_level(logging.WARNING):
-    assert runner_lib._localisation(convirt.get_config("smoke"), None, None) is None
-  assert "localisation" in caplog.text

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from mmrl.evaluation.retrieval import RetrievalEvaluator, retrieval_metrics
+from mmrl.evaluation.retrieval import retrieval_metrics
 
 
 def _reference_recall(img, txt, k):
@@ -41,16 +41,19 @@ def test_constant_embeddings_score_zero_recall_at_1_not_perfect():
   assert m["retrieval/chance_R@1"] == pytest.approx(0.1)
 
 
-def test_evaluator_drops_padding_rows():
+def test_metrics_on_the_valid_rows_of_padded_batches():
+  # The evaluators score the valid rows of padded batches (features.extract_features drops the
+  # rest); padding rows carry a copy of row 0: if they were kept, row 0 would tie and lose R@1.
   rng = np.random.default_rng(2)
   emb = rng.normal(size=(6, 4))
   batches = [{"valid": np.array([True, True, True, True]), "idx": np.arange(4)},
              {"valid": np.array([True, True, False, False]), "idx": np.array([4, 5, 0, 0])}]
-  # Padding rows carry a copy of row 0: if they were kept, row 0 would tie and lose R@1.
-  ev = RetrievalEvaluator(lambda: batches, lambda b: (emb[b["idx"]], emb[b["idx"]]))
-  m = ev.run()
+  rows = np.concatenate([b["idx"][b["valid"]] for b in batches])
+  m = retrieval_metrics(emb[rows], emb[rows])
   assert m["retrieval/num_pairs"] == 6.0
   assert m["retrieval/i2t_R@1"] == 1.0
+  padded = np.concatenate([b["idx"] for b in batches])
+  assert retrieval_metrics(emb[padded], emb[padded])["retrieval/i2t_R@1"] < 1.0
 
 
 def _reference_label_p1(scores, labels):
@@ -76,11 +79,12 @@ def test_label_precision_at_1_matches_a_loop_reference_and_its_chance_level():
   assert m["retrieval/chance_label_P@1"] == pytest.approx(same / (30 * 29))
 
 
-def test_evaluator_scores_label_precision_from_batch_labels():
+def test_label_precision_from_the_positive_findings_of_labels_and_mask():
   labels = np.array([[1, 0], [1, 0], [0, 1], [0, 1]], np.float32)
   emb = np.array([[1, 0], [1, 0.1], [0, 1], [0.1, 1]], np.float32)
-  batch = {"valid": np.ones(4, bool), "labels": labels, "label_mask": np.ones((4, 2), bool)}
-  m = RetrievalEvaluator(lambda: [batch], lambda b: (emb, emb)).run()
+  label_mask = np.ones((4, 2), bool)
+  # The positive findings, as the retrieval evaluator derives them from labels/label_mask.
+  m = retrieval_metrics(emb, emb, labels=(labels == 1) & label_mask)
   assert m["retrieval/i2t_label_P@1"] == 1.0
   assert m["retrieval/chance_label_P@1"] == pytest.approx(4 / 12)
 
@@ -150,8 +154,7 @@ def test_label_precision_at_1_skips_the_whole_study_of_the_query():
   assert m["retrieval/i2t_label_P@1"] < 1.0
 
 
-def test_evaluator_groups_positives_by_the_batches_study_ids():
+def test_positives_are_grouped_by_study_ids():
   emb = np.eye(3)[[0, 0, 1, 2]]
-  batch = {"valid": np.ones(4, bool), "study_id": np.array([5, 5, 6, 7], np.int32)}
-  m = RetrievalEvaluator(lambda: [batch], lambda b: (emb, emb)).run()
+  m = retrieval_metrics(emb, emb, groups=np.array([5, 5, 6, 7], np.int32))
   assert m["retrieval/i2t_R@1"] == 1.0 and m["retrieval/t2i_R@1"] == 1.0

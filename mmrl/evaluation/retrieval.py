@@ -1,7 +1,6 @@
 """Image<->report retrieval on held-out pairs: Recall@K, median rank, and the chance levels.
 
-`retrieval_metrics` is the math (numpy, no JAX); `RetrievalEvaluator` embeds an evaluation split
-with the model's frozen encoders and calls it; `FeatureRetrievalEvaluator` scores the features
+`retrieval_metrics` is the math (numpy, no JAX); `FeatureRetrievalEvaluator` scores the features
 of `mmrl.evaluation.features` (the runner's path) and draws a text->image retrieval sheet.
 
 Positives are grouped by study (the usual protocol): a study's images all carry the study's one
@@ -16,7 +15,7 @@ study id: two studies collide with probability about N^2 / 2^32, then they count
 from __future__ import annotations
 
 import logging
-from typing import Callable, Iterable, Mapping, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -164,36 +163,3 @@ class FeatureRetrievalEvaluator:
     from data_pipeline import tokenization  # pylint: disable=g-import-not-at-top
     tok = tokenization.ReportTokenizer(str(self.data.tokenizer))
     return [tok.decode(ids) for ids in np.asarray(f["input_ids"])[:q]]
-
-
-class RetrievalEvaluator:
-  """Embeds `batches` (dicts with a boolean `valid`) with `embed_fn` and scores retrieval.
-
-  `embed_fn(batch) -> (image_embed [B, D], text_embed [B, D])` as host numpy arrays. Batches'
-  `study_id` groups the positives (module docstring); when batches carry `labels`/`label_mask`
-  (batch_spec), class-aware P@1 is scored on the positive findings.
-  """
-
-  def __init__(self, batches_fn: Callable[[], Iterable[Mapping[str, np.ndarray]]],
-               embed_fn: Callable[[Mapping[str, np.ndarray]], tuple[np.ndarray, np.ndarray]]):
-    self.batches_fn = batches_fn
-    self.embed_fn = embed_fn
-
-  def run(self) -> dict[str, float]:
-    images, texts, positives, studies = [], [], [], []
-    for batch in self.batches_fn():
-      img, txt = self.embed_fn(batch)
-      valid = np.asarray(batch["valid"], bool)
-      images.append(np.asarray(img)[valid])
-      texts.append(np.asarray(txt)[valid])
-      if "labels" in batch and "label_mask" in batch:
-        pos = (np.asarray(batch["labels"]) == 1) & np.asarray(batch["label_mask"], bool)
-        positives.append(pos[valid])
-      if "study_id" in batch:
-        studies.append(np.asarray(batch["study_id"])[valid])
-    if not images or sum(len(i) for i in images) < 2:
-      raise ValueError("retrieval needs at least 2 evaluation pairs; check data.eval_split")
-    labels = np.concatenate(positives) if len(positives) == len(images) else None
-    groups = np.concatenate(studies) if len(studies) == len(images) else None
-    return retrieval_metrics(np.concatenate(images), np.concatenate(texts), groups=groups,
-                             labels=labels)

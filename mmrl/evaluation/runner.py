@@ -1,22 +1,26 @@
 """Runs the configured evaluators on a frozen state: during training and from experiments/evaluate.
 
-`EvalRunner(config, mesh, state_shardings)` builds the evaluators of `config.eval.<name>` lazily
-and, per call, extracts each needed split's features once (one jitted, mesh-sharded forward pass;
+`EVALUATORS` (an `mmrl.registry.Registry`) maps each evaluator name (the `config.eval.<name>` key,
+the `--evaluators=` names of experiments/evaluate.py and the prefix of its metric keys) to an
+`EvaluatorSpec`: `build(config, ctx)` makes the evaluator and `call(evaluator, state, ctx)` feeds
+it the inputs it reads. Every evaluator thus runs in one shape, `Bound(...)(state) -> (scalars,
+images)`; `ctx` is an `EvalContext` (mesh, shardings, label names, and per-state data access).
+
+`EvalRunner(config, mesh, state_shardings)` builds the evaluators of `config.eval.<name>` and,
+per call, extracts each needed split's features once (one jitted, mesh-sharded forward pass;
 `mmrl.evaluation.features`) and hands them to every evaluator that reads that split.
 `due(step, num_steps)` names the enabled evaluators whose `every` (0 = train.eval_every) divides
 `step` (all enabled ones at the last step). `__call__(state, names)` returns
 (scalars: dict[str, float], images: dict[str, uint8 HxWx3]).
 
-Evaluators: retrieval, zero_shot, linear_probe, segmentation (this package; its head may be a
-U-Net / SETR decoder), detection (YOLOv3-style head on the tower's pyramid), grounding
-(`mmrl.evaluation.grounding`: CNR / mIoU / pointing of the method's sentence maps) and localisation
-(`mmrl.evaluation.localisation.LocalisationEvaluator`, imported only when asked for; skipped with a
-warning when that module is not installed).
+Evaluators (registration order = running order): retrieval, zero_shot, linear_probe,
+segmentation (its head may be a U-Net / SETR decoder), detection (YOLOv3-style head on the
+tower's pyramid), grounding (CNR / mIoU / pointing of the method's sentence maps) and
+localisation (`mmrl.evaluation.localisation.LocalisationEvaluator`).
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
+import dataclasses
 import json
 import logging
 import time
@@ -30,17 +34,79 @@ from data_pipeline import pipeline as data_lib
 from data_pipeline import synthetic_dataset
 from data_pipeline import transforms
 from data_pipeline import tokenization
+from mmrl import registry
 from mmrl.evaluation import detection
 from mmrl.evaluation import features as features_lib
+from mmrl.evaluation import grounding
 from mmrl.evaluation import linear_probe
+from mmrl.evaluation import localisation
 from mmrl.evaluation import retrieval
 from mmrl.evaluation import segmentation
 from mmrl.evaluation import zero_shot
 
 log = logging.getLogger(__name__)
 
-EVALUATORS = ("retrieval", "zero_shot", "linear_probe", "segmentation", "detection", "grounding",
-              "localisation")
+
+@dataclasses.dataclass(frozen=True)
+class EvalContext:
+  """What evaluators share: the mesh and state shardings, the data set's label names, and the
+  runner (`features_fn(state)`, `images_fn(state)`, `embed_text_fn(state)`, `batches`)."""
+  mesh: Any
+  state_shardings: Any
+  label_names: tuple[str, ...]
+  data: "EvalRunner"
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluatorSpec:
+  """`build(config, ctx) -> evaluator`; `call(evaluator, state, ctx) -> (scalars, images)`."""
+  build: Callable[[Any, EvalContext], Any]
+  call: Callable[[Any, Any, EvalContext], tuple[dict, dict]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Bound:
+  """An evaluator with its spec and context: `__call__(state) -> (scalars, images)`."""
+  evaluator: Any
+  spec: EvaluatorSpec
+  ctx: EvalContext
+
+  def __call__(self, state: Any) -> tuple[dict, dict]:
+    return self.spec.call(self.evaluator, state, self.ctx)
+
+
+EVALUATORS: registry.Registry[EvaluatorSpec] = registry.Registry("evaluator")
+ORDER: list[str] = []  # registration order: the order enabled evaluators run and log in
+
+
+def register(name: str, build: Callable[[Any, EvalContext], Any],
+             call: Callable[[Any, Any, EvalContext], tuple[dict, dict]]) -> None:
+  EVALUATORS.register(name)(EvaluatorSpec(build, call))
+  ORDER.append(name)
+
+
+def _on_features(ev, state, ctx):
+  return ev(state, ctx.data.features_fn(state))
+
+
+register("retrieval", lambda c, ctx: retrieval.FeatureRetrievalEvaluator(c), _on_features)
+register("zero_shot", lambda c, ctx: zero_shot.ZeroShotEvaluator(c, ctx.label_names),
+         lambda ev, state, ctx: ev(state, ctx.data.features_fn(state),
+                                   ctx.data.embed_text_fn(state)))
+register("linear_probe", lambda c, ctx: linear_probe.LinearProbeEvaluator(c, ctx.label_names),
+         lambda ev, state, ctx: ev(state, ctx.data.features_fn(state),
+                                   ctx.data.images_fn(state)))
+register("segmentation", lambda c, ctx: segmentation.SegmentationEvaluator(c, ctx.label_names),
+         _on_features)
+register("detection", lambda c, ctx: detection.DetectionEvaluator(c, ctx.label_names),
+         _on_features)
+register("grounding",
+         lambda c, ctx: grounding.GroundingEvaluator(c, ctx.mesh, ctx.state_shardings,
+                                                     label_names=ctx.label_names),
+         lambda ev, state, ctx: ev(state, ctx.data.batches))
+register("localisation",
+         lambda c, ctx: localisation.LocalisationEvaluator(c, ctx.mesh, ctx.state_shardings),
+         lambda ev, state, ctx: ev(state, ctx.data.batches))
 
 
 class EvalRunner:
@@ -52,6 +118,7 @@ class EvalRunner:
     self.state_shardings = state_shardings
     self.label_names = tuple(data_lib.dataset_info(config.data.dataset_dir)["label_names"])
     self.step_fn = features_lib.make_feature_step(mesh, state_shardings)
+    self.ctx = EvalContext(mesh, state_shardings, self.label_names, self)
     self._evaluators: dict[str, Any] = {}
     self._cache: dict[tuple, dict[str, np.ndarray]] = {}
     for name in self.enabled():
@@ -59,7 +126,7 @@ class EvalRunner:
 
   # -- scheduling --------------------------------------------------------------------------
   def enabled(self) -> list[str]:
-    return [n for n in EVALUATORS if n in self.config.eval and self.config.eval[n].enabled]
+    return [n for n in ORDER if n in self.config.eval and self.config.eval[n].enabled]
 
   def every(self, name: str) -> int:
     every = int(self.config.eval[name].get("every", 0))
@@ -76,17 +143,15 @@ class EvalRunner:
     names = self.enabled() if names is None else list(names)
     unknown = [n for n in names if n not in EVALUATORS]
     if unknown:
-      raise ValueError(f"unknown evaluator(s) {unknown}; known: {', '.join(EVALUATORS)}")
+      raise ValueError(f"unknown evaluator(s) {unknown}; known: {', '.join(ORDER)}")
     scalars: dict[str, float] = {}
     images: dict[str, np.ndarray] = {}
     self._cache.clear()
     try:
       for name in names:
         evaluator = self._get(name)
-        if evaluator is None:
-          continue
         t0 = time.time()
-        s, im = self._run(name, evaluator, state)
+        s, im = evaluator(state)
         scalars.update({k: float(v) for k, v in s.items()})
         scalars[f"{name}/eval_seconds"] = time.time() - t0
         images.update(im)
@@ -106,38 +171,13 @@ class EvalRunner:
     self._cache.clear()
 
   def _run(self, name: str, evaluator: Any, state: Any):
-    if name in ("retrieval", "segmentation"):
-      return evaluator(state, self._features_fn(state))
-    if name == "zero_shot":
-      return evaluator(state, self._features_fn(state), self._embed_text_fn(state))
-    if name == "linear_probe":
-      return evaluator(state, self._features_fn(state), self._images_fn(state))
-    if name == "detection":
-      return evaluator(state, self._features_fn(state))
-    return evaluator(state, self.batches)  # grounding, localisation
+    return EVALUATORS.get(name).call(evaluator, state, self.ctx)
 
-  def _get(self, name: str):
-    if name in self._evaluators:
-      return self._evaluators[name]
-    config = self.config
-    if name == "retrieval":
-      ev = retrieval.FeatureRetrievalEvaluator(config)
-    elif name == "zero_shot":
-      ev = zero_shot.ZeroShotEvaluator(config, self.label_names)
-    elif name == "linear_probe":
-      ev = linear_probe.LinearProbeEvaluator(config, self.label_names)
-    elif name == "segmentation":
-      ev = segmentation.SegmentationEvaluator(config, self.label_names)
-    elif name == "detection":
-      ev = detection.DetectionEvaluator(config, self.label_names)
-    elif name == "grounding":
-      from mmrl.evaluation import grounding  # pylint: disable=g-import-not-at-top
-      ev = grounding.GroundingEvaluator(config, self.mesh, self.state_shardings,
-                                        label_names=self.label_names)
-    else:
-      ev = _localisation(config, self.mesh, self.state_shardings)
-    self._evaluators[name] = ev
-    return ev
+  def _get(self, name: str) -> Bound:
+    if name not in self._evaluators:
+      spec = EVALUATORS.get(name)
+      self._evaluators[name] = Bound(spec.build(self.config, self.ctx), spec, self.ctx)
+    return self._evaluators[name]
 
   # -- data --------------------------------------------------------------------------------
   def _size(self, max_examples: int) -> int:
@@ -150,7 +190,7 @@ class EvalRunner:
         batch_size=int(self.config.eval.batch_size), max_examples=self._size(max_examples),
         with_masks=with_masks, max_masks=int(self.config.eval.segmentation.max_masks))
 
-  def _features_fn(self, state) -> Callable[..., dict[str, np.ndarray]]:
+  def features_fn(self, state) -> Callable[..., dict[str, np.ndarray]]:
     """`features(split, max_examples=0, with_masks=False, images=False)`: `extract_features`
     output of a split, extracted once per evaluation (a superset already extracted is reused);
     `images` also keeps the input images (sheets, fine-tuning)."""
@@ -169,15 +209,15 @@ class EvalRunner:
       return f
     return features
 
-  def _images_fn(self, state):
-    features = self._features_fn(state)
+  def images_fn(self, state):
+    features = self.features_fn(state)
 
     def images(split: str, max_examples: int = 0):
       f = features(split, max_examples, images=True)
       return f["image"], f["labels"], f["label_mask"]
     return images
 
-  def _embed_text_fn(self, state) -> Callable[[Sequence[str]], np.ndarray]:
+  def embed_text_fn(self, state) -> Callable[[Sequence[str]], np.ndarray]:
     """Projected, L2-normalised embeddings of single-sentence texts (images are zeros)."""
     data = self.config.data
     tok = tokenization.ReportTokenizer(str(data.tokenizer), lowercase=bool(data.lowercase))
@@ -202,25 +242,11 @@ class EvalRunner:
     return embed
 
 
-def _localisation(config, mesh, state_shardings):
-  try:
-    localisation = importlib.import_module("mmrl.evaluation.localisation")
-  except ModuleNotFoundError as e:
-    if e.name != "mmrl.evaluation.localisation":
-      raise
-    log.warning("config.eval.localisation is requested but mmrl/evaluation/localisation.py is "
-                "not installed; skipping it")
-    return None
-  return localisation.LocalisationEvaluator(config, mesh, state_shardings)
-
-
-
-
 def evaluate_checkpoint(config: Any, checkpoint: str, names: Optional[Sequence[str]] = None, *,
                         step: Optional[int] = None, init: str = "checkpoint"
                         ) -> tuple[dict[str, float], dict[str, np.ndarray], int]:
   """Restores `checkpoint` (a run dir or its checkpoints/) and runs `names` (default: all
-  evaluators; localisation only when its module is installed). Returns (scalars, images, step).
+  evaluators). Returns (scalars, images, step).
 
   init='random' evaluates a freshly initialised state instead (config.seed; the text tower still
   loads config.model.text.weights): the random-init baseline of the downstream protocols, on the
@@ -237,7 +263,7 @@ def evaluate_checkpoint(config: Any, checkpoint: str, names: Optional[Sequence[s
                                                                init=init)
   runner = EvalRunner(config, mesh, shardings)
   if names is None:
-    names = [n for n in EVALUATORS if n != "localisation" or _localisation_installed()]
+    names = list(ORDER)
   scalars, images = runner(state, names)
   return scalars, images, int(step)
 
@@ -254,13 +280,9 @@ def evaluate_random_init(config: Any, names: Optional[Sequence[str]] = None
   state, mesh, shardings = run_dir.random_init(config)
   runner = EvalRunner(config, mesh, shardings)
   if names is None:
-    names = [n for n in EVALUATORS if n != "localisation" or _localisation_installed()]
+    names = list(ORDER)
   scalars, images = runner(state, names)
   return scalars, images, 0
 
 
-def _localisation_installed() -> bool:
-  return importlib.util.find_spec("mmrl.evaluation.localisation") is not None
-
-
-__all__ = ["EvalRunner", "EVALUATORS", "evaluate_checkpoint", "evaluate_random_init"]
+__all__ = ["EvalRunner", "EVALUATORS", "ORDER", "EvalContext", "EvaluatorSpec", "Bound", "register", "evaluate_checkpoint", "evaluate_random_init"]
