@@ -3,7 +3,7 @@
 COMMAND: JAX_PLATFORMS=cpu python benchmarks/methods_cpu.py --size=demo --steps=50
 SMOKE:   JAX_PLATFORMS=cpu python benchmarks/methods_cpu.py --methods=convirt --size=tiny --steps=2
 For every method it builds the config at the chosen size, trains `--steps` steps with
-`mmrl.train.loop.train_and_evaluate` in a temporary workdir (retrieval evaluation off, synchronous
+`mmrl.loop.train_and_evaluate` in a temporary workdir (retrieval evaluation off, synchronous
 checkpoint only at the end, every step logged) and reads `metrics.jsonl`:
   - loss at step 1 and at step N, and each objective's loss ('<objective>/loss' keys) at step N;
   - steady-state step time: the median of the loop's per-step `1/steps_per_s` rows for steps
@@ -138,7 +138,7 @@ def summarise(rows: list[dict], steps: int) -> dict:
 
 def run_method(method: str, config, workdir: pathlib.Path) -> dict:
   """Trains `config` in `workdir` with the library's loop; returns `summarise`'s dict + params."""
-  from mmrl.train import loop  # pylint: disable=g-import-not-at-top
+  from mmrl import loop  # pylint: disable=g-import-not-at-top
   t0 = time.time()
   loop.train_and_evaluate(config, workdir)
   wall = time.time() - t0

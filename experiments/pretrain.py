@@ -55,7 +55,7 @@ def main(argv):
   from mmrl.train import validation as config_validation  # pylint: disable=g-import-not-at-top
   from mmrl.config_errors import ConfigError  # pylint: disable=g-import-not-at-top
   from mmrl.train import checkpoint  # pylint: disable=g-import-not-at-top
-  from mmrl.train import loop  # pylint: disable=g-import-not-at-top
+  from mmrl import loop  # pylint: disable=g-import-not-at-top
   apply_compilation_cache(_CONFIG.value)
   try:
     config_validation.validate_config(_CONFIG.value)  # before anything is built or compiled

@@ -1,7 +1,11 @@
 """mmrl: chest X-ray representations learned from radiology reports, with local alignment.
 
-Importable with no flags (Colab-friendly). Subpackages: models, heads, objectives, parallel,
-train, evaluation, viz. The input pipeline lives in the sibling package `data_pipeline`.
+Importable with no flags (Colab-friendly). Rooms, top to bottom (each imports only those below it;
+setup.cfg's [importlinter] contracts, checked by `lint-imports`): `loop` (the training loop) and
+`export`; `evaluation`; `train` (state, step, checkpoints, run directories, config validation);
+`objectives` (losses, methods, the two-tower model); `heads`; `models` (towers); `parallel`,
+`knowledge`, `viz`; `ops` (masking, pooling); `config` (schema, type checks), `registry`,
+`machine_info`; `config_errors`. The input pipeline is the sibling package `data_pipeline`.
 
     encoder = mmrl.load_encoder("exports/convirt")   # written by `python -m experiments.export`
     embeddings = encoder(images)                      # numpy uint8/uint16/float images -> [B, D]

@@ -12,7 +12,7 @@ import pytest
 from experiments.configs import convirt
 from mmrl.train import validation as config_validation
 from mmrl.config_errors import ConfigError
-from mmrl.train import loop
+from mmrl import loop
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "configs"
 

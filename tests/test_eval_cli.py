@@ -9,7 +9,7 @@ import pytest
 
 from experiments.configs import convirt
 from mmrl.evaluation import runner as runner_lib
-from mmrl.train import loop
+from mmrl import loop
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

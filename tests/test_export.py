@@ -25,7 +25,7 @@ from mmrl.models import hf_weights
 from mmrl.models import towers
 from mmrl.parallel import mesh as mesh_lib
 from mmrl.train import checkpoint as ckpt_lib
-from mmrl.train import loop
+from mmrl import loop
 from mmrl.train import run_dir
 from mmrl.train import state as state_lib
 from mmrl.train import step as step_lib

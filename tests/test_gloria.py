@@ -229,7 +229,7 @@ def _tiny_config(cache):
 
 
 def test_tiny_gloria_config_trains_six_steps_with_a_finite_loss(tmp_path, synthetic_cache):
-  from mmrl.train.loop import train_and_evaluate  # pylint: disable=g-import-not-at-top
+  from mmrl.loop import train_and_evaluate  # pylint: disable=g-import-not-at-top
   last = train_and_evaluate(_tiny_config(synthetic_cache), tmp_path / "run")
   assert np.isfinite(last["loss"])
   assert np.isfinite(last["gloria_local/loss"]) and np.isfinite(last["clip_nce/loss"])

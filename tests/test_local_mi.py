@@ -373,7 +373,7 @@ def _tiny_config(cache):
 
 
 def test_tiny_config_trains_six_steps_end_to_end_with_a_finite_loss(tmp_path, synthetic_cache):
-  from mmrl.train.loop import train_and_evaluate  # pylint: disable=g-import-not-at-top
+  from mmrl.loop import train_and_evaluate  # pylint: disable=g-import-not-at-top
   last = train_and_evaluate(_tiny_config(synthetic_cache), tmp_path / "run")
   assert np.isfinite(last["loss"])
   assert {"mi_bound/mi_infonce", "mi_bound/mi_dv", "mi_bound/negatives"} <= set(last)

@@ -372,7 +372,7 @@ def test_full_config_builds_abstractly_with_a_7x7_grid():
 
 @pytest.mark.slow
 def test_tiny_config_trains_six_steps_end_to_end(tmp_path, synthetic_cache):
-  from mmrl.train import loop  # pylint: disable=g-import-not-at-top
+  from mmrl import loop  # pylint: disable=g-import-not-at-top
   config = lovt_config.get_config("tiny")
   config.data.synthetic.cache_dir = str(synthetic_cache)
   config.data.synthetic.workers = 1

@@ -19,7 +19,7 @@ from mmrl.models.features import ImageFeatures, TextFeatures
 from mmrl.objectives.lrclr import LRCLR, sample_hard_negatives
 from mmrl.objectives.methods import total_loss
 from mmrl.objectives.registry import get_objective
-from mmrl.train import loop
+from mmrl import loop
 from mmrl.train import state as state_lib
 
 

@@ -488,7 +488,7 @@ def _tiny_config(cache):
 
 
 def test_tiny_mgca_config_trains_six_steps_with_a_finite_loss(tmp_path, synthetic_cache):
-  from mmrl.train.loop import train_and_evaluate  # pylint: disable=g-import-not-at-top
+  from mmrl.loop import train_and_evaluate  # pylint: disable=g-import-not-at-top
   last = train_and_evaluate(_tiny_config(synthetic_cache), tmp_path / "run")
   for key in ("loss", "clip_nce/loss", "tca/loss", "proto_swap/loss"):
     assert np.isfinite(last[key]), key

@@ -19,7 +19,7 @@ from mmrl.heads.mlip_heads import (ImageTextMatching, KnowledgeAttention, sample
                                    swap_sentences)
 from mmrl.objectives.methods import total_loss
 from mmrl.objectives.registry import get_objective
-from mmrl.train import loop
+from mmrl import loop
 from mmrl.train.optimizer import make_optimizer
 from mmrl.train import state as state_lib
 from test_mgca import reference_proto, reference_tca  # float64 loop references of tca / CPA

@@ -8,7 +8,7 @@ import pytest
 
 from experiments.configs import convirt
 from mmrl.train import checkpoint as ckpt_lib
-from mmrl.train import loop
+from mmrl import loop
 
 
 def _config(cache, **train):

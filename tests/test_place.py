@@ -15,7 +15,7 @@ from mmrl.heads.query_decoder import CorrelationPredictor, QueryDecoder
 from mmrl.objectives import place
 from mmrl.objectives.methods import total_loss
 from mmrl.objectives.registry import get_objective
-from mmrl.train import loop
+from mmrl import loop
 from mmrl.train import state as state_lib
 
 

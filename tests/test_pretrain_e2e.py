@@ -18,7 +18,7 @@ import pytest
 from data_pipeline import synthetic_dataset
 from experiments.configs import convirt
 from mmrl.train import checkpoint as ckpt_lib
-from mmrl.train import loop
+from mmrl import loop
 from mmrl.train import run_dir
 from mmrl.train import state as state_lib
 

@@ -1,7 +1,7 @@
 """Learning curves: one run per method with checkpoints kept at chosen steps, each evaluated
 like a comparison run, then `curves.json` + `curves.png` (metric against step, one line each).
 
-It trains (mmrl.train.loop), so it sits beside the comparison, above the library.
+It trains (mmrl.loop), so it sits beside the comparison, above the library.
 `curve_run(method, seed, budget, points, dataset_dir, nih_dir, output)` trains
 `<output>/runs/<method>/seed_<k>` to `budget.steps` (resuming), keeping the checkpoint of every
 point, and writes `curve_<step>.json` per point (skipped when present: resumable).
@@ -54,7 +54,7 @@ def curve_config(method: str, seed: int, budget: budget_lib.Budget, points: Sequ
 def curve_run(method: str, seed: int, budget: budget_lib.Budget, points: Sequence[int],
               dataset_dir: str, nih_dir: str, output: str) -> list[dict[str, Any]]:
   """Trains (resuming) and evaluates `method` at every step of `points` (module docstring)."""
-  from mmrl.train import loop  # pylint: disable=g-import-not-at-top
+  from mmrl import loop  # pylint: disable=g-import-not-at-top
   workdir = run_dir(output, method, seed)
   workdir.mkdir(parents=True, exist_ok=True)
   if any(not (workdir / f"curve_{int(p)}.json").exists() for p in points):

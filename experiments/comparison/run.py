@@ -8,7 +8,7 @@
      heads, then one common size: resnet_small image tower, the first 2 layers of the pretrained
      MiniLM text tower, frozen, mean-token pooling, embed_dim 64, projection_hidden 128, the same
      steps / batch / lr / warm-up / seed for everyone), pretrains it with
-     `mmrl.train.loop.train_and_evaluate` in `<output>/runs/<method>/seed_<k>` and evaluates the
+     `mmrl.loop.train_and_evaluate` in `<output>/runs/<method>/seed_<k>` and evaluates the
      final checkpoint;
   3. evaluates a random-initialisation baseline per seed (ConVIRT's model, no training: random
      image tower and heads, the same frozen pretrained text tower);
@@ -135,7 +135,7 @@ def run_one(method: str, seed: int, budget: Budget, *, dataset_dir: str, nih_dir
   done = workdir / "result.json"
   if done.exists():
     return json.loads(done.read_text())
-  from mmrl.train import loop  # pylint: disable=g-import-not-at-top
+  from mmrl import loop  # pylint: disable=g-import-not-at-top
   from mmrl.train import run_dir  # pylint: disable=g-import-not-at-top
   workdir.mkdir(parents=True, exist_ok=True)
   config = method_configs.method_config("convirt" if method == BASELINE else method, budget,

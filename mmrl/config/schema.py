@@ -11,7 +11,7 @@ import ml_collections
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.seed = 0  # PRNG seed: model init, train shuffle/augmentation, probe subsets (mmrl.train.loop)
+  c.seed = 0  # PRNG seed: model init, train shuffle/augmentation, probe subsets (mmrl.loop)
 
   # ---- data (data_pipeline.pipeline) ----
   c.data = ml_collections.ConfigDict()
@@ -146,7 +146,7 @@ def base_config() -> ml_collections.ConfigDict:
       num_processes=0,             # process count; > 0 needed with a coordinator_address
       process_id=-1))              # this process's rank; >= 0 needed with a coordinator_address
 
-  # ---- training loop (mmrl.train.loop) ----
+  # ---- training loop (mmrl.loop) ----
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 32          # global batch
   c.train.num_steps = 1000         # total optimiser steps (also the lr / EMA schedule length)
