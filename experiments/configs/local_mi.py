@@ -69,7 +69,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.model.text.sentence_pool = "max"
   c.method.name = "local_mi"
   c.method.critic = "concat_mlp"          # concat_mlp | separable | bilinear
-  c.method.critic_hidden = [1024, 512]    # concat_mlp widths (separable: g/h hidden widths)
+  c.method.critic_hidden = (1024, 512)    # concat_mlp widths (separable: g/h hidden widths)
   c.method.critic_dim = 256               # separable only
   c.method.critic_chunk = 0               # concat_mlp: texts per chunk of the B x B pairs (0 = all)
   c.method.text_feature = "sentence"      # sentence (alone) | sentence_in_report | global
@@ -93,7 +93,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   a.brightness, a.contrast, a.blur_sigma = 0.0, 0.0, (0.0, 0.0)
   if arg == "tiny":
     make_tiny(c, image_tower="resnet_tiny")
-    c.method.critic_hidden = [32, 16]
+    c.method.critic_hidden = (32, 16)
     c.method.critic_dim = 16
     c.method.critic_chunk = 3             # exercises the chunked critic (batch 8: 3 chunks)
   elif arg:
