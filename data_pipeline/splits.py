@@ -119,11 +119,13 @@ def check_source(dataset: str, source: str, available: Sequence[str]) -> str:
 
 def summary(source: str, splits: Mapping[str, str], *, how: str,
             split_list: Optional[SplitList] = None, seed: Optional[int] = None,
-            expected: Optional[Mapping[str, int]] = None) -> dict:
+            expected: Optional[Mapping[str, int]] = None,
+            not_listed: Optional[int] = None) -> dict:
   """The `split` entry of the converter metadata: source, provenance, expected and found sizes.
 
   `splits` maps every listed image id of this download to its split (before --max_items / view
-  filtering; mmrl_dataset_info.json["splits"] has the records actually written).
+  filtering; mmrl_dataset_info.json["splits"] has the records actually written). `not_listed`:
+  images of the download a `unlisted: left out` list does not name (not converted).
   """
   found = {s: 0 for s in _SPLITS}
   for s in splits.values():
@@ -133,6 +135,8 @@ def summary(source: str, splits: Mapping[str, str], *, how: str,
     out["file"] = pathlib.Path(split_list.path).name
     out["list_source"] = split_list.header.get("source", "")
     out["listed_ids_not_in_download"] = sum(1 for i in split_list.assign if i not in splits)
+  if not_listed is not None:
+    out["download_ids_not_in_list"] = not_listed
   if seed is not None:
     out["seed"] = seed
   exp = dict(expected) if expected is not None else (

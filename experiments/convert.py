@@ -4,6 +4,7 @@ COMMAND: python -m experiments.convert --layout=mimic --input=/data/mimic-cxr \
            --output=/data/mimic_tfr --views=PA,AP --workers=8
          python -m experiments.convert --layout=manifest --input=my_manifest.csv --output=out/
          python -m experiments.convert --layout=nih_cxr14 --input=../shared/data --output=out/nih
+           [--split_source=lovt: LoVT's NIH detection split, 528 / 176 / 176 of the 880 boxed]
          python -m experiments.convert --layout=covid_cxr --input=../shared/data --output=out/covid
          python -m experiments.convert --layout=chexpert --input=/data/CheXpert-v1.0-small \
            --output=/data/chexpert_tfr --views=PA,AP
@@ -46,7 +47,7 @@ _ARRAY_RECORD = flags.DEFINE_bool(
     "TensorFlow Datasets' random access (tfds.data_source) works on the folder; mmrl never needs "
     "it.")
 _SPLIT_SOURCE = flags.DEFINE_enum(
-    "split_source", None, ["official", "lovt", "benchx"], "Downstream layouts only: whose "
+    "split_source", None, ["official", "lovt", "benchx"], "Downstream layouts and nih_cxr14: whose "
     "train/validate/test split (data_pipeline/splits.py; default: the layout's own, see "
     "docs/data_format.md).")
 _SPLIT_SEED = flags.DEFINE_integer(

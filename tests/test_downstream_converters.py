@@ -1,5 +1,6 @@
 """Downstream layouts (rsna_pneumonia, siim_acr, object_cxr, vindr_cxr, chexpert_5x200, ms_cxr,
-covidx) read from fixtures written in each data set's official file layout, and their splits."""
+covidx) read from fixtures written in each data set's official file layout, and their splits
+(also nih_cxr14's lovt split, on ../shared/data)."""
 from __future__ import annotations
 
 import csv
@@ -496,7 +497,7 @@ def test_a_download_without_its_csv_is_an_error_naming_the_file(tmp_path, layout
 
 def test_split_arguments_are_refused_by_layouts_without_split_sources(tmp_path):
   with pytest.raises(ValueError, match="takes no split_source"):
-    convert.load_layout("nih_cxr14", tmp_path, split_source="benchx")
+    convert.load_layout("covid_cxr", tmp_path, split_source="benchx")
   with pytest.raises(ValueError, match="use one of"):
     splits.check_source("siim_acr", "gloria", ("lovt",))
 
@@ -513,6 +514,63 @@ def test_shipped_split_lists_carry_source_licence_and_their_authors_counts(path)
   listed = {s: sum(v == s for v in lst.assign.values()) for s in named}
   assert {s: lst.expected[s] for s in listed} == listed
   assert lst.expected["train"] > 0 and sum(listed.values()) == len(lst.assign)
+
+
+def test_nih_cxr14_refuses_an_unknown_split_source_naming_the_choices(tmp_path):
+  with pytest.raises(ValueError, match="no 'benchx' split.*available: official, lovt"):
+    convert.load_layout("nih_cxr14", tmp_path, split_source="benchx")
+  with pytest.raises(ValueError, match="split_source='gloria'; use one of official, lovt"):
+    convert.load_layout("nih_cxr14", tmp_path, split_source="gloria")
+
+
+def _nih_official_splits(shared_data: pathlib.Path) -> dict[str, str]:
+  """image stem -> split of the shared folder's train/val/test.jsonl (read independently)."""
+  out = {}
+  for split in ("train", "val", "test"):
+    for line in (shared_data / "nih_cxr14" / f"{split}.jsonl").read_text().splitlines():
+      out[pathlib.PurePosixPath(json.loads(line)["image"]).stem] = split
+  return out
+
+
+@pytest.mark.realdata
+def test_nih_cxr14_lovt_split_is_the_lists_528_176_176_boxed_images(shared_data):
+  dataset = convert.load_layout("nih_cxr14", shared_data, split_source="lovt")
+  lst = splits.read_split_list(splits.list_path("nih_cxr14", "lovt"))
+  present = {i: s for i, s in lst.assign.items() if i in _nih_official_splits(shared_data)}
+  assert {it.item_id: it.split for it in dataset.items} == present
+  assert len(dataset.items) == len({it.item_id for it in dataset.items})
+  counts = {"train": 528, "validate": 176, "test": 176}
+  assert {s: sum(it.split == s for it in dataset.items) for s in counts} == counts
+  assert all(it.boxes for it in dataset.items)   # LoVT's boxed images; its 100 'No Finding'
+  info = dataset.args["split"]                   # images are not in the shared data
+  assert info["source"] == "lovt" and info["file"] == "nih_cxr14_lovt.txt"
+  assert info["list_source"].startswith("https://github.com/philip-mueller/lovt/")
+  assert info["found"] == counts
+  assert info["expected"] == {"train": 588, "validate": 196, "test": 196}
+  assert info["listed_ids_not_in_download"] == 588 + 196 + 196 - 880
+  assert info["download_ids_not_in_list"] == 902 - 880
+
+
+@pytest.mark.realdata
+def test_nih_cxr14_official_split_is_the_shared_folders_files_unchanged(shared_data):
+  default = convert.load_layout("nih_cxr14", shared_data)
+  official = convert.load_layout("nih_cxr14", shared_data, split_source="official")
+  assert default.items == official.items and default.args == official.args
+  assert {it.item_id: it.split for it in official.items} == _nih_official_splits(shared_data)
+  assert "split" not in official.args
+
+
+@pytest.mark.realdata
+def test_nih_cxr14_lovt_split_reaches_the_dataset_info(shared_data, tmp_path):
+  dataset = convert.load_layout("nih_cxr14", shared_data, split_source="lovt")
+  dataset.items = [next(it for it in dataset.items if it.split == s)
+                   for s in ("train", "validate", "test")]
+  info = convert.convert(dataset, tmp_path, convert.ConvertOptions(progress=False, short_side=64))
+  assert {s: v["num_records"] for s, v in info["splits"].items()} == {
+      "train": 1, "validate": 1, "test": 1}
+  on_disk = json.loads((tmp_path / "mmrl_dataset_info.json").read_text())
+  assert on_disk["converter"]["split"]["file"] == "nih_cxr14_lovt.txt"
+  assert on_disk["converter"]["split"]["listed_ids_not_in_download"] == 100
 
 
 @pytest.mark.realdata

@@ -107,7 +107,7 @@ class Layout:
 LAYOUTS: dict[str, Layout] = {
     "mimic": Layout("mimic", "list_mimic"),
     "manifest": Layout("manifest", "list_manifest"),
-    "nih_cxr14": Layout("shared_data", "nih_cxr14"),
+    "nih_cxr14": Layout("shared_data", "nih_cxr14", takes_split=True),
     "covid_cxr": Layout("shared_data", "covid_cxr"),
     "chexpert": Layout("chexpert", "list_chexpert"),
     "rsna_pneumonia": Layout("rsna_pneumonia", "list_rsna_pneumonia", takes_split=True),
