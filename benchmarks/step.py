@@ -40,6 +40,10 @@ Modes:
                         'skipped' and the run goes on.
   --tiny                CPU smoke sizes: each method's tiny config (tiny towers, 32-64 px, batch 8,
                         float32) with 1 text layer (and 1 PLACE decoder / predictor layer).
+
+Over 400 lines on purpose: one job, one benchmark script (config building, synthetic batches,
+timing, MFU and memory read-outs) that must run standalone on a bare GPU machine; its parts only
+make sense together.
 """
 from __future__ import annotations
 

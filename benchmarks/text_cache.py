@@ -2,7 +2,7 @@
 
 COMMAND: nice -n 2 python -m benchmarks.text_cache --methods=convirt,gloria,lovt --steps=20
 
-Config: mmrl.evaluation.method_configs.method_config at Budget 'localisation' with text_layers=6,
+Config: experiments.comparison.method_configs.method_config at Budget 'localisation' with text_layers=6,
 freeze_text=True (128 px, resnet_small_s16, batch 16, 64 tokens, pretrained MiniLM), once with
 config.model.text.cache_frozen_features=False and once True. Batches: random images and token
 rows from a pool of 64 reports (after the first pass every row hits the cache, as it does after

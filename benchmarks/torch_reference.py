@@ -34,6 +34,10 @@ synchronisation at the end. One JSON line per (method, mode, batch): samples_per
 first_step_s (compile time for torch.compile), peak_memory_gib (torch.cuda.max_memory_allocated,
 reset per configuration; null on CPU), flops_per_step (benchmarks/flops.py, the same count as for
 mmrl's step), tflops_per_s, mfu (null when the device's peak is unknown, e.g. CPU).
+
+Over 400 lines on purpose: one job, a self-contained PyTorch re-implementation of mmrl's ConVIRT /
+LoVT step that must mirror mmrl's step op by op and run as one script on a GPU machine without
+mmrl's training code.
 """
 from __future__ import annotations
 

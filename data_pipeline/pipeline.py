@@ -21,6 +21,10 @@ Exact resume: `TrainIterator.get_state()` is JSON-serialisable; `set_state` on a
 from the same config continues with exactly the same batches. The stream depends on
 num_workers (Grain slices the data set per worker), so the state records it and refuses to
 restore under another value.
+
+Over 400 lines on purpose: one job, the Grain graph and its exact-resume state; the train iterator
+and the eval batches open a data set through the same steps (dataset_info, split_source, the
+skip/fail policy), kept in one place so both read a record the same way.
 """
 from __future__ import annotations
 

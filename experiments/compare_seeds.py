@@ -21,7 +21,7 @@ flags.mark_flags_as_required(["a", "b"])
 
 def main(argv):
   del argv
-  from mmrl.evaluation import seed_comparison  # pylint: disable=g-import-not-at-top
+  from mmrl.evaluation.metrics import seed_comparison  # pylint: disable=g-import-not-at-top
   load = lambda p: json.load(open(p))["metrics"]
   rows = [r for r in seed_comparison.compare(load(_A.value), load(_B.value))
           if r["metric"] in _METRICS.value]

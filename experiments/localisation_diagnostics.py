@@ -49,8 +49,8 @@ def map_statistics(maps: np.ndarray) -> dict[str, float]:
 
 def _run_stats(run: pathlib.Path) -> None:
   from data_pipeline import pipeline, tokenization  # pylint: disable=g-import-not-at-top
-  from mmrl.evaluation import alignment_maps  # pylint: disable=g-import-not-at-top
-  from mmrl.evaluation import localisation as loc  # pylint: disable=g-import-not-at-top
+  from mmrl.evaluation.maps import alignment_maps  # pylint: disable=g-import-not-at-top
+  from mmrl.evaluation.maps.sentences import templated_sentence  # pylint: disable=g-import-not-at-top
   from mmrl.parallel import distributed  # pylint: disable=g-import-not-at-top
   from mmrl.train import run_dir  # pylint: disable=g-import-not-at-top
   c = run_dir.read_config(run)
@@ -67,7 +67,7 @@ def _run_stats(run: pathlib.Path) -> None:
     for i in np.flatnonzero(np.asarray(b["valid"]) & np.asarray(b["box_mask"]).any(1)):
       images.append(np.asarray(b["image"][i]))
       for j in np.flatnonzero(b["box_mask"][i]):
-        items.append((len(images) - 1, loc.templated_sentence(
+        items.append((len(images) - 1, templated_sentence(
             names[int(b["box_labels"][i, j])], b["boxes"][i, j])))
   tok = tokenization.ReportTokenizer(str(c.data.tokenizer))
   queries = alignment_maps.make_query_batch(
@@ -85,7 +85,7 @@ def _text_probe() -> None:
   from data_pipeline import tokenization  # pylint: disable=g-import-not-at-top
   from experiments.comparison import budget as budget_lib  # pylint: disable=g-import-not-at-top
   from experiments.comparison import method_configs  # pylint: disable=g-import-not-at-top
-  from mmrl.evaluation import alignment_maps  # pylint: disable=g-import-not-at-top
+  from mmrl.evaluation.maps import alignment_maps  # pylint: disable=g-import-not-at-top
   from mmrl.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   from mmrl.train import state as state_lib  # pylint: disable=g-import-not-at-top
   sents = [f"There is a nodule in the {s} {z} zone." for s in ("right", "left")

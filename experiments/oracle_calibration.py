@@ -1,6 +1,6 @@
 """Grid-oracle calibration of the synthetic localisation benchmark: renders phantoms of each
 variant (realistic, calibrated) and prints the model-free pointing references
-(`mmrl.evaluation.localisation.baseline_pointing`: random map, best fixed cell, grid oracle) for
+(`mmrl.evaluation.metrics.localisation.baseline_pointing`: random map, best fixed cell, grid oracle) for
 several feature-grid sizes, plus the grid oracle per finding.
 
 COMMAND: python -m experiments.oracle_calibration --studies=150 --image_size=192 --grids=3,6,12
@@ -14,7 +14,7 @@ from absl import flags
 import numpy as np
 
 from data_pipeline.synthetic import phantom
-from mmrl.evaluation import localisation as loc
+from mmrl.evaluation.metrics import localisation as loc
 
 _STUDIES = flags.DEFINE_integer("studies", 150, "studies rendered per variant")
 _SIZE = flags.DEFINE_integer("image_size", 192, "evaluation image size (px)")

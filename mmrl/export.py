@@ -15,6 +15,10 @@
 embeddings, preprocessed exactly as the training pipeline's evaluation view (pad to square,
 bilinear resize, normalise), so `encoder(images)` equals the in-training eval step's
 `image_embed` for the same pixels. Files: docs/export.md. CLI: experiments/export.py.
+
+Over 400 lines on purpose: one job, the exported file format, whose writer (`export_run`) and reader
+(`load_encoder`) must agree on every name and preprocessing step and are kept side by side so a
+change to one is seen next to the other.
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 `HeadsOnly(method)` is `TwoTowerModel` without towers: the planted batch's feature arrays become
 `ImageFeatures` / `TextFeatures` and the method's `apply_heads` runs on them, so the outputs are
-what the objectives and `mmrl.evaluation.alignment_maps.method_maps` read in a real run.
+what the objectives and `mmrl.evaluation.maps.alignment_maps.method_maps` read in a real run.
 `train_heads` fits the heads with the method's own `total_loss` (optax Adam, jitted), a method
 with an EMA teacher getting the online heads under stop_gradient as its teacher (the towers are
 fixed, so the only difference from a real EMA is the heads' lag). `pointing_scores` reads
@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mmrl.evaluation import alignment_maps, localisation
+from mmrl.evaluation.maps import alignment_maps
+from mmrl.evaluation.metrics import localisation
 from mmrl.models.features import ImageFeatures, TextFeatures
 from mmrl.objectives.methods import get_method, total_loss
 from tests import planted_features as pf

@@ -12,7 +12,7 @@ mechanism tests live in tests/ with a tiny tower that can only see its own cell"
          Findings (1 or 2 per image, distinct classes) are 2x2- or 3x3-cell boxes at uniformly
          random places, so no location prior can win.
   text   one token per word, a report = one sentence per finding, named as the templated
-         sentences of `mmrl.evaluation.localisation.templated_sentence` ("there is a nodule in
+         sentences of `mmrl.evaluation.maps.sentences.templated_sentence` ("there is a nodule in
          the right upper zone"), plus 1-2 normal/distractor sentences in random order.
          A word's token vector is its vocabulary vector + noise; the finding word's vocabulary
          vector is `rotation @ code_k` (a fixed random orthogonal map of the image code: a

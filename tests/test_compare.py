@@ -52,7 +52,7 @@ def test_compare_writes_table_json_plots_and_heatmaps_and_resumes(tmp_path, synt
 
 
 def _entry(*per_seed):
-  from mmrl.evaluation import statistics as st
+  from mmrl.evaluation.metrics import statistics as st
   d = st.describe(per_seed).as_dict()
   return {**d, "by_seed": {str(i): v for i, v in enumerate(per_seed)}}
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from experiments.configs.base import base_config
-from mmrl.evaluation import dense_segmentation as dense
-from mmrl.evaluation import segmentation as seg
+from mmrl.evaluation.evaluators import dense_segmentation as dense
+from mmrl.evaluation.evaluators import segmentation as seg
 from mmrl.heads.setr_decoder import SETRPUPDecoder
 from mmrl.heads.unet_decoder import UNetDecoder
 from mmrl.models import stage_features

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from experiments.configs.base import base_config
-from mmrl.evaluation import detection
-from mmrl.evaluation import detection_metrics as dm
+from mmrl.evaluation.evaluators import detection
+from mmrl.evaluation.metrics import detection as dm
 from mmrl.heads import yolo_head
 from mmrl.models import multiscale
 from mmrl.models.resnet import resnet

@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pytest
 
-from mmrl.evaluation import detection_metrics as dm
+from mmrl.evaluation.metrics import detection as dm
 
 
 def _random_problem(seed, num_images=6, num_classes=3, gt_per_image=3, det_per_image=8):
@@ -171,7 +171,7 @@ def test_froc_without_detections_is_zero_and_without_boxes_is_one():
 
 
 def test_seed_comparison_pairs_seeds_and_uses_the_textbook_paired_t_test():
-  from mmrl.evaluation import seed_comparison as sc
+  from mmrl.evaluation.metrics import seed_comparison as sc
   a, b = [0.30, 0.35, 0.28, 0.40], [0.20, 0.22, 0.25, 0.21]
   d = np.subtract(a, b)
   t = d.mean() / (d.std(ddof=1) / 2)

@@ -139,7 +139,7 @@ def test_leaderboard_gathers_methods_by_tasks_with_mean_and_sample_std(tmp_path)
 
 def test_segmentation_subsets_from_the_file_leave_out_rows_without_a_mask():
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from mmrl.evaluation import segmentation  # pylint: disable=g-import-not-at-top
+  from mmrl.evaluation.evaluators import segmentation  # pylint: disable=g-import-not-at-top
   c = convirt.get_config("smoke")
   c.eval.segmentation.fractions = (0.5,)
   ev = segmentation.SegmentationEvaluator(c, label_names=("A",))
@@ -205,8 +205,8 @@ MS_CXR_BOXES = {  # phrase -> its normalised boxes (x / 80, y / 80)
 
 def test_ms_cxr_grounding_pairs_each_phrase_with_exactly_its_own_boxes(tmp_path):
   from data_pipeline import pipeline  # pylint: disable=g-import-not-at-top
-  from mmrl.evaluation import grounding  # pylint: disable=g-import-not-at-top
-  from mmrl.evaluation import localisation  # pylint: disable=g-import-not-at-top
+  from mmrl.evaluation.evaluators import grounding  # pylint: disable=g-import-not-at-top
+  from mmrl.evaluation.metrics import localisation  # pylint: disable=g-import-not-at-top
   shards = _ms_cxr_shards(tmp_path)
   names, most = pipeline.box_label_vocabulary(shards, "test")
   assert names == ("Cardiomegaly: enlarged heart", "Edema: mild edema",

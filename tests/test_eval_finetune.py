@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from experiments.configs.base import base_config
-from mmrl.evaluation import linear_probe as lp
+from mmrl.evaluation.evaluators import linear_probe as lp
+from mmrl.evaluation.evaluators import protocol
 
 
 def _state(rng):
@@ -44,14 +45,14 @@ def test_finetune_reports_the_mean_sample_std_and_count_over_seeds_on_the_probe_
     assert out[f"{tag}/macro_auroc_std"] == pytest.approx(np.std(seeds, ddof=1))
   known, pos = lp.known_and_positive(labels[:28], np.ones((28, 1), bool))
   assert out["linear_probe/finetune/25pct/num_train"] == pytest.approx(np.mean(
-      [len(lp.stratified_subset(pos, known, 0.25, c.seed + i)) for i in range(3)]))
+      [len(protocol.stratified_subset(pos, known, 0.25, c.seed + i)) for i in range(3)]))
   assert out["linear_probe/finetune/100pct/num_train"] == 28
   digests = {out[f"linear_probe/finetune/25pct/seed_{c.seed + i}/subset_crc32"] for i in range(3)}
   assert len(digests) == 3  # three seeds, three recorded subsets
-  assert out[f"linear_probe/finetune/100pct/seed_{c.seed}/subset_crc32"] == lp.subset_digest(
+  assert out[f"linear_probe/finetune/100pct/seed_{c.seed}/subset_crc32"] == protocol.subset_digest(
       np.arange(28))
 
 
 def test_one_seed_reports_no_std():
   runs = [{"t/m": 0.5}]
-  assert lp.aggregate_seeds(runs, "t", ("m",)) == {"t/num_seeds": 1.0, "t/m": 0.5}
+  assert protocol.aggregate_seeds(runs, "t", ("m",)) == {"t/num_seeds": 1.0, "t/m": 0.5}

@@ -3,7 +3,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmrl.evaluation import linear_probe as lp
+from mmrl.evaluation.evaluators import linear_probe as lp
+from mmrl.evaluation.evaluators import protocol
+from mmrl.evaluation.metrics.classification import roc_auc
 
 
 def _separable(n=60, d=6, k=3, seed=0):
@@ -40,21 +42,21 @@ def test_label_fraction_subset_is_stratified_deterministic_and_nested():
   n, k = 500, 4
   pos = rng.random((n, k)) < np.array([0.02, 0.1, 0.3, 0.5])
   known = rng.random((n, k)) < 0.9
-  small = lp.stratified_subset(pos, known, 0.01, seed=7)
-  assert np.array_equal(small, lp.stratified_subset(pos, known, 0.01, seed=7))
-  assert not np.array_equal(small, lp.stratified_subset(pos, known, 0.01, seed=8))
+  small = protocol.stratified_subset(pos, known, 0.01, seed=7)
+  assert np.array_equal(small, protocol.stratified_subset(pos, known, 0.01, seed=7))
+  assert not np.array_equal(small, protocol.stratified_subset(pos, known, 0.01, seed=8))
   for label in range(k):  # at least one example of each class of every label
     assert (pos[small, label] & known[small, label]).any()
     assert (~pos[small, label] & known[small, label]).any()
-  medium = lp.stratified_subset(pos, known, 0.1, seed=7)
+  medium = protocol.stratified_subset(pos, known, 0.1, seed=7)
   assert set(small) <= set(medium)
   assert 0.1 * n <= len(medium) <= 0.1 * n * k + k
   for label in range(k):  # per-label class proportions within rounding of the whole set
     for cls in (pos[:, label] & known[:, label], ~pos[:, label] & known[:, label]):
       assert cls[medium].sum() >= np.ceil(0.1 * cls.sum())
-  assert np.array_equal(lp.stratified_subset(pos, known, 1.0, seed=7), np.arange(n))
+  assert np.array_equal(protocol.stratified_subset(pos, known, 1.0, seed=7), np.arange(n))
   with pytest.raises(ValueError, match="fractions"):
-    lp.stratified_subset(pos, known, 0.0, seed=0)
+    protocol.stratified_subset(pos, known, 0.0, seed=0)
 
 
 def test_fit_on_a_subset_equals_fit_on_the_subset_rows():
@@ -83,4 +85,4 @@ def test_finetuning_a_tiny_tower_separates_bright_and_dark_images():
                              batch_size=8)
   assert len(logits) == 2 and logits[0].shape == (8, 1)
   for lg in logits:
-    assert lp.roc_auc(lg[:, 0], pos[16:, 0]) == 1.0
+    assert roc_auc(lg[:, 0], pos[16:, 0]) == 1.0

@@ -2,8 +2,8 @@
 import numpy as np
 
 from experiments.configs.base import base_config
-from mmrl.evaluation import retrieval
-from mmrl.evaluation import sheets
+from mmrl.evaluation.evaluators import retrieval
+from mmrl.viz import sheets
 
 
 def _colour_at(sheet, images_hw, row, column):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from experiments.configs.base import base_config
-from mmrl.evaluation import segmentation as seg
+from mmrl.evaluation.evaluators import segmentation as seg
 
 
 def _reference_dice(p, t):

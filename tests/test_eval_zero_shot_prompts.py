@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from experiments.configs.base import base_config
-from mmrl.evaluation import zero_shot as zs
+from mmrl.evaluation.evaluators import zero_shot as zs
 
 
 def test_shipped_prompts_cover_every_chexpert_label_with_both_sides():

@@ -9,7 +9,7 @@ import numpy as np
 
 from data_pipeline import tokenization
 from data_pipeline.record_spec import CHEXPERT_LABELS
-from mmrl.evaluation import grounding
+from mmrl.evaluation.evaluators import grounding
 from mmrl.parallel import mesh as mesh_lib
 from mmrl.train import state as state_lib
 

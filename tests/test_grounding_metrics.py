@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from mmrl.evaluation import grounding_metrics as gm
+from mmrl.evaluation.metrics import grounding as gm
 
 
 def _ref_cnr(m, g):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from mmrl.evaluation import heatmaps
+from mmrl.viz import heatmaps
 
 
 def test_overlay_is_uint8_rgb_of_the_image_size_and_hottest_at_the_peak():

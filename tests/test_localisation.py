@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from data_pipeline.record_spec import CHEXPERT_LABELS
-from mmrl.evaluation import localisation as loc
+from mmrl.evaluation.maps import sentences
+from mmrl.evaluation.metrics import localisation as loc
+from mmrl.ops.resize import upsample_bilinear
 
 
 def _box_mask(h, w, r0, r1, c0, c1):
@@ -36,7 +38,7 @@ def test_peak_outside_the_box_gives_pointing_0():
 def test_upsampling_matches_jax_image_resize():
   rng = np.random.default_rng(0)
   maps = rng.normal(size=(3, 3, 5)).astype(np.float32)
-  ours = loc.upsample_bilinear(maps, 12, 20)
+  ours = upsample_bilinear(maps, 12, 20)
   ref = np.asarray(jax.image.resize(jnp.asarray(maps), (3, 12, 20), "bilinear"))
   np.testing.assert_allclose(ours, ref, atol=1e-5)
 
@@ -82,26 +84,26 @@ def test_metrics_leave_out_invalid_pairs_and_report_the_chance_level():
 
 
 def test_templated_sentences_name_label_side_and_zone():
-  assert (loc.templated_sentence("Nodule", [0.1, 0.1, 0.2, 0.2])
+  assert (sentences.templated_sentence("Nodule", [0.1, 0.1, 0.2, 0.2])
           == "There is a nodule in the right upper zone.")
-  assert (loc.templated_sentence("Effusion", [0.6, 0.7, 0.9, 0.95])
+  assert (sentences.templated_sentence("Effusion", [0.6, 0.7, 0.9, 0.95])
           == "There is a pleural effusion in the left lower zone.")
-  assert loc.templated_sentence("Cardiomegaly", [0.3, 0.4, 0.7, 0.8]) == "There is cardiomegaly."
+  assert sentences.templated_sentence("Cardiomegaly", [0.3, 0.4, 0.7, 0.8]) == "There is cardiomegaly."
 
 
 def test_report_sentences_match_the_boxes_of_the_findings_they_name():
-  patterns = loc.finding_patterns(CHEXPERT_LABELS)
+  patterns = sentences.finding_patterns(CHEXPERT_LABELS)
   lesion = CHEXPERT_LABELS.index("Lung Lesion")
   ptx = CHEXPERT_LABELS.index("Pneumothorax")
   dev = CHEXPERT_LABELS.index("Support Devices")
   labels = [lesion, ptx, dev]
-  assert loc.match_sentence("There is a 12 mm nodule in the left apex.", labels, patterns) == [0]
-  assert loc.match_sentence("no pneumothorax.", labels, patterns) == []
-  assert loc.match_sentence("small right apical pneumothorax is present with a visible "
+  assert sentences.match_sentence("There is a 12 mm nodule in the left apex.", labels, patterns) == [0]
+  assert sentences.match_sentence("no pneumothorax.", labels, patterns) == []
+  assert sentences.match_sentence("small right apical pneumothorax is present with a visible "
                             "pleural line.", labels, patterns) == [1]
-  assert loc.match_sentence("endotracheal tube tip is 4 cm above the carina.", labels,
+  assert sentences.match_sentence("endotracheal tube tip is 4 cm above the carina.", labels,
                             patterns) == [2]
-  assert loc.match_sentence("the lungs are clear.", labels, patterns) == []
+  assert sentences.match_sentence("the lungs are clear.", labels, patterns) == []
 
 
 def test_a_flat_maximum_is_read_at_its_centre_not_its_first_pixel():
@@ -152,10 +154,10 @@ def test_grid_oracle_is_perfect_for_cell_aligned_boxes_and_misses_subcell_boxes(
 
 def test_location_free_swapped_and_midline_templates():
   box = [0.1, 0.1, 0.2, 0.2]
-  assert loc.templated_sentence("Nodule", box, location=False) == "There is a nodule."
-  assert (loc.templated_sentence("Nodule", box, swap_sides=True)
+  assert sentences.templated_sentence("Nodule", box, location=False) == "There is a nodule."
+  assert (sentences.templated_sentence("Nodule", box, swap_sides=True)
           == "There is a nodule in the left upper zone.")
   tube = [0.47, 0.05, 0.53, 0.30]
-  assert loc.templated_sentence("Support Devices", tube) == (
+  assert sentences.templated_sentence("Support Devices", tube) == (
       "There is a support device in the upper zone.")
-  assert not loc.has_side("Support Devices", tube) and loc.has_side("Nodule", box)
+  assert not sentences.has_side("Support Devices", tube) and sentences.has_side("Nodule", box)

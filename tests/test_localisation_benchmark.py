@@ -12,7 +12,7 @@ from data_pipeline.synthetic import phantom
 from experiments.comparison import budget as budget_lib
 from experiments.comparison import run as comparison_run
 from experiments.comparison import method_configs
-from mmrl.evaluation import localisation as loc
+from mmrl.evaluation.metrics import localisation as loc
 
 # The reduced calibrated set: the localisation preset at 60 patients.
 REDUCED = dataclasses.replace(budget_lib.PRESETS["localisation"], patients=60,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from data_pipeline import tokenization
-from mmrl.evaluation import alignment_maps as am
+from mmrl.evaluation.maps import alignment_maps as am
 from mmrl.parallel import distributed
 from mmrl.parallel import mesh as mesh_lib
 from mmrl.train import state as state_lib

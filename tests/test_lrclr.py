@@ -13,7 +13,7 @@ import pytest
 
 from experiments.configs import lrclr as lrclr_config
 from mmrl.config_errors import ConfigError
-from mmrl.evaluation import zero_shot
+from mmrl.evaluation.evaluators import zero_shot
 from mmrl.heads.region_selection import Fusion, RegionSelector, select_top_k
 from mmrl.models.features import ImageFeatures, TextFeatures
 from mmrl.objectives.lrclr import LRCLR, sample_hard_negatives

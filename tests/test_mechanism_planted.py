@@ -22,7 +22,7 @@ def test_planted_grid_oracle_points_at_every_finding():
   world = pf.make_world(0)
   batch, truth = pf.planted_batch(world, np.random.default_rng(0), 8)
   boxes = [t[1] for row in truth for t in row if t is not None]
-  from mmrl.evaluation import localisation  # pylint: disable=g-import-not-at-top
+  from mmrl.evaluation.metrics import localisation  # pylint: disable=g-import-not-at-top
   assert localisation.baseline_pointing(pf.box_masks(boxes, world.grid), 8, 8)[
       "grid_oracle/pointing"] == 1.0
   # the finding cells carry the code of the sentence's finding word (cosine well above chance)

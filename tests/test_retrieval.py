@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from mmrl.evaluation.retrieval import retrieval_metrics
+from mmrl.evaluation.evaluators.retrieval import retrieval_metrics
 
 
 def _reference_recall(img, txt, k):

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from data_pipeline import tokenization
-from mmrl.evaluation import localisation as loc
-from mmrl.evaluation import similarity_maps as sm
+from mmrl.evaluation.evaluators import localisation as loc
+from mmrl.evaluation.maps import similarity_maps as sm
+from mmrl.evaluation.metrics import readouts
 from mmrl.objectives.methods import method_config, objective_options
 from mmrl.objectives.registry import declared_options
 from mmrl.parallel import distributed
@@ -106,7 +107,7 @@ def test_alignment_fn_returns_masked_similarity_maps_beside_the_own_maps(name):
   if not sm.has_similarity(config):
     config.method.critic = "separable"  # the concat critic has no shared space
     state, shardings = state_lib.create_train_state(config, jax.random.key(0), mesh)
-  from mmrl.evaluation import alignment_maps as am  # pylint: disable=g-import-not-at-top
+  from mmrl.evaluation.maps import alignment_maps as am  # pylint: disable=g-import-not-at-top
   fn = am.make_alignment_fn(config, mesh, shardings, similarity=True)
   host = _batch(config, REPORTS)
   out = jax.device_get(fn(state, distributed.global_batch_from_local(host, mesh)))
@@ -128,8 +129,8 @@ def test_cnr_of_a_hand_computed_map():
   # inside {4, 2}: mean 3, var 1; outside {0, 2}: mean 1, var 1 -> |3 - 1| / sqrt(2)
   maps = np.array([[[4.0, 2.0], [0.0, 2.0]]])
   gt = np.array([[[True, True], [False, False]]])
-  assert loc.mean_cnr(maps, gt) == pytest.approx(np.sqrt(2.0))
-  assert np.isnan(loc.mean_cnr(np.ones((1, 2, 2)), gt))  # no variance: undefined, left out
+  assert readouts.mean_cnr(maps, gt) == pytest.approx(np.sqrt(2.0))
+  assert np.isnan(readouts.mean_cnr(np.ones((1, 2, 2)), gt))  # no variance: undefined, left out
 
 
 def _host_batches(config):

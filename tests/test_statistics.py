@@ -1,10 +1,10 @@
-"""mmrl.evaluation.statistics against scipy.stats / numpy references."""
+"""mmrl.evaluation.metrics.statistics against scipy.stats / numpy references."""
 import math
 
 import numpy as np
 import pytest
 
-from mmrl.evaluation import statistics as st
+from mmrl.evaluation.metrics import statistics as st
 
 scipy_stats = pytest.importorskip("scipy.stats", reason="scipy (a jax dependency) is the reference")
 

@@ -39,6 +39,10 @@ Layout:
 Boxes are pixel coordinates of the DICOM pixel array with slice convention (see phantom.py).
 Everything is a pure function of the arguments: the same seed gives byte-identical files
 (UIDs are derived from the seed, never from time), with any number of workers.
+
+Over 400 lines on purpose: one job, the on-disk tree (DICOM files, reports, the MIMIC CSVs and
+annotations), whose DICOM conformance rules above apply across the whole writer and are checked as
+one by dciodvfy.
 """
 from __future__ import annotations
 

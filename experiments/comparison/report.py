@@ -3,7 +3,7 @@ methods localise better than ConVIRT, and at what cost?", the markdown tables, t
 `reanalyse` (comparison.md rewritten from the per-seed runs in comparison.json; trains nothing).
 
 `summarise(results)` -> method -> metric -> mean, sample std, n, 95 % t-interval, by_seed;
-`paired` / `analysis` (paired t-tests over seeds, `mmrl.evaluation.statistics`); `markdown`
+`paired` / `analysis` (paired t-tests over seeds, `mmrl.evaluation.metrics.statistics`); `markdown`
 (comparison.md); `plots` (PNG bar charts and a trade-off scatter, matplotlib).
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 
 from experiments.comparison import method_configs
 from experiments.comparison.budget import BASELINE, LOCAL_METHODS
-from mmrl.evaluation import statistics as stats
+from mmrl.evaluation.metrics import statistics as stats
 
 # Headline metrics (regexes, in table order); every metric is in comparison.json.
 LOCALISATION_METRICS = (
@@ -131,7 +131,7 @@ def _verdict(test: Optional[stats.PairedTest], what: str) -> str:
 def analysis(summary) -> list[str]:
   """Plain sentences answering 'do local methods localise better than ConVIRT, and at what cost
   in global metrics?', written from the numbers. A difference is called better / worse only when
-  the paired t-test over seeds gives p < 0.05 (`mmrl.evaluation.statistics`); otherwise it is
+  the paired t-test over seeds gives p < 0.05 (`mmrl.evaluation.metrics.statistics`); otherwise it is
   'not distinguishable with N seeds'."""
   lines = []
   loc_keys = [k for k in ("loc/synthetic/pointing", "loc/synthetic_templated/pointing",
@@ -251,7 +251,7 @@ def plots(summary, methods: Sequence[str], out_dir: pathlib.Path) -> list[pathli
 
 def markdown(summary, methods: Sequence[str], meta: dict) -> str:
   """The comparison.md text."""
-  from mmrl.evaluation.alignment_maps import map_source  # pylint: disable=g-import-not-at-top
+  from mmrl.evaluation.maps.alignment_maps import map_source  # pylint: disable=g-import-not-at-top
   rows = [m for m in list(methods) + [BASELINE] if m in summary]
   lines = [
       "# Method comparison: localisation vs global metrics", "",
@@ -276,7 +276,7 @@ def markdown(summary, methods: Sequence[str], meta: dict) -> str:
       "nodule in the right upper zone.\"), not radiologist text; NIH ChestX-ray14 has no "
       "reports. `synthetic` scores the synthetic reports' own sentences that name a boxed "
       "finding (docs/localisation.md).",
-      "- **Statistics** (`mmrl/evaluation/statistics.py`): each cell is mean ± sample std "
+      "- **Statistics** (`mmrl/evaluation/metrics/statistics.py`): each cell is mean ± sample std "
       "(ddof 1) over seeds [95 % Student-t interval of the mean]; a method is called better or "
       "worse than ConVIRT only when the two-sided paired t-test over seeds gives p < 0.05, "
       "otherwise 'not distinguishable with N seeds'.",

@@ -21,7 +21,7 @@ A run whose `result.json` exists is not trained or evaluated again (the comparis
 
 Global metrics come from `mmrl.evaluation.runner.EvalRunner` (retrieval, zero-shot, linear
 probe, and the papers' frozen lenses when `budget.lenses`); localisation from
-`mmrl.evaluation.localisation.LocalisationEvaluator`.
+`mmrl.evaluation.evaluators.localisation.LocalisationEvaluator`.
 """
 from __future__ import annotations
 
@@ -98,8 +98,8 @@ def evaluate_state(config, state, mesh, shardings, *, nih_dir: str, budget: Budg
                    heatmap_dir: Optional[pathlib.Path]) -> dict[str, float]:
   """Global + localisation metrics of one state (heat maps written when heatmap_dir is set)."""
   from data_pipeline import pipeline  # pylint: disable=g-import-not-at-top
-  from mmrl.evaluation import heatmaps  # pylint: disable=g-import-not-at-top
-  from mmrl.evaluation.localisation import LocalisationEvaluator  # pylint: disable=g-import-not-at-top
+  from mmrl.viz import heatmaps  # pylint: disable=g-import-not-at-top
+  from mmrl.evaluation.evaluators.localisation import LocalisationEvaluator  # pylint: disable=g-import-not-at-top
   t0 = time.time()
   metrics = dict(_global_metrics(config, state, mesh, shardings, budget))
   t1 = time.time()

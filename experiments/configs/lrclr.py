@@ -33,7 +33,7 @@ LRCLR has no released code and no retrieved numbers (METHODS.md §9.1): everythi
   where lrclr_region is MGCA's tca (tau_l 0.1, both sides, §4.2) over the 16 selected
   (pre-fusion, projected) regions and the report words; the optional entropy regulariser on rho
   is off (entropy_weight 0).
-- Zero-shot (§9.2): mmrl.evaluation.zero_shot with "There is {finding}." / "No {finding}."
+- Zero-shot (§9.2): mmrl.evaluation.evaluators.zero_shot with "There is {finding}." / "No {finding}."
   prompts (§9.2 writes "{c}" / "no {c}"); not wired into the training loop's evaluation.
 - Optimiser as MGCA/PLACE (§4.3): AdamW lr 2e-5, wd 0.05, 40 % warm-up then cosine; batch 72.
 Differences from the paper / code (beyond the [O] choices above):

@@ -186,21 +186,21 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.max_examples = 512        # default examples read per split
   c.eval.batch_size = 32           # global batch of the frozen feature pass
   c.eval.retrieval = ml_collections.ConfigDict(dict(
-      enabled=True,                # image<->report Recall@K (mmrl.evaluation.retrieval)
+      enabled=True,                # image<->report Recall@K (mmrl.evaluation.evaluators.retrieval)
       every=0,                     # period in steps (0 = train.eval_every)
       split="",                    # split to score ('' = data.eval_split)
       max_examples=0,              # pairs read (0 = eval.max_examples)
       sheet_queries=4,             # text->image sheet in TensorBoard: queries (0 = no sheet)
       sheet_k=5))                  # images retrieved per sheet query
   c.eval.zero_shot = ml_collections.ConfigDict(dict(
-      enabled=False,               # prompt-based zero-shot AUROC (mmrl.evaluation.zero_shot)
+      enabled=False,               # prompt-based zero-shot AUROC (mmrl.evaluation.evaluators.zero_shot)
       every=0,                     # period in steps (0 = train.eval_every)
       split="",                    # split to score ('' = data.eval_split)
       max_examples=0,              # examples read (0 = eval.max_examples)
       prompts="",                  # JSON prompt sets; '' = mmrl/evaluation/prompts/chexpert_prompts.json
       tau=1.0))                    # softmax temperature (> 0; AUROC does not depend on it)
   c.eval.linear_probe = ml_collections.ConfigDict(dict(
-      enabled=False,               # logistic probe AUROC (mmrl.evaluation.linear_probe)
+      enabled=False,               # logistic probe AUROC (mmrl.evaluation.evaluators.linear_probe)
       every=0,                     # period in steps (0 = train.eval_every)
       train_split="",              # probe training split ('' = data.train_split)
       test_split="",               # scored split ('' = data.eval_split)
@@ -216,7 +216,7 @@ def base_config() -> ml_collections.ConfigDict:
       finetune_batch_size=32,      # examples per fine-tune minibatch
       finetune_seeds=3))           # fine-tune runs per fraction (seed = config.seed + i)
   c.eval.segmentation = ml_collections.ConfigDict(dict(
-      enabled=False,               # segmentation Dice: linear head or U-Net/SETR decoder (mmrl.evaluation.segmentation)
+      enabled=False,               # segmentation Dice: linear head or U-Net/SETR decoder (mmrl.evaluation.evaluators.segmentation)
       every=0,                     # period in steps (0 = train.eval_every)
       train_split="",              # head training split ('' = data.train_split)
       test_split="",               # scored split ('' = data.eval_split)
@@ -240,7 +240,7 @@ def base_config() -> ml_collections.ConfigDict:
       max_masks=4,                 # masks read per image (M; extra masks dropped)
       num_sheet_examples=4))       # test examples drawn in TensorBoard (0 = none)
   c.eval.detection = ml_collections.ConfigDict(dict(
-      enabled=False,               # YOLOv3-style detection mAP/FROC (mmrl.evaluation.detection)
+      enabled=False,               # YOLOv3-style detection mAP/FROC (mmrl.evaluation.evaluators.detection)
       every=0,                     # period in steps (0 = train.eval_every)
       train_split="",              # head training split ('' = data.train_split)
       test_split="",               # scored split ('' = data.eval_split)
@@ -265,7 +265,7 @@ def base_config() -> ml_collections.ConfigDict:
       every=0,                     # period in steps (0 = train.eval_every)
       readouts=("own", "similarity")))  # own: each method's own map | similarity: BioViL cosine of projected region / sentence (keys loc/<set>/sim/...)
   c.eval.grounding = ml_collections.ConfigDict(dict(
-      enabled=False,               # phrase grounding CNR / mIoU / pointing of sentence maps vs boxes (mmrl.evaluation.grounding)
+      enabled=False,               # phrase grounding CNR / mIoU / pointing of sentence maps vs boxes (mmrl.evaluation.evaluators.grounding)
       every=0,                     # period in steps (0 = train.eval_every)
       source="synthetic",          # synthetic: report sentences naming a finding vs its boxes | phrase: each box label's phrase alone vs its own boxes (MS-CXR)
       interpolation="nearest",     # grid map -> image size: nearest (hi-ml) | bilinear

@@ -16,7 +16,7 @@ per call, extracts each needed split's features once (one jitted, mesh-sharded f
 Evaluators (registration order = running order): retrieval, zero_shot, linear_probe,
 segmentation (its head may be a U-Net / SETR decoder), detection (YOLOv3-style head on the
 tower's pyramid), grounding (CNR / mIoU / pointing of the method's sentence maps) and
-localisation (`mmrl.evaluation.localisation.LocalisationEvaluator`).
+localisation (`mmrl.evaluation.evaluators.localisation.LocalisationEvaluator`).
 """
 from __future__ import annotations
 
@@ -35,14 +35,14 @@ from data_pipeline import synthetic_dataset
 from data_pipeline import transforms
 from data_pipeline import tokenization
 from mmrl import registry
-from mmrl.evaluation import detection
 from mmrl.evaluation import features as features_lib
-from mmrl.evaluation import grounding
-from mmrl.evaluation import linear_probe
-from mmrl.evaluation import localisation
-from mmrl.evaluation import retrieval
-from mmrl.evaluation import segmentation
-from mmrl.evaluation import zero_shot
+from mmrl.evaluation.evaluators import detection
+from mmrl.evaluation.evaluators import grounding
+from mmrl.evaluation.evaluators import linear_probe
+from mmrl.evaluation.evaluators import localisation
+from mmrl.evaluation.evaluators import retrieval
+from mmrl.evaluation.evaluators import segmentation
+from mmrl.evaluation.evaluators import zero_shot
 
 log = logging.getLogger(__name__)
 

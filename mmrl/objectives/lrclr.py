@@ -33,7 +33,7 @@ fusion; text-independent with scoring='mlp') or 'fused' (§9.2 literally: v~ poo
 regions, which have read the paired report). CAUTION: with 'fused', image_embed_b depends on
 report b, so clip_nce can be lowered by copying report information into the image side, and
 retrieval / zero-shot on image_embed see the paired report (zero-shot must then condition on
-the prompt, see mmrl.evaluation.zero_shot). Use 'selected' for text-free image embeddings.
+the prompt, see mmrl.evaluation.evaluators.zero_shot). Use 'selected' for text-free image embeddings.
 
 Image-text matching (ITM, §9.2 "cross-modality interaction" [O]): with the default
 image_embed_from='selected' no contrastive loss reaches the fusion layers, so an `lrclr_itm`

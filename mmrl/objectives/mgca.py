@@ -47,6 +47,10 @@ Outputs: 'image_embed', 'text_embed' [B, d]; 'image_regions_local' [B, R, d], 'r
 'text_words_local' [B, W, d], 'word_mask'; 'prototypes' [K, d] (unit rows); when the towers
 return [CLS] attention, 'word_cls_attention' f32[B, W] (the text row summed over each word's
 pieces, MGCA's merged word weights) and 'region_cls_attention' f32[B, R] (ViT), no gradient.
+
+Over 400 lines on purpose: one job, MGCA's three objectives, which share the token weighting and the
+exact-mode pairing written down above; they are one loss family (ARCHITECTURE.md: one file
+per loss family).
 """
 from __future__ import annotations
 

@@ -5,7 +5,8 @@ query batches drawn in between)."""
 import sys, numpy as np, jax, jax.numpy as jnp
 from tests import mechanism_harness as h
 from tests import planted_features as pf
-from mmrl.evaluation import alignment_maps as am, localisation
+from mmrl.evaluation.maps import alignment_maps as am
+from mmrl.evaluation.metrics import localisation
 from mmrl.objectives.methods import method_config, objective_options
 m = sys.argv[1]
 cfg = h.load_config(m); world = pf.make_world(0)

@@ -5,7 +5,7 @@ One JSON per task holds every checkpoint variant scored on it ("entries", keyed 
 the machine, and the runs: runs[<fraction %>][<seed>] = {metrics, num_train, seconds, date}.
 A (fraction, seed) present there is finished: the runner does not run it again (resume).
 `summarise` turns the runs into mean ± sample std over seeds per fraction and metric
-(`mmrl.evaluation.statistics.describe`: ddof 1, NaN dropped, the t-interval), with the seeds;
+(`mmrl.evaluation.metrics.statistics.describe`: ddof 1, NaN dropped, the t-interval), with the seeds;
 `render_markdown` writes the table next to the JSON.
 
 - `load`, `save` (atomic; also writes the .md), `entry_key`, `is_done`, `record_run`,
@@ -20,7 +20,7 @@ import os
 import pathlib
 from typing import Any, Mapping, Optional, Sequence
 
-from mmrl.evaluation import statistics
+from mmrl.evaluation.metrics import statistics
 
 FORMAT = "mmrl_downstream"
 VERSION = 1

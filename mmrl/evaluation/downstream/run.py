@@ -32,7 +32,7 @@ from data_pipeline import subsets as subsets_lib
 from mmrl.evaluation.downstream import provenance as prov_lib
 from mmrl.evaluation.downstream import results as results_lib
 from mmrl.evaluation.downstream import tasks as tasks_lib
-from mmrl.evaluation.linear_probe import fraction_tag
+from mmrl.evaluation.evaluators.protocol import fraction_tag
 
 log = logging.getLogger(__name__)
 
@@ -112,18 +112,18 @@ def metric_prefix(task: tasks_lib.Task, cfg: Any, evaluator: Any, fraction: floa
 def make_evaluator(task: tasks_lib.Task, cfg: Any, label_names: Sequence[str], mesh, shardings):
   """(EvalRunner name, evaluator) of the task's kind, built with `cfg`."""
   if task.evaluator == "detection":
-    from mmrl.evaluation import detection  # pylint: disable=g-import-not-at-top
+    from mmrl.evaluation.evaluators import detection  # pylint: disable=g-import-not-at-top
     return "detection", detection.DetectionEvaluator(cfg, label_names)
   if task.evaluator == "segmentation":
-    from mmrl.evaluation import segmentation  # pylint: disable=g-import-not-at-top
+    from mmrl.evaluation.evaluators import segmentation  # pylint: disable=g-import-not-at-top
     return "segmentation", segmentation.SegmentationEvaluator(cfg, label_names)
   if task.evaluator == "classification":
-    from mmrl.evaluation import linear_probe  # pylint: disable=g-import-not-at-top
+    from mmrl.evaluation.evaluators import linear_probe  # pylint: disable=g-import-not-at-top
     return "linear_probe", linear_probe.LinearProbeEvaluator(cfg, label_names)
   if task.evaluator == "zero_shot":
-    from mmrl.evaluation import zero_shot  # pylint: disable=g-import-not-at-top
+    from mmrl.evaluation.evaluators import zero_shot  # pylint: disable=g-import-not-at-top
     return "zero_shot", zero_shot.ZeroShotEvaluator(cfg, label_names)
-  from mmrl.evaluation import grounding  # pylint: disable=g-import-not-at-top
+  from mmrl.evaluation.evaluators import grounding  # pylint: disable=g-import-not-at-top
   return "grounding", grounding.GroundingEvaluator(cfg, mesh, shardings, label_names=label_names)
 
 

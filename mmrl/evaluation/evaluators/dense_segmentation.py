@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mmrl.evaluation.linear_probe import minibatch_order
+from mmrl.evaluation.evaluators.protocol import minibatch_order
 from mmrl.heads.setr_decoder import SETRPUPDecoder
 from mmrl.heads.unet_decoder import UNetDecoder
 from mmrl.models import stage_features

@@ -1,7 +1,7 @@
 """Phrase-grounding metrics of sentence -> image similarity maps against boxes (pure numpy).
 
 BioViL (Boecking et al., ECCV 2022) scores a phrase's similarity map on MS-CXR with two numbers,
-reported here next to the pointing game (`mmrl.evaluation.localisation.pointing_game`):
+reported here next to the pointing game (`mmrl.evaluation.metrics.localisation.pointing_game`):
 
   CNR   contrast-to-noise ratio |mean_in - mean_out| / sqrt(var_in + var_out) of the map's values
         inside the ground truth (the union of the phrase's boxes) and outside it; population
@@ -11,12 +11,12 @@ reported here next to the pointing game (`mmrl.evaluation.localisation.pointing_
         keeps the sign of mean_in - mean_out, so a map pointing away from the box scores < 0.
   mIoU  the map min-max normalised to [0, 1], thresholded (>=) at each of `MIOU_THRESHOLDS`
         (0.1, 0.2, 0.3, 0.4, 0.5), IoU with the ground truth per threshold, averaged over the
-        thresholds; a constant map predicts the whole image (as in localisation.threshold_maps).
+        thresholds; a constant map predicts the whole image (as in metrics.localisation.threshold_maps).
 
 The map is brought to the image's H x W first: hi-ml's `ImageTextInferenceEngine` smooths the
 patch-grid cosine map with a Gaussian (sigma = 1.5 patches, `scipy.ndimage.gaussian_filter`) and
 upsamples it with torch's 'nearest' interpolation; `to_image_size` does the same ('nearest' takes
-source index floor(i * g / H), torch's legacy rule) or bilinear (localisation.upsample_bilinear).
+source index floor(i * g / H), torch's legacy rule) or bilinear (mmrl.ops.resize.upsample_bilinear).
 Smoothing is off by default here (`smooth_sigma` = 0): our grids are 3x3-14x14 cells, where a
 1.5-cell Gaussian blurs the whole map; set it to 1.5 for hi-ml's choice.
 
@@ -37,6 +37,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from mmrl.evaluation.metrics.localisation import pointing_game
+from mmrl.ops.resize import upsample_bilinear
+
 MIOU_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5)
 INTERPOLATIONS = ("nearest", "bilinear")
 
@@ -47,7 +50,7 @@ def check_pairs(maps: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarra
   if maps.ndim != 3 or gt.ndim != 3 or maps.shape != gt.shape:
     raise ValueError(f"grounding: maps {maps.shape} and ground-truth masks {gt.shape} must both be "
                      "[N, H, W] of the same size; bring the maps to the image size first "
-                     "(grounding_metrics.to_image_size)")
+                     "(mmrl.evaluation.metrics.grounding.to_image_size)")
   return maps, gt.astype(bool)
 
 
@@ -79,7 +82,6 @@ def to_image_size(maps: np.ndarray, height: int, width: int, *, interpolation: s
   maps = gaussian_smooth(maps, float(smooth_sigma))
   if interpolation == "nearest":
     return upsample_nearest(maps, height, width)
-  from mmrl.evaluation.localisation import upsample_bilinear  # pylint: disable=g-import-not-at-top
   return upsample_bilinear(maps, height, width)
 
 
@@ -148,11 +150,10 @@ def grounding_metrics(grid_maps: np.ndarray, gt: np.ndarray, *, prefix: str,
     valid: bool[N] pairs to score (default all).
 
   Without a scorable pair only '<prefix>/pairs' = 0 and the skip counts are returned (no NaN):
-  a table shows the skip, not a number. The pointing game uses localisation.pointing_game
+  a table shows the skip, not a number. The pointing game uses metrics.localisation.pointing_game
   (bilinear upsampling, as the localisation evaluator reports it). cnr_std is the sample std
   (ddof = 1) over pairs (0 for one pair).
   """
-  from mmrl.evaluation.localisation import pointing_game  # pylint: disable=g-import-not-at-top
   grid_maps = np.asarray(grid_maps, np.float64)
   gt = np.asarray(gt, bool)
   if grid_maps.ndim != 3 or gt.ndim != 3 or grid_maps.shape[0] != gt.shape[0]:

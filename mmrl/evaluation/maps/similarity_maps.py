@@ -1,7 +1,7 @@
 """BioViL-style similarity maps: cos(projected region, projected sentence) of every method.
 
 The second localisation read-out (`config.eval.localisation.readouts`, 'similarity'), beside each
-method's *own* map of `mmrl.evaluation.alignment_maps`. BioViL (microsoft/hi-ml,
+method's *own* map of `mmrl.evaluation.maps.alignment_maps`. BioViL (microsoft/hi-ml,
 `ImageTextInferenceEngine.get_similarity_map_from_raw_data`) grounds a phrase by the cosine of
 the projected patch embeddings with the projected phrase embedding; here each method's map is the
 cosine in the space its local loss aligns, one function per method family, registered by method
@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from mmrl.config_errors import ConfigError
-from mmrl.evaluation import alignment_maps as am
+from mmrl.evaluation.maps import alignment_maps as am
 from mmrl.models import towers
 from mmrl.objectives.methods import method_config, objective_options
 from mmrl.objectives.registry import declared_options

@@ -13,7 +13,8 @@ CheXpert "uncertain" / "not mentioned" ones, are left out of that class).
 - `zero_shot_scores`: the pure scoring (numpy, float64). The image embeddings are [N, d] for
   text-independent image towers, or [N, C, 2, d] when the image embedding depends on the text it
   is paired with (LRCLR with image_embed_from='fused': one embedding per (class, prompt)).
-- `roc_auc`, `zero_shot_auc`: Mann-Whitney AUC with tie averaging (no sklearn).
+- `zero_shot_auc`: per-class Mann-Whitney AUC with tie averaging (no sklearn;
+  `mmrl.evaluation.metrics.classification.roc_auc`).
 - `embed_prompts`: prompts -> text embeddings with any `apply_text(batch) -> [n, d]` function and
   a `data_pipeline.tokenization.ReportTokenizer`.
 - `load_prompt_sets`: prompt sets (several positive and negative prompts per finding) from a JSON
@@ -32,9 +33,11 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from mmrl.evaluation.metrics.classification import roc_auc
+
 log = logging.getLogger(__name__)
 
-DEFAULT_PROMPTS = pathlib.Path(__file__).parent / "prompts" / "chexpert_prompts.json"
+DEFAULT_PROMPTS = pathlib.Path(__file__).parents[1] / "prompts" / "chexpert_prompts.json"
 
 CHEXPERT_LABELS = (
     "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",
@@ -90,26 +93,6 @@ def zero_shot_scores(image_embed: np.ndarray, positive_embed: np.ndarray,
     raise ValueError(f"zero_shot_scores tau={tau} must be > 0")
   z = (cos_pos - cos_neg) / tau
   return 1.0 / (1.0 + np.exp(-z))
-
-
-def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
-  """ROC AUC (ties count 1/2); NaN when only one class is present."""
-  s = np.asarray(scores, np.float64)
-  y = np.asarray(labels, bool)
-  n_pos, n_neg = int(y.sum()), int((~y).sum())
-  if n_pos == 0 or n_neg == 0:
-    return float("nan")
-  order = np.argsort(s, kind="mergesort")
-  ranks = np.empty(len(s), np.float64)
-  sorted_s = s[order]
-  i = 0
-  while i < len(s):  # average ranks over ties
-    j = i
-    while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
-      j += 1
-    ranks[order[i:j + 1]] = 0.5 * (i + j) + 1.0
-    i = j + 1
-  return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 def zero_shot_auc(scores: np.ndarray, labels: np.ndarray, *,
@@ -255,5 +238,5 @@ class ZeroShotEvaluator:
 
 
 __all__ = ["CHEXPERT_LABELS", "CHEXPERT_COMPETITION", "build_prompts", "zero_shot_scores",
-           "roc_auc", "zero_shot_auc", "embed_prompts", "load_prompt_sets",
+           "zero_shot_auc", "embed_prompts", "load_prompt_sets",
            "mean_prompt_embedding", "zero_shot_accuracy", "ZeroShotEvaluator", "DEFAULT_PROMPTS"]

@@ -11,15 +11,15 @@ image. The evaluator reads config.data.eval_split itself, with `box_labels` inde
 box-label vocabulary (`pipeline.box_label_vocabulary`) and max_boxes raised to the split's most
 boxes per image; metrics 'grounding/phrase/*'.
 'synthetic' (default) pairs sentences with boxes exactly as the localisation evaluator does,
-through its public functions (`mmrl.evaluation.localisation`):
+through the public functions of `mmrl.evaluation.maps.sentences`:
   synthetic             each held-out synthetic report sentence that names a finding, against the
                         union of that finding's boxes (negated sentences skipped);
   synthetic_templated   one templated sentence per synthetic box, encoded alone with its image;
   nih_templated         the same on converted NIH ChestX-ray14 boxes (config key
                         eval.grounding.nih_dataset_dir; '' = skip).
-The maps are each method's own (`mmrl.evaluation.alignment_maps.make_alignment_fn`: LoVT
+The maps are each method's own (`mmrl.evaluation.maps.alignment_maps.make_alignment_fn`: LoVT
 attention, GLoRIA / MGCA / MLIP / LRCLR word attention, PLACE queries, local-MI critic, ConVIRT
-cosine). The metrics are `grounding_metrics.grounding_metrics`: scalars
+cosine). The metrics are `metrics.grounding.grounding_metrics`: scalars
 'grounding/<set>/{pairs, cnr, cnr_std, miou, pointing, gt_area, skipped_gt, skipped_flat}'.
 """
 from __future__ import annotations
@@ -29,8 +29,9 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 import jax
 import numpy as np
 
-from mmrl.evaluation import grounding_metrics as gm
-from mmrl.evaluation import localisation as loc
+from mmrl.evaluation.maps import sentences as sent
+from mmrl.evaluation.metrics import grounding as gm
+from mmrl.evaluation.metrics.localisation import boxes_to_mask
 
 SOURCES = ("synthetic", "phrase")
 PHRASE_SEPARATOR = ": "  # data_pipeline.converters.ms_cxr.box_label's '<category>: <phrase>'
@@ -60,7 +61,7 @@ def phrase_pairs(host: Mapping[str, np.ndarray], box_label_names: Sequence[str],
         seen.append(int(i))
     for i in seen:
       pairs.append((int(b), phrase_of_box_label(box_label_names[i]),
-                    loc.boxes_to_mask(boxes[ids == i], size, size)))
+                    boxes_to_mask(boxes[ids == i], size, size)))
   return pairs, unlabelled
 
 
@@ -71,7 +72,7 @@ class GroundingEvaluator:
   def __init__(self, config: Any, mesh: Any, state_shardings: Any, *,
                label_names: Optional[Sequence[str]] = None):
     from data_pipeline import pipeline, tokenization  # pylint: disable=g-import-not-at-top
-    from mmrl.evaluation import alignment_maps  # pylint: disable=g-import-not-at-top
+    from mmrl.evaluation.maps import alignment_maps  # pylint: disable=g-import-not-at-top
     self.config = config
     self.cfg = config.eval.grounding
     self.mesh = mesh
@@ -87,7 +88,7 @@ class GroundingEvaluator:
     if label_names is None:
       label_names = pipeline.dataset_info(config.data.dataset_dir)["label_names"]
     self.label_names = tuple(label_names)
-    self.patterns = loc.finding_patterns(self.label_names)
+    self.patterns = sent.finding_patterns(self.label_names)
     spec, lower = str(config.data.tokenizer), bool(config.data.get("lowercase", True))
     self.decoder = tokenization.load_tokenizer(spec, lowercase=lower)
     self.tokenizer = tokenization.ReportTokenizer(spec, lowercase=lower)
@@ -130,21 +131,21 @@ class GroundingEvaluator:
       for b in np.flatnonzero(valid):
         bm = np.asarray(host["box_mask"][b], bool)
         boxes, blabels = np.asarray(host["boxes"][b])[bm], np.asarray(host["box_labels"][b])[bm]
-        sentences = loc.decode_sentences(self.decoder, np.asarray(host["input_ids"][b]),
+        sentences = sent.decode_sentences(self.decoder, np.asarray(host["input_ids"][b]),
                                          np.asarray(host["token_to_sentence"][b]),
                                          np.asarray(host["attention_mask"][b]), smask.shape[1])
         for s, text in enumerate(sentences):
-          hit = loc.match_sentence(text, blabels, self.patterns) if smask[b, s] else []
+          hit = sent.match_sentence(text, blabels, self.patterns) if smask[b, s] else []
           if hit:
             maps.append(smap[b, s])
-            gts.append(loc.boxes_to_mask(boxes[hit], size, size))
+            gts.append(boxes_to_mask(boxes[hit], size, size))
         if self.cfg.templated:
           images.append(np.asarray(host["image"][b]))
           for box, label in zip(boxes, blabels):
             li = int(label)
             name = self.label_names[li] if 0 <= li < len(self.label_names) else ""
-            queries.append((len(images) - 1, loc.templated_sentence(name, box)))
-            qgts.append(loc.boxes_to_mask(box, size, size))
+            queries.append((len(images) - 1, sent.templated_sentence(name, box)))
+            qgts.append(boxes_to_mask(box, size, size))
     out = self._score(maps, gts, "grounding/synthetic")
     if self.cfg.templated:
       qmaps = self._query_maps(state, np.stack(images) if images else None, queries)
@@ -192,8 +193,8 @@ class GroundingEvaluator:
             li = int(host["box_labels"][b, j])
             box = np.asarray(host["boxes"][b, j])
             queries.append((len(images) - 1,
-                            loc.templated_sentence(names[li] if 0 <= li < len(names) else "", box)))
-            gts.append(loc.boxes_to_mask(box, size, size))
+                            sent.templated_sentence(names[li] if 0 <= li < len(names) else "", box)))
+            gts.append(boxes_to_mask(box, size, size))
     qmaps = self._query_maps(state, np.stack(images) if images else None, queries)
     return self._score(list(qmaps), gts, "grounding/nih_templated")
 

@@ -12,11 +12,11 @@ end to end on each fraction's subset, for `finetune_seeds` seeds (seed config.se
 subsets of seed config.seed are the probe's own), reported as the mean over seeds, '_std' (sample
 std, ddof=1), 'num_seeds' and each seed's macro AUROC.
 
-- `minibatch_order`: the seeded fixed-shape minibatches of every trained downstream head.
-- `stratified_subset`, `fit_logistic`, `predict_logistic`, `probe_auroc`, `linear_probe`: math.
+- `fit_logistic`, `predict_logistic`, `probe_auroc`, `linear_probe`: math.
 - `finetune_probe`: image tower + linear head trained end to end (JAX, small data).
-- `mean_and_std`, `aggregate_seeds`: the over-seeds summary (also used by detection);
-  `subset_digest`: the CRC32 recorded for each seed's subset ('.../seed_<s>/subset_crc32').
+- the label-fraction subsets, minibatch order and over-seeds summary it shares with the other
+  trained heads live in `mmrl.evaluation.evaluators.protocol`; AUROC in
+  `mmrl.evaluation.metrics.classification`.
 - `LinearProbeEvaluator`: reads the two splits with the feature step and calls them; its
   `subset_fn` (set by the downstream runner from the subsets file next to the shards,
   `data_pipeline.subsets`) replaces the stratified subsets of the probe and the fine-tune.
@@ -24,8 +24,6 @@ std, ddof=1), 'num_seeds' and each seed's macro AUROC.
 from __future__ import annotations
 
 import functools
-import math
-import zlib
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
@@ -33,8 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mmrl.evaluation import statistics as stats
-from mmrl.evaluation.zero_shot import roc_auc
+from mmrl.evaluation.evaluators.protocol import (aggregate_seeds, fraction_tag, minibatch_order,
+                                                stratified_subset, subset_digest)
+from mmrl.evaluation.metrics.classification import roc_auc
 
 
 def known_and_positive(labels: np.ndarray, label_mask: np.ndarray
@@ -43,45 +42,6 @@ def known_and_positive(labels: np.ndarray, label_mask: np.ndarray
   labels = np.asarray(labels)
   known = np.asarray(label_mask, bool) & (labels != -1)
   return known, known & (labels == 1)
-
-
-def minibatch_order(rows: np.ndarray, steps: int, batch_size: int, seed: int) -> np.ndarray:
-  """[steps, batch_size] row indices: seeded permutations of `rows` (epochs) concatenated, so
-  every minibatch has a fixed shape and rows repeat when there are few. Shared by every trained
-  downstream head (fine-tuning here, detection, dense segmentation)."""
-  rng = np.random.default_rng(seed)
-  rows = np.asarray(rows)
-  reps = math.ceil(steps * batch_size / max(len(rows), 1)) + 1
-  order = np.concatenate([rng.permutation(rows) for _ in range(reps)])
-  return order[:steps * batch_size].reshape(steps, batch_size)
-
-
-def stratified_subset(positive: np.ndarray, known: np.ndarray, fraction: float, seed: int
-                      ) -> np.ndarray:
-  """Sorted row indices of a seeded, per-label-stratified `fraction` of N examples.
-
-  For each label, ceil(fraction * count) of its positives and of its negatives (at least one of
-  each class present) are taken in one seeded order shared by all labels; the subset is their
-  union. The same seed gives the same subset, and a smaller fraction's subset is contained in a
-  larger one's. Rows with no known label are added in the same order up to fraction * N.
-  """
-  if not 0 < fraction <= 1:
-    raise ValueError(f"label fraction {fraction} must be in (0, 1] "
-                     "(config.eval.linear_probe.fractions)")
-  positive, known = np.asarray(positive, bool), np.asarray(known, bool)
-  n = positive.shape[0]
-  if fraction >= 1:
-    return np.arange(n)
-  order = np.random.default_rng(seed).permutation(n)
-  take = np.zeros(n, bool)
-  for k in range(positive.shape[1]):
-    for cls in (positive[:, k] & known[:, k], ~positive[:, k] & known[:, k]):
-      members = order[cls[order]]
-      take[members[:max(1, math.ceil(fraction * len(members)))] if len(members) else []] = True
-  unlabelled = order[~known.any(axis=1)[order]]
-  room = max(0, math.ceil(fraction * n) - int(take.sum()))
-  take[unlabelled[:room]] = True
-  return np.flatnonzero(take)
 
 
 def _bce(logits: jax.Array, positive: jax.Array, known: jax.Array) -> jax.Array:
@@ -154,17 +114,6 @@ def probe_auroc(scores: np.ndarray, positive: np.ndarray, known: np.ndarray,
   return out
 
 
-def subset_digest(rows: np.ndarray) -> float:
-  """CRC32 of the sorted row indices (as int64 bytes), a float that records which subset a run
-  used (exact in float64): equal digests = equal subsets of the same split order."""
-  data = np.sort(np.asarray(rows, np.int64)).tobytes()
-  return float(zlib.crc32(data))
-
-
-def fraction_tag(fraction: float) -> str:
-  return f"{100 * fraction:g}pct"
-
-
 def linear_probe(train_x: np.ndarray, train_pos: np.ndarray, train_known: np.ndarray,
                  test_x: np.ndarray, test_pos: np.ndarray, test_known: np.ndarray, *,
                  names: Sequence[str], fractions: Sequence[float] = (0.01, 0.1, 1.0),
@@ -220,29 +169,6 @@ def finetune_probe(apply_image: Callable[[Any, jax.Array], jax.Array], tower_par
            for i in range(0, len(test_images), batch_size)]
     results.append(np.concatenate(out).astype(np.float64))
   return results
-
-
-def mean_and_std(values: Sequence[float]) -> tuple[float, Optional[float]]:
-  """Mean and sample standard deviation (ddof=1; None with fewer than two values), from
-  `mmrl.evaluation.statistics.describe`."""
-  s = stats.describe(values)
-  return s.mean, (s.std if s.n >= 2 else None)
-
-
-def aggregate_seeds(runs: Sequence[Mapping[str, float]], tag: str,
-                    headline: Sequence[str]) -> dict[str, float]:
-  """One run's metrics per seed -> the mean of every key all runs share, '<key>_std' (sample
-  std, ddof=1, with >= 2 runs) for keys whose last '/' part is in `headline`, and
-  '<tag>/num_seeds'."""
-  out = {f"{tag}/num_seeds": float(len(runs))}
-  if not runs:
-    return out
-  for key in sorted(set(runs[0]).intersection(*runs[1:])):
-    mean, std = mean_and_std([r[key] for r in runs])
-    out[key] = mean
-    if std is not None and key.rsplit("/", 1)[-1] in headline:
-      out[f"{key}_std"] = std
-  return out
 
 
 class LinearProbeEvaluator:
@@ -320,6 +246,5 @@ class LinearProbeEvaluator:
     return out
 
 
-__all__ = ["known_and_positive", "stratified_subset", "fit_logistic", "predict_logistic",
-           "probe_auroc", "linear_probe", "finetune_probe", "LinearProbeEvaluator",
-           "fraction_tag", "minibatch_order", "mean_and_std", "aggregate_seeds", "subset_digest"]
+__all__ = ["known_and_positive", "fit_logistic", "predict_logistic", "probe_auroc",
+           "linear_probe", "finetune_probe", "LinearProbeEvaluator"]

@@ -225,11 +225,11 @@ def make_alignment_fn(config: Any, mesh: Mesh, state_shardings: Any, *, similari
   The batch needs ALIGNMENT_KEYS (extra keys are ignored). Padded sentences (and every sentence
   of a row with valid=False) are False in 'sentence_mask'; their maps are zeros.
   similarity=True adds 'sim_maps' f32[B,S,gh,gw], the BioViL-style similarity maps of
-  `mmrl.evaluation.similarity_maps` from the same forward pass (same masking).
+  `mmrl.evaluation.maps.similarity_maps` from the same forward pass (same masking).
   """
   get_method(config.method)  # fails early with the known names on a bad config.method.name
   if similarity:
-    from mmrl.evaluation import similarity_maps  # pylint: disable=g-import-not-at-top
+    from mmrl.evaluation.maps import similarity_maps  # pylint: disable=g-import-not-at-top
 
   def fn(state, batch):
     batch = {k: batch[k] for k in ALIGNMENT_KEYS if k in batch}

@@ -19,7 +19,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from mmrl.evaluation.localisation import upsample_bilinear
+from mmrl.ops.resize import upsample_bilinear
 
 ALPHA = 0.45          # weight of the colour map in the blend
 MIN_PANEL = 192       # panels are upscaled (nearest, integer factor) to at least this size

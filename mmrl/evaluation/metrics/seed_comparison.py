@@ -7,7 +7,7 @@ both evaluations, so the per-seed differences are paired.
 - `per_seed`: {(tag, metric): {seed: value}} from those keys.
 - `compare`: for every '<tag>/<metric>' with per-seed values in both metric dicts: both means,
   sample stds, the seed count, the paired t-test and its verdict (all from
-  `mmrl.evaluation.statistics`, the one module that owns spread and significance), and whether
+  `mmrl.evaluation.metrics.statistics`, the one module that owns spread and significance), and whether
   the mean difference exceeds the larger of the two seed spreads.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Mapping
 
 import numpy as np
 
-from mmrl.evaluation import statistics as stats
+from mmrl.evaluation.metrics import statistics as stats
 
 _SEED_KEY = re.compile(r"^(?P<tag>.+)/seed_(?P<seed>\d+)/(?P<metric>[^/]+)$")
 

@@ -7,7 +7,7 @@ Protocols (`config.eval.segmentation.head`; docs/evaluation.md, Segmentation):
       for `steps` steps (LoVT's `linear_seg`, METHODS.md §10.1).
   unet / setr / dense  a U-Net decoder on conv2..conv5 of a ResNet, or SETR-PUP on a ViT's patch
       grid ('dense' picks by tower), frozen or fine-tuned encoder (`finetune`), BCE + soft Dice,
-      minibatch Adam (`mmrl.evaluation.dense_segmentation`; the papers' `unet_seg`).
+      minibatch Adam (`mmrl.evaluation.evaluators.dense_segmentation`; the papers' `unet_seg`).
 Every protocol runs for each label fraction in `fractions` (train subsets nested, stratified by
 empty / non-empty target mask, seeded: `subset_rows`) and each of `num_seeds` seeds (seed i =
 config.seed + i draws the subset, the initialisation and the batch order); each number is the mean
@@ -39,9 +39,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mmrl.evaluation import dense_segmentation as dense
-from mmrl.evaluation import sheets
-from mmrl.evaluation.linear_probe import fraction_tag, stratified_subset
+from mmrl.evaluation.evaluators import dense_segmentation as dense
+from mmrl.evaluation.evaluators.protocol import fraction_tag, stratified_subset
+from mmrl.viz import sheets
 
 LINEAR_HEADS = ("linear", "mlp")
 HEADS = LINEAR_HEADS + dense.DENSE_HEADS
@@ -83,7 +83,7 @@ def _loss(params, x, target):
 def subset_rows(nonempty: np.ndarray, fraction: float, seed: int) -> np.ndarray:
   """Sorted train rows of a `fraction` subset, stratified by empty / non-empty target mask.
 
-  linear_probe.stratified_subset with the one 'label' non-empty: ceil(fraction * count) of the
+  protocol.stratified_subset with the one 'label' non-empty: ceil(fraction * count) of the
   non-empty and of the empty rows (at least one of each present class), in one seeded order, so
   the same seed nests the subsets (1 % within 10 % within 100 %)."""
   nonempty = np.asarray(nonempty, bool)[:, None]

@@ -150,7 +150,7 @@ class FeatureRetrievalEvaluator:
     images = {}
     q = min(int(self.cfg.sheet_queries), len(f["image_embed"]))
     if q > 0 and "image" in f:
-      from mmrl.evaluation import sheets  # pylint: disable=g-import-not-at-top
+      from mmrl.viz import sheets  # pylint: disable=g-import-not-at-top
       k = min(int(self.cfg.sheet_k), len(f["image_embed"]))
       top = top_k_images(f["image_embed"], f["text_embed"][:q], k)
       images["retrieval/text_to_image"] = sheets.retrieval_sheet(

@@ -8,16 +8,16 @@ Protocol (docs/evaluation.md, Detection; METHODS.md §4.4, §5.4, §10.1 `yolo_d
    `num_classes_without_train_boxes`); 9 anchors by k-means (IoU distance, seeded) on the
    training boxes' sizes, 3 per scale, smallest at stride 8.
 3. For each label fraction (nested, class-stratified, seeded subsets of the training images:
-   `linear_probe.stratified_subset` on "has a box of class k") and each of `seeds` seeds: a fresh
+   `protocol.stratified_subset` on "has a box of class k") and each of `seeds` seeds: a fresh
    head (seeded init) trained with Adam on minibatches of `batch_size` images for `steps` steps,
    either on cached frozen features ('frozen') or with the image tower trained too ('finetune';
    the first `finetune_warmup_steps` keep the tower fixed, as LoVT's 100 warm-up steps).
 4. Test predictions: scores sigmoid(obj) * sigmoid(class), per-class NMS (`nms`, numpy), top
    `max_dets` per image; mAP over IoU 0.4:0.05:0.75, mAP@0.5, mAP@0.75
-   (`detection_metrics.average_precision`, pycocotools-exact) and Object-CXR FROC.
+   (`metrics.detection.average_precision`, pycocotools-exact) and Object-CXR FROC.
 5. Reported per mode and fraction: the mean over seeds, `_std` (sample std, ddof=1, when >= 2
    seeds), `num_seeds`, each seed's value (`seed_<s>/...`, for paired tests) and subset
-   (`seed_<s>/subset_crc32`, `linear_probe.subset_digest`), `num_train`.
+   (`seed_<s>/subset_crc32`, `protocol.subset_digest`), `num_train`.
    `subset_fn`, when set (the downstream runner sets it from the subsets file next to the
    shards, `data_pipeline.subsets`), replaces the stratified subsets: (fraction, seed, number of
    train images) -> sorted train rows.
@@ -38,9 +38,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mmrl.evaluation import detection_metrics as dm
-from mmrl.evaluation.linear_probe import (aggregate_seeds, fraction_tag, minibatch_order,
-                                          stratified_subset, subset_digest)
+from mmrl.evaluation.evaluators.protocol import (aggregate_seeds, fraction_tag, minibatch_order,
+                                                stratified_subset, subset_digest)
+from mmrl.evaluation.metrics import detection as dm
 from mmrl.heads import yolo_head
 from mmrl.models import multiscale
 
