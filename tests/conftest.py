@@ -8,6 +8,24 @@ import sys
 # Must happen before jax initialises its backends.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One JAX persistent compilation cache per test session, shared by the xdist workers (they inherit
+# the controller's environment) and by every subprocess a test starts: many tests compile the same
+# tiny programs (the smoke train step, the evaluators) in fresh jit closures or fresh processes, and
+# load them from here after the first compile. Executables are keyed by the program, the compile
+# options and the jax version, so a hit runs exactly what a fresh compile would. Set
+# MMRL_TEST_JAX_CACHE to keep a cache between sessions; '' turns it off.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _cache = os.environ.get("MMRL_TEST_JAX_CACHE")
+  if _cache is None:
+    import atexit  # noqa: E402
+    import shutil  # noqa: E402
+    import tempfile  # noqa: E402
+    _cache = tempfile.mkdtemp(prefix="mmrl-test-jax-cache-")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)  # the process that made it
+    os.environ["MMRL_TEST_JAX_CACHE"] = _cache  # the workers and subprocesses reuse this one
+  if _cache:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import pytest  # noqa: E402
 from absl import flags  # noqa: E402

@@ -90,8 +90,6 @@ def _global_metrics(config, state, mesh, shardings, budget: Optional[Budget] = N
   names += [n for n in ("segmentation", "detection") if c.eval[n].enabled]
   scalars, _ = runner_lib.EvalRunner(c, mesh, shardings)(state, names)
   return scalars
-  return _fallback_global(config, state, mesh, shardings)
-
 
 
 def evaluate_state(config, state, mesh, shardings, *, nih_dir: str, budget: Budget,
