@@ -91,6 +91,17 @@ def test_every_method_reads_the_whole_report_in_the_comparison():
   assert any("uniform" in f for f in method_configs.fallbacks("mgca", budget))
 
 
+def test_every_methods_comparison_config_passes_validation():
+  """Each method's config at the common size trains: the validation the loop runs first accepts
+  it (local MI's one-sentence feature needs one sampled sentence; the comparison reads the whole
+  report, so its sentence is pooled from the report and fallbacks() says so)."""
+  from mmrl.train import validation  # pylint: disable=g-import-not-at-top
+  budget = budget_lib.PRESETS["localisation"]
+  for m in budget_lib.ALL_METHODS:
+    validation.validate_config(method_configs.method_config(m, budget, seed=0))
+  assert any("sentence_in_report" in f for f in method_configs.fallbacks("local_mi", budget))
+
+
 def test_reanalyse_rewrites_a_stored_comparison_with_paired_tests_and_keeps_its_runs(tmp_path):
   runs = []
   for seed, (a, b) in enumerate([(0.10, 0.30), (0.12, 0.33), (0.11, 0.31)]):

@@ -76,6 +76,10 @@ def method_config(method: str, budget: Budget, *, seed: int, dataset_dir: str = 
     for o in c.method.objectives:
       if o.name == "gloria_local":
         o.exact = True
+  if method == "local_mi" and str(c.method.get("text_feature", "")) == "sentence":
+    # One sentence encoded alone needs random_sentence sampling; every method here reads the
+    # whole report, so the sentence is pooled from the jointly encoded report (fallbacks()).
+    c.method.text_feature = "sentence_in_report"
   if method == "lovt" and budget.lovt_cell_threshold > 0:
     for o in c.method.objectives:
       if o.name == "intra_local_nce" and o.side == "image":
@@ -145,6 +149,11 @@ def fallbacks(method: str, budget: Budget) -> list[str]:
                "MGCA's patch weights fall back to uniform (as the authors' ResNet code does)")
   elif method in ("mgca", "mlip"):
     out.append("patch weights uniform (ResNet has no [CLS] attention, as in MGCA's ResNet code)")
+  if (method == "local_mi" and str(own.method.get("text_feature", "")) == "sentence"
+      and str(c.method.text_feature) == "sentence_in_report"):
+    out.append("local MI's sentence feature: pooled from the jointly encoded whole report "
+               "(text_feature='sentence_in_report') instead of one random sentence encoded "
+               "alone, since every method reads the whole report")
   if method == "gloria" and budget.freeze_text:
     out.append("text tower frozen: GLoRIA has no text projection (as the authors' "
                "BertEncoder: emb_global / emb_local stay None), so nothing on its text side "
