@@ -6,21 +6,8 @@ second read-out) for the sentences of `mmrl.evaluation.maps.sentences` and score
 `mmrl.evaluation.metrics.readouts` (metric definitions: `mmrl.evaluation.metrics.localisation`);
 the sentence sheets are drawn by `mmrl.viz.heatmaps`.
 
-Which sentence is scored against which box:
-  synthetic (report sentences)  each report sentence of a held-out synthetic study is decoded
-      from its tokens and matched to the boxes of the findings it names: a finding's box label
-      (CheXpert name) -> the synthetic finding it comes from (report_writer.FINDING_LABELS) ->
-      the words the report writer always uses for it (report_writer.FINDING_SYNONYMS), matched
-      as whole words. Negated sentences (containing the word 'no') are skipped; 'pleural line'
-      does not count as a device 'line'. The sentence's ground truth is the union of the boxes
-      of every finding it names (a report sentence may name a finding seen twice).
-  synthetic_templated / nih_templated  one TEMPLATED sentence per box, written by us from the
-      box's label and position, never by a radiologist: "There is a nodule in the right upper
-      zone." (`templated_sentence`): the side from the box centre (image left = the patient's
-      right on a frontal film), the zone from the centre's third of the image height; labels
-      without a location (cardiomegaly) read "There is cardiomegaly.". Each sentence is encoded
-      alone as a one-sentence report with its own image, and its ground truth is its box. NIH
-      ChestX-ray14 has no reports, so its localisation uses only these templated sentences.
+Which sentence is scored against which box (report sentences, templated sentences): the module
+docstring of `mmrl.evaluation.maps.sentences`, which owns those rules.
 """
 from __future__ import annotations
 
